@@ -1,0 +1,312 @@
+"""SCHEME channel mixer: block-diagonal MLP plus a training-only channel covariance attention.
+
+Layout conventions: the MLP accepts channels-last input (..., C) such as (B, N, C) or (B, H, W, C),
+or channels-first (B, C, H, W) when built with ``channels_first=True``. Both are computed as
+batched matmuls over the groups, laid out so that no activation is copied between fc1 and fc2.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+
+import torch
+import torch.nn.functional as F
+from timm.layers import to_2tuple
+from torch import nn
+
+__all__ = ["BlockDiagonalLinear", "ChannelCovarianceAttention", "SchemeMlp", "cosine_cca_weight"]
+
+
+def _check_divisible(name: str, value: int, groups: int) -> None:
+    if groups < 1:
+        raise ValueError(f"groups must be a positive integer, got {groups}")
+    if value % groups != 0:
+        raise ValueError(
+            f"{name}={value} is not divisible by groups={groups}; "
+            f"choose groups that divide {value}"
+        )
+
+
+class BlockDiagonalLinear(nn.Module):
+    """A linear layer whose weight is block diagonal with ``groups`` blocks.
+
+    Group g maps input channels [g*in/G, (g+1)*in/G) to output channels [g*out/G, (g+1)*out/G).
+    Parameters and MACs are those of a dense layer divided by G.
+    """
+
+    def __init__(self, in_features: int, out_features: int, groups: int = 1, bias: bool = True):
+        super().__init__()
+        _check_divisible("in_features", in_features, groups)
+        _check_divisible("out_features", out_features, groups)
+        self.in_features = in_features
+        self.out_features = out_features
+        self.groups = groups
+        self.weight = nn.Parameter(torch.empty(groups, out_features // groups, in_features // groups))
+        self.bias = nn.Parameter(torch.empty(out_features)) if bias else None
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        # What nn.Linear does (timm.layers.Mlp keeps that init), with the fan-in of one block.
+        fan_in = self.in_features // self.groups
+        bound = 1.0 / math.sqrt(fan_in)
+        nn.init.uniform_(self.weight, -bound, bound)
+        if self.bias is not None:
+            nn.init.uniform_(self.bias, -bound, bound)
+
+    def extra_repr(self) -> str:
+        return (
+            f"in_features={self.in_features}, out_features={self.out_features}, "
+            f"groups={self.groups}, bias={self.bias is not None}"
+        )
+
+    def _check_channels(self, got: int, where: str) -> None:
+        if got != self.in_features:
+            raise ValueError(
+                f"{type(self).__name__} expected {self.in_features} input channels in {where}, "
+                f"got {got}"
+            )
+
+    # Grouped layout (G, M, in/G) -> (G, M, out/G): the form SchemeMlp keeps between fc1 and fc2.
+    def forward_grouped(self, xg: torch.Tensor) -> torch.Tensor:
+        if self.bias is None:
+            return torch.bmm(xg, self.weight.transpose(1, 2))
+        bias = self.bias.view(self.groups, 1, -1)
+        return torch.baddbmm(bias, xg, self.weight.transpose(1, 2))
+
+    def to_grouped(self, x: torch.Tensor) -> torch.Tensor:
+        """(..., in) -> (G, M, in/G), a strided view where the input allows it."""
+        self._check_channels(x.shape[-1], "the last dimension")
+        return x.reshape(-1, self.groups, self.in_features // self.groups).transpose(0, 1)
+
+    def from_grouped(self, yg: torch.Tensor, lead_shape: torch.Size) -> torch.Tensor:
+        return yg.transpose(0, 1).reshape(*lead_shape, self.out_features)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.groups == 1:
+            return F.linear(x, self.weight[0], self.bias)
+        return self.from_grouped(self.forward_grouped(self.to_grouped(x)), x.shape[:-1])
+
+    # Channels-first (B, in, *spatial) -> (B, out, *spatial), without moving channels last.
+    def forward_channels_first(self, x: torch.Tensor) -> torch.Tensor:
+        self._check_channels(x.shape[1], "dimension 1 (channels first)")
+        b, spatial = x.shape[0], x.shape[2:]
+        xg = x.reshape(b, self.groups, self.in_features // self.groups, -1)
+        y = torch.matmul(self.weight, xg)  # (B, G, out/G, S)
+        if self.bias is not None:
+            y = y + self.bias.view(1, self.groups, -1, 1)
+        return y.reshape(b, self.out_features, *spatial)
+
+    def to_dense(self) -> torch.Tensor:
+        """The equivalent dense (out, in) weight."""
+        return torch.block_diag(*self.weight.unbind(0))
+
+
+class ChannelCovarianceAttention(nn.Module):
+    """Parameter-free channel attention from the channel covariance of each sample's tokens.
+
+    For x of shape (B, ..., C) seen as X of shape (B, N, C): A = softmax(X^T X * scale) over its
+    last axis (a C x C matrix per sample) and the output is X A^T, shaped like x. Each output
+    channel is a convex combination of the input channels.
+    """
+
+    def __init__(self, scale: float | None = None, normalize_tokens: bool = False):
+        super().__init__()
+        self.scale = scale
+        self.normalize_tokens = normalize_tokens
+
+    def extra_repr(self) -> str:
+        return f"scale={self.scale}, normalize_tokens={self.normalize_tokens}"
+
+    def attention(self, tokens: torch.Tensor) -> torch.Tensor:
+        """(B, N, C) -> the (B, C, C) attention matrix A."""
+        n, c = tokens.shape[-2:]
+        scale = c**-0.5 if self.scale is None else self.scale
+        if self.normalize_tokens:
+            scale = scale / n
+        cov = torch.bmm(tokens.transpose(1, 2), tokens)
+        return torch.softmax(cov * scale, dim=-1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.dim() < 3:
+            raise ValueError(
+                f"ChannelCovarianceAttention expects (B, ..., C) with at least one token axis, "
+                f"got shape {tuple(x.shape)}"
+            )
+        tokens = x.reshape(x.shape[0], -1, x.shape[-1])
+        out = torch.bmm(tokens, self.attention(tokens).transpose(1, 2))
+        return out.reshape(x.shape)
+
+    def forward_channels_first(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, C, *spatial): the same operator, computed without moving channels last."""
+        b, c = x.shape[:2]
+        feats = x.reshape(b, c, -1)  # X^T, (B, C, N)
+        n = feats.shape[-1]
+        scale = c**-0.5 if self.scale is None else self.scale
+        if self.normalize_tokens:
+            scale = scale / n
+        attn = torch.softmax(torch.bmm(feats, feats.transpose(1, 2)) * scale, dim=-1)
+        return torch.bmm(attn, feats).reshape(x.shape)  # (X A^T)^T = A X^T
+
+
+def cosine_cca_weight(start: float, progress: float) -> float:
+    """CCA weight under the cosine schedule: ``start`` at progress 0, exactly 0 at progress 1."""
+    progress = min(max(float(progress), 0.0), 1.0)
+    if progress >= 1.0:
+        return 0.0
+    return start * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+CCA_SCHEDULES = ("learned", "cosine")
+
+
+class SchemeMlp(nn.Module):
+    """SCHEME channel mixer, a drop-in replacement for timm.layers.Mlp.
+
+    Training: ``a * BD-MLP(x) + (1 - a) * CCA(x)``. Eval: ``a * BD-MLP(x)``, exactly what the
+    deployed module computes once :func:`vitmix.deploy` folds ``a`` into fc2.
+
+    ``cca_schedule="learned"``: (a, 1-a) is the softmax of two learnable logits, initialised from
+    a standard normal as the authors do. ``"cosine"``: the logits are frozen at their initial
+    values and 1-a follows a cosine from that start to exactly 0 as :meth:`set_progress` goes
+    from 0 to 1, so the branch can always be removed without changing the function.
+    """
+
+    def __init__(
+        self,
+        in_features: int,
+        hidden_features: int | None = None,
+        out_features: int | None = None,
+        act_layer: Callable[..., nn.Module] = nn.GELU,
+        drop: float | tuple[float, float] = 0.0,
+        bias: bool | tuple[bool, bool] = True,
+        groups: int = 1,
+        cca: bool = True,
+        cca_schedule: str = "learned",
+        channels_first: bool = False,
+    ):
+        super().__init__()
+        out_features = out_features or in_features
+        hidden_features = hidden_features or in_features
+        if cca_schedule not in CCA_SCHEDULES:
+            raise ValueError(f"cca_schedule must be one of {CCA_SCHEDULES}, got {cca_schedule!r}")
+        if cca and out_features != in_features:
+            raise ValueError(
+                f"CCA mixes the input channels into the output, so it needs "
+                f"out_features == in_features, got in_features={in_features}, "
+                f"out_features={out_features}; pass cca=False"
+            )
+        _check_divisible("in_features", in_features, groups)
+        _check_divisible("hidden_features", hidden_features, groups)
+        _check_divisible("out_features", out_features, groups)
+        self.in_features = in_features
+        self.hidden_features = hidden_features
+        self.out_features = out_features
+        self.groups = groups
+        self.channels_first = channels_first
+        self.cca_schedule = cca_schedule
+
+        bias1, bias2 = to_2tuple(bias)
+        drop1, drop2 = to_2tuple(drop)
+        self.fc1 = BlockDiagonalLinear(in_features, hidden_features, groups, bias=bias1)
+        self.act = act_layer()
+        self.drop1 = nn.Dropout(drop1)
+        self.fc2 = BlockDiagonalLinear(hidden_features, out_features, groups, bias=bias2)
+        self.drop2 = nn.Dropout(drop2)
+
+        if cca:
+            self.cca = ChannelCovarianceAttention(scale=hidden_features**-0.5)
+            logits = torch.randn(2)
+            if cca_schedule == "learned":
+                self.mix_logits = nn.Parameter(logits)
+            else:
+                self.register_buffer("mix_logits", logits)
+            self.register_buffer("progress", torch.zeros(()))
+        else:
+            self.cca = None
+            self.mix_logits = None
+            self.progress = None
+
+    def extra_repr(self) -> str:
+        cca = "none" if self.cca is None else self.cca_schedule
+        return f"groups={self.groups}, cca={cca}, channels_first={self.channels_first}"
+
+    @property
+    def has_cca(self) -> bool:
+        return self.cca is not None
+
+    def set_progress(self, progress: float) -> None:
+        """Training progress in [0, 1]; drives the cosine schedule (ignored when learned)."""
+        if not 0.0 <= float(progress) <= 1.0:
+            raise ValueError(f"progress must lie in [0, 1], got {progress}")
+        if self.progress is not None:
+            self.progress.fill_(float(progress))
+
+    def mix_weights(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """(a, 1 - a) as tensors; gradients flow to the logits when they are learned."""
+        if self.cca_schedule == "cosine":
+            # Tensor ops rather than .item(), so torch.compile traces it without a graph break.
+            start = torch.softmax(self.mix_logits, dim=0)[1]
+            p = self.progress.clamp(0.0, 1.0)
+            cosine = start * 0.5 * (1.0 + torch.cos(math.pi * p))
+            cca_w = torch.where(p >= 1.0, torch.zeros_like(cosine), cosine)
+            return 1.0 - cca_w, cca_w
+        a, cca_w = torch.softmax(self.mix_logits, dim=0).unbind(0)
+        return a, cca_w
+
+    def cca_weight(self) -> float:
+        """Current weight (1 - a) of the CCA branch; 0 when the branch is absent."""
+        if self.cca is None:
+            return 0.0
+        return float(self.mix_weights()[1])
+
+    @torch.no_grad()
+    def fuse_mixing(self) -> float:
+        """Fold a into fc2 and remove the CCA branch; returns the CCA weight that was dropped.
+
+        Afterwards the module computes, in any mode, what it computed in eval mode before.
+        """
+        if self.cca is None:
+            return 0.0
+        a, cca_w = self.mix_weights()
+        self.fc2.weight.mul_(a)
+        if self.fc2.bias is not None:
+            self.fc2.bias.mul_(a)
+        dropped = float(cca_w)
+        self.cca = None
+        del self.mix_logits
+        del self.progress
+        self.mix_logits = None
+        self.progress = None
+        return dropped
+
+    def _mlp_channels_last(self, x: torch.Tensor) -> torch.Tensor:
+        lead = x.shape[:-1]
+        h = self.fc1.forward_grouped(self.fc1.to_grouped(x))
+        h = self.drop1(self.act(h))
+        y = self.fc2.forward_grouped(h)
+        return self.drop2(self.fc2.from_grouped(y, lead))
+
+    def _mlp_channels_first(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.drop1(self.act(self.fc1.forward_channels_first(x)))
+        return self.drop2(self.fc2.forward_channels_first(h))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.channels_first:
+            if x.dim() < 3:
+                raise ValueError(
+                    f"SchemeMlp(channels_first=True) expects (B, C, ...), got {tuple(x.shape)}"
+                )
+            y = self._mlp_channels_first(x)
+        else:
+            y = self._mlp_channels_last(x)
+        if self.cca is None:
+            return y
+        a, cca_w = self.mix_weights()
+        if not self.training:
+            return a * y
+        if self.channels_first:
+            mixed = self.cca.forward_channels_first(x)
+        else:
+            mixed = self.cca(x)
+        return a * y + cca_w * mixed

@@ -1,0 +1,336 @@
+"""MetaFormer backbone (PoolFormer-v1 macro design) and the SCHEMEformer family built on it.
+
+Each stage picks its token mixer (identity, pooling, self-attention, separable conv) and its
+channel mixer (a dense timm Mlp on 1x1 convs, or a SchemeMlp with expansion E and groups G).
+The whole network works on channels-first maps, like PoolFormer-v1.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from timm.layers import DropPath, GroupNorm1, Mlp, trunc_normal_
+from timm.models._builder import build_model_with_cfg
+from timm.models._registry import generate_default_cfgs, register_model
+from torch import nn
+
+from ..layers.scheme import BlockDiagonalLinear, SchemeMlp
+from ..layers.token_mixers import TOKEN_MIXERS
+
+__all__ = ["MetaFormer", "MetaFormerBlock", "MetaFormerStage"]
+
+# Every stage halves the map; the stem divides by 4, so inputs must be multiples of 32.
+INPUT_MULTIPLE = 32
+
+
+def check_img_size(img_size: int | Sequence[int], multiple: int = INPUT_MULTIPLE) -> tuple[int, int]:
+    size = (img_size, img_size) if isinstance(img_size, int) else tuple(img_size)
+    if len(size) != 2 or any(s <= 0 or s % multiple for s in size):
+        raise ValueError(
+            f"img_size {img_size} is not supported: height and width must be positive "
+            f"multiples of {multiple}"
+        )
+    return size
+
+
+def check_input(x: torch.Tensor, in_chans: int, multiple: int = INPUT_MULTIPLE) -> None:
+    if x.dim() != 4:
+        raise ValueError(f"expected images of shape (B, {in_chans}, H, W), got {tuple(x.shape)}")
+    if x.shape[1] != in_chans:
+        raise ValueError(f"expected {in_chans} input channels, got {x.shape[1]} "
+                         f"(input shape {tuple(x.shape)})")
+    h, w = x.shape[-2:]
+    if h % multiple or w % multiple:
+        raise ValueError(f"input size {h}x{w} is not supported: height and width must be "
+                         f"multiples of {multiple}")
+
+
+class LayerScale2d(nn.Module):
+    def __init__(self, dim: int, init_value: float):
+        super().__init__()
+        self.gamma = nn.Parameter(init_value * torch.ones(dim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * self.gamma.view(1, -1, 1, 1)
+
+
+def make_channel_mixer(dim: int, mlp_ratio: float, groups: int, cca: bool, cca_schedule: str,
+                       drop: float) -> nn.Module:
+    hidden = int(mlp_ratio * dim)
+    if groups == 1 and not cca:
+        # The dense baseline: timm's own MLP on 1x1 convolutions, so schemify() can replace it.
+        return Mlp(dim, hidden, act_layer=nn.GELU, drop=drop, use_conv=True)
+    return SchemeMlp(dim, hidden, act_layer=nn.GELU, drop=drop, groups=groups, cca=cca,
+                     cca_schedule=cca_schedule, channels_first=True)
+
+
+class MetaFormerBlock(nn.Module):
+    def __init__(self, dim: int, token_mixer: str, mlp_ratio: float, mlp_groups: int, cca: bool,
+                 cca_schedule: str, drop: float, drop_path: float, layer_scale_init: float,
+                 head_dim: int):
+        super().__init__()
+        self.norm1 = GroupNorm1(dim)
+        self.token_mixer = TOKEN_MIXERS[token_mixer](dim, head_dim=head_dim, proj_drop=drop)
+        self.ls1 = LayerScale2d(dim, layer_scale_init)
+        self.drop_path1 = DropPath(drop_path) if drop_path > 0 else nn.Identity()
+        self.norm2 = GroupNorm1(dim)
+        self.mlp = make_channel_mixer(dim, mlp_ratio, mlp_groups, cca, cca_schedule, drop)
+        self.ls2 = LayerScale2d(dim, layer_scale_init)
+        self.drop_path2 = DropPath(drop_path) if drop_path > 0 else nn.Identity()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x + self.drop_path1(self.ls1(self.token_mixer(self.norm1(x))))
+        return x + self.drop_path2(self.ls2(self.mlp(self.norm2(x))))
+
+
+class MetaFormerStage(nn.Module):
+    """Downsampling, then an optional learned position embedding, then the blocks."""
+
+    def __init__(self, in_dim: int, dim: int, depth: int, downsample: nn.Module,
+                 pos_embed_size: tuple[int, int] | None, block_kwargs: dict,
+                 drop_path_rates: Sequence[float]):
+        super().__init__()
+        self.downsample = downsample
+        if pos_embed_size is not None:
+            self.pos_embed = nn.Parameter(torch.zeros(1, dim, *pos_embed_size))
+            trunc_normal_(self.pos_embed, std=0.02)
+        else:
+            self.pos_embed = None
+        self.blocks = nn.Sequential(*[
+            MetaFormerBlock(dim, drop_path=drop_path_rates[i], **block_kwargs)
+            for i in range(depth)
+        ])
+        self.grad_checkpointing = False
+
+    def resized_pos_embed(self, size: tuple[int, int]) -> torch.Tensor:
+        if self.pos_embed.shape[-2:] == size:
+            return self.pos_embed
+        return F.interpolate(self.pos_embed, size=size, mode="bicubic", align_corners=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.downsample(x)
+        if self.pos_embed is not None:
+            x = x + self.resized_pos_embed(tuple(x.shape[-2:]))
+        if self.grad_checkpointing and not torch.jit.is_scripting():
+            from timm.models._manipulate import checkpoint_seq
+
+            return checkpoint_seq(self.blocks, x)
+        return self.blocks(x)
+
+
+class MetaFormer(nn.Module):
+    """PoolFormer-v1 style MetaFormer with per-stage token and channel mixers.
+
+    Args:
+        depths, dims: blocks and width per stage.
+        token_mixers: per stage, one of "identity", "pool", "attn", "sepconv".
+        mlp_ratios: per-stage expansion E of the channel mixer.
+        mlp_groups: per-stage groups G; G > 1 (or cca=True) makes the mixer a SchemeMlp.
+        cca, cca_schedule: the SCHEME training-only branch (see SchemeMlp).
+        pos_embed_stage: index of the stage that adds a learned position embedding, or None.
+    """
+
+    def __init__(
+        self,
+        num_classes: int = 1000,
+        in_chans: int = 3,
+        img_size: int | Sequence[int] = 224,
+        depths: Sequence[int] = (2, 2, 6, 2),
+        dims: Sequence[int] = (64, 128, 320, 512),
+        token_mixers: Sequence[str] = ("pool", "pool", "attn", "attn"),
+        mlp_ratios: float | Sequence[float] = 4,
+        mlp_groups: int | Sequence[int] = 1,
+        cca: bool = False,
+        cca_schedule: str = "learned",
+        pos_embed_stage: int | None = 2,
+        head_dim: int = 32,
+        layer_scale_init: float = 1e-5,
+        drop_rate: float = 0.0,
+        proj_drop_rate: float = 0.0,
+        drop_path_rate: float = 0.0,
+        global_pool: str = "avg",
+        **kwargs,
+    ):
+        super().__init__()
+        kwargs.pop("pretrained_cfg", None)
+        if kwargs:
+            raise TypeError(f"MetaFormer got unexpected arguments: {sorted(kwargs)}")
+        num_stages = len(depths)
+        if not (len(dims) == len(token_mixers) == num_stages):
+            raise ValueError(f"depths, dims and token_mixers need one entry per stage, got "
+                             f"{len(depths)}, {len(dims)} and {len(token_mixers)}")
+        for mixer in token_mixers:
+            if mixer not in TOKEN_MIXERS:
+                raise ValueError(f"unknown token mixer {mixer!r}; choose from {sorted(TOKEN_MIXERS)}")
+        if global_pool not in ("avg", ""):
+            raise ValueError(f"global_pool must be 'avg' or '', got {global_pool!r}")
+        mlp_ratios = _per_stage(mlp_ratios, num_stages)
+        mlp_groups = _per_stage(mlp_groups, num_stages)
+        self.img_size = check_img_size(img_size)
+        self.num_classes = num_classes
+        self.in_chans = in_chans
+        self.global_pool = global_pool
+        self.num_features = self.head_hidden_size = dims[-1]
+        self.drop_rate = drop_rate
+
+        dpr = torch.linspace(0, drop_path_rate, sum(depths)).tolist()
+        stages, self.feature_info = [], []
+        prev_dim, reduction, cursor = in_chans, 1, 0
+        for i in range(num_stages):
+            if i == 0:
+                downsample = nn.Conv2d(in_chans, dims[0], kernel_size=7, stride=4, padding=2)
+                reduction = 4
+            else:
+                downsample = nn.Conv2d(prev_dim, dims[i], kernel_size=3, stride=2, padding=1)
+                reduction *= 2
+            pos_size = None
+            if pos_embed_stage == i:
+                pos_size = (self.img_size[0] // reduction, self.img_size[1] // reduction)
+            block_kwargs = dict(
+                token_mixer=token_mixers[i], mlp_ratio=mlp_ratios[i], mlp_groups=mlp_groups[i],
+                cca=cca, cca_schedule=cca_schedule, drop=proj_drop_rate,
+                layer_scale_init=layer_scale_init, head_dim=head_dim,
+            )
+            stages.append(MetaFormerStage(prev_dim, dims[i], depths[i], downsample, pos_size,
+                                          block_kwargs, dpr[cursor:cursor + depths[i]]))
+            self.feature_info.append(dict(num_chs=dims[i], reduction=reduction,
+                                          module=f"stages.{i}"))
+            prev_dim, cursor = dims[i], cursor + depths[i]
+        self.stages = nn.Sequential(*stages)
+
+        self.norm = GroupNorm1(self.num_features)
+        self.head_drop = nn.Dropout(drop_rate)
+        self.head = nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
+        self.apply(self._init_weights)
+
+    @staticmethod
+    def _init_weights(m: nn.Module) -> None:
+        if isinstance(m, (nn.Linear, nn.Conv2d, BlockDiagonalLinear)):
+            trunc_normal_(m.weight, std=0.02)
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+
+    @torch.jit.ignore
+    def no_weight_decay(self) -> set[str]:
+        return {name for name, _ in self.named_parameters() if name.endswith("pos_embed")}
+
+    @torch.jit.ignore
+    def group_matcher(self, coarse: bool = False) -> dict:
+        return dict(
+            stem=r"^stages\.0\.downsample",
+            blocks=r"^stages\.(\d+)" if coarse else [
+                (r"^stages\.(\d+)\.downsample", (0,)),
+                (r"^stages\.(\d+)\.blocks\.(\d+)", None),
+                (r"^norm", (99999,)),
+            ],
+        )
+
+    @torch.jit.ignore
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        for stage in self.stages:
+            stage.grad_checkpointing = enable
+
+    @torch.jit.ignore
+    def get_classifier(self) -> nn.Module:
+        return self.head
+
+    def reset_classifier(self, num_classes: int, global_pool: str | None = None) -> None:
+        self.num_classes = num_classes
+        if global_pool is not None:
+            self.global_pool = global_pool
+        self.head = nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        check_input(x, self.in_chans)
+        return self.stages(x)
+
+    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
+        x = self.norm(x)
+        if self.global_pool == "avg":
+            x = x.mean(dim=(2, 3))
+        x = self.head_drop(x)
+        return x if pre_logits else self.head(x)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.forward_head(self.forward_features(x))
+
+
+def _per_stage(value, num_stages: int) -> list:
+    if isinstance(value, (int, float)):
+        return [value] * num_stages
+    value = list(value)
+    if len(value) != num_stages:
+        raise ValueError(f"expected {num_stages} per-stage values, got {value}")
+    return value
+
+
+def _create(variant: str, pretrained: bool = False, **kwargs) -> MetaFormer:
+    return build_model_with_cfg(
+        MetaFormer, variant, pretrained,
+        feature_cfg=dict(flatten_sequential=True, out_indices=(0, 1, 2, 3)),
+        **kwargs,
+    )
+
+
+def _cfg(input_size: int = 224, **kwargs) -> dict:
+    return dict(
+        url="", num_classes=1000, input_size=(3, input_size, input_size), pool_size=None,
+        crop_pct=0.9, interpolation="bicubic", mean=(0.485, 0.456, 0.406),
+        std=(0.229, 0.224, 0.225), first_conv="stages.0.downsample", classifier="head",
+        license="apache-2.0", **kwargs,
+    )
+
+
+# Macro designs: name -> (depths, dims, default input size).
+ARCHS = {
+    "t": ((2, 2, 4, 2), (32, 64, 128, 256), 64),
+    "s12": ((2, 2, 6, 2), (64, 128, 320, 512), 224),
+    "s24": ((4, 4, 12, 4), (64, 128, 320, 512), 224),
+    "s36": ((6, 6, 18, 6), (64, 128, 320, 512), 224),
+}
+# (E, G) pairs of the SCHEMEformer variants; (4, 1) is the dense baseline.
+SCHEME_VARIANTS = ((4, 2), (8, 2), (8, 4), (8, 8), (16, 8))
+PPAA = ("pool", "pool", "attn", "attn")
+
+
+def model_specs() -> dict[str, dict]:
+    """Every registered MetaFormer variant with its constructor arguments."""
+    specs = {}
+    for arch, (depths, dims, size) in ARCHS.items():
+        base = dict(depths=depths, dims=dims, token_mixers=PPAA, img_size=size)
+        specs[f"metaformer_ppaa_{arch}"] = dict(base, mlp_ratios=4, mlp_groups=1, cca=False)
+        for e, g in SCHEME_VARIANTS:
+            specs[f"schemeformer_ppaa_{arch}_e{e}_g{g}"] = dict(
+                base, mlp_ratios=e, mlp_groups=g, cca=True
+            )
+    return specs
+
+
+MODEL_SPECS = model_specs()
+default_cfgs = generate_default_cfgs({
+    name: _cfg(input_size=spec["img_size"]) for name, spec in MODEL_SPECS.items()
+})
+
+
+def _make_entrypoint(name: str, spec: dict):
+    def entrypoint(pretrained: bool = False, **kwargs) -> MetaFormer:
+        args = dict(spec)
+        args.update(kwargs)
+        return _create(name, pretrained=pretrained, **args)
+
+    entrypoint.__name__ = name
+    entrypoint.__qualname__ = name
+    entrypoint.__module__ = __name__
+    arch = name.split("_")[2]
+    entrypoint.__doc__ = (
+        f"{name}: MetaFormer PPAA-{arch.upper()}, channel mixer E={spec['mlp_ratios']}, "
+        f"G={spec['mlp_groups']}{', with CCA' if spec['cca'] else ', dense'}."
+    )
+    return entrypoint
+
+
+for _name, _spec in MODEL_SPECS.items():
+    globals()[_name] = register_model(_make_entrypoint(_name, _spec))
+
