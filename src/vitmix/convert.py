@@ -62,7 +62,9 @@ def dense_mlp_shape(mlp: nn.Module) -> tuple[int, int, int, bool]:
     if isinstance(fc1, nn.Conv2d) and isinstance(fc2, nn.Conv2d):
         for conv in (fc1, fc2):
             if conv.kernel_size != (1, 1) or conv.groups != 1 or conv.stride != (1, 1):
-                raise ValueError(f"only 1x1, ungrouped, stride-1 conv MLPs can be replaced, got {conv}")
+                raise ValueError(
+                    f"only 1x1, ungrouped, stride-1 conv MLPs can be replaced, got {conv}"
+                )
         return fc1.in_channels, fc1.out_channels, fc2.out_channels, True
     raise ValueError(f"fc1/fc2 must be Linear or 1x1 Conv2d, got {type(fc1).__name__}/"
                      f"{type(fc2).__name__}")
@@ -222,3 +224,4 @@ def deploy(model: nn.Module) -> DeployReport:
     report.params_after = count_params(model)
     model.eval()
     return report
+from .official_weights import from_official  # noqa: E402,F401

@@ -42,7 +42,8 @@ class BlockDiagonalLinear(nn.Module):
         self.in_features = in_features
         self.out_features = out_features
         self.groups = groups
-        self.weight = nn.Parameter(torch.empty(groups, out_features // groups, in_features // groups))
+        block_shape = (groups, out_features // groups, in_features // groups)
+        self.weight = nn.Parameter(torch.empty(block_shape))
         self.bias = nn.Parameter(torch.empty(out_features)) if bias else None
         self.reset_parameters()
 
@@ -258,7 +259,7 @@ class SchemeMlp(nn.Module):
         """Current weight (1 - a) of the CCA branch; 0 when the branch is absent."""
         if self.cca is None:
             return 0.0
-        return float(self.mix_weights()[1])
+        return float(self.mix_weights()[1].detach())
 
     @torch.no_grad()
     def fuse_mixing(self) -> float:
@@ -272,7 +273,7 @@ class SchemeMlp(nn.Module):
         self.fc2.weight.mul_(a)
         if self.fc2.bias is not None:
             self.fc2.bias.mul_(a)
-        dropped = float(cca_w)
+        dropped = float(cca_w.detach())
         self.cca = None
         del self.mix_logits
         del self.progress

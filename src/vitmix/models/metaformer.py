@@ -25,7 +25,9 @@ __all__ = ["MetaFormer", "MetaFormerBlock", "MetaFormerStage"]
 INPUT_MULTIPLE = 32
 
 
-def check_img_size(img_size: int | Sequence[int], multiple: int = INPUT_MULTIPLE) -> tuple[int, int]:
+def check_img_size(
+    img_size: int | Sequence[int], multiple: int = INPUT_MULTIPLE
+) -> tuple[int, int]:
     size = (img_size, img_size) if isinstance(img_size, int) else tuple(img_size)
     if len(size) != 2 or any(s <= 0 or s % multiple for s in size):
         raise ValueError(
@@ -163,7 +165,9 @@ class MetaFormer(nn.Module):
                              f"{len(depths)}, {len(dims)} and {len(token_mixers)}")
         for mixer in token_mixers:
             if mixer not in TOKEN_MIXERS:
-                raise ValueError(f"unknown token mixer {mixer!r}; choose from {sorted(TOKEN_MIXERS)}")
+                raise ValueError(
+                    f"unknown token mixer {mixer!r}; choose from {sorted(TOKEN_MIXERS)}"
+                )
         if global_pool not in ("avg", ""):
             raise ValueError(f"global_pool must be 'avg' or '', got {global_pool!r}")
         mlp_ratios = _per_stage(mlp_ratios, num_stages)

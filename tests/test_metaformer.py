@@ -1,0 +1,145 @@
+"""MetaFormer / SCHEMEformer: registration, the reference table, shapes, features and errors."""
+
+import pytest
+import timm
+import torch
+
+import vitmix  # noqa: F401  (registers the models)
+from vitmix.bench import count_macs, count_params
+from vitmix.layers import SchemeMlp
+
+# (model, params in millions, MACs at 224 in G), from the reference table.
+REFERENCE = [
+    ("metaformer_ppaa_s12", 16.54, 2.56),
+    ("schemeformer_ppaa_s12_e4_g2", 11.82, 1.77),
+    ("schemeformer_ppaa_s12_e8_g2", 16.55, 2.56),
+    ("schemeformer_ppaa_s12_e8_g4", 11.83, 1.77),
+    ("schemeformer_ppaa_s12_e8_g8", 9.47, 1.37),
+    ("schemeformer_ppaa_s12_e16_g8", 11.86, 1.77),
+    ("metaformer_ppaa_s24", 30.57, 4.89),
+    ("schemeformer_ppaa_s24_e8_g4", 21.16, 3.31),
+    ("metaformer_ppaa_s36", 44.60, 7.21),
+    ("schemeformer_ppaa_s36_e8_g4", 30.48, 4.84),
+]
+
+
+@pytest.mark.parametrize("name,params_m,macs_g", REFERENCE)
+def test_params_and_macs_match_reference(name, params_m, macs_g):
+    model = timm.create_model(name)
+    params = count_params(model)
+    # The CCA mixing logits (two per block) are training-only and not in the authors' count.
+    assert abs(params / 1e6 - params_m) / params_m < 0.01
+    macs = count_macs(model, 224)
+    assert abs(macs / 1e9 - macs_g) / macs_g < 0.03
+
+
+def test_every_variant_is_registered():
+    names = set(timm.list_models("metaformer_ppaa_*")) | set(timm.list_models("schemeformer_*"))
+    for arch in ("t", "s12", "s24", "s36"):
+        assert f"metaformer_ppaa_{arch}" in names
+        for e, g in ((4, 2), (8, 2), (8, 4), (8, 8), (16, 8)):
+            assert f"schemeformer_ppaa_{arch}_e{e}_g{g}" in names
+
+
+def test_scheme_variant_structure():
+    model = timm.create_model("schemeformer_ppaa_s12_e8_g4")
+    mlps = [m for m in model.modules() if isinstance(m, SchemeMlp)]
+    assert len(mlps) == 12
+    assert all(m.groups == 4 and m.hidden_features == 8 * m.in_features for m in mlps)
+    assert all(m.has_cca for m in mlps)
+    dense = timm.create_model("metaformer_ppaa_s12")
+    assert not any(isinstance(m, SchemeMlp) for m in dense.modules())
+
+
+@pytest.mark.parametrize("img_size", [32, 64, 96, 224])
+def test_any_multiple_of_32_works(img_size):
+    model = timm.create_model("schemeformer_ppaa_t_e8_g4", num_classes=7).eval()
+    with torch.no_grad():
+        out = model(torch.randn(2, 3, img_size, img_size))
+    assert out.shape == (2, 7)
+    assert torch.isfinite(out).all()
+
+
+def test_non_square_input_and_in_chans():
+    model = timm.create_model("metaformer_ppaa_t", num_classes=3, in_chans=1, img_size=32).eval()
+    with torch.no_grad():
+        assert model(torch.randn(1, 1, 64, 96)).shape == (1, 3)
+
+
+def test_timm_keyword_arguments_are_honoured():
+    model = timm.create_model("schemeformer_ppaa_t_e8_g4", num_classes=5, drop_rate=0.3,
+                              drop_path_rate=0.2, img_size=32, in_chans=1)
+    assert model.head.out_features == 5 and model.head_drop.p == 0.3
+    drop_paths = [m.drop_prob for m in model.modules() if type(m).__name__ == "DropPath"]
+    assert max(drop_paths) == pytest.approx(0.2)
+    assert model.stages[2].pos_embed.shape == (1, 128, 2, 2)
+    assert model.stages[0].downsample.in_channels == 1
+
+
+def test_position_embedding_is_resized_for_other_sizes():
+    model = timm.create_model("schemeformer_ppaa_t_e8_g4", img_size=64)
+    stage = model.stages[2]
+    assert stage.pos_embed.shape[-2:] == (4, 4)
+    assert stage.resized_pos_embed((4, 4)) is stage.pos_embed
+    assert stage.resized_pos_embed((2, 3)).shape == (1, 128, 2, 3)
+
+
+def test_features_only_returns_four_stage_maps():
+    model = timm.create_model("schemeformer_ppaa_t_e8_g4", features_only=True)
+    feats = model(torch.randn(1, 3, 64, 64))
+    assert [f.shape[1] for f in feats] == [32, 64, 128, 256]
+    assert [64 // f.shape[-1] for f in feats] == [4, 8, 16, 32]
+    assert model.feature_info.reduction() == [4, 8, 16, 32]
+
+
+def test_forward_head_pre_logits_and_reset_classifier():
+    model = timm.create_model("metaformer_ppaa_t", img_size=32).eval()
+    feats = model.forward_features(torch.randn(2, 3, 32, 32))
+    assert model.forward_head(feats, pre_logits=True).shape == (2, 256)
+    model.reset_classifier(4)
+    assert model(torch.randn(2, 3, 32, 32)).shape == (2, 4)
+
+
+def test_training_step_reaches_every_parameter():
+    model = timm.create_model("schemeformer_ppaa_t_e8_g4", num_classes=4, img_size=32).train()
+    model(torch.randn(2, 3, 32, 32)).logsumexp(-1).sum().backward()
+    missing = [n for n, p in model.named_parameters() if p.grad is None]
+    assert missing == []
+
+
+def test_deploy_equals_eval_output_and_drops_cca():
+    model = timm.create_model("schemeformer_ppaa_t_e8_g4", num_classes=10, img_size=32)
+    with torch.no_grad():  # make layer scale large enough that the MLP branch matters
+        for name, p in model.named_parameters():
+            if name.endswith("gamma"):
+                p.fill_(0.5)
+    model.eval()
+    x = torch.randn(4, 3, 32, 32)
+    with torch.no_grad():
+        expected = model(x)
+    report = vitmix.deploy(model)
+    assert len(report.cca_weights) == 10
+    assert 0 < report.max_cca_weight < 1
+    assert not any("mix_logits" in n for n in model.state_dict())
+    assert report.params_before - report.params_after == 2 * 10
+    with torch.no_grad():
+        assert (model(x) - expected).abs().max() < 1e-5
+
+
+@pytest.mark.parametrize("img_size", [30, 48, 0])
+def test_unsupported_img_size_is_rejected_at_construction(img_size):
+    with pytest.raises(ValueError, match=f"img_size {img_size} is not supported"):
+        timm.create_model("schemeformer_ppaa_t_e8_g4", img_size=img_size)
+
+
+def test_unsupported_input_is_rejected_before_any_work():
+    model = timm.create_model("schemeformer_ppaa_t_e8_g4", img_size=32)
+    with pytest.raises(ValueError, match="input size 40x32 is not supported"):
+        model(torch.randn(1, 3, 40, 32))
+    with pytest.raises(ValueError, match="expected 3 input channels, got 1"):
+        model(torch.randn(1, 1, 32, 32))
+
+
+def test_groups_that_do_not_divide_the_width_are_rejected():
+    with pytest.raises(ValueError, match="in_features=64 is not divisible by groups=3"):
+        timm.create_model("schemeformer_ppaa_s12_e8_g4", mlp_groups=3)
