@@ -143,3 +143,18 @@ def test_unsupported_input_is_rejected_before_any_work():
 def test_groups_that_do_not_divide_the_width_are_rejected():
     with pytest.raises(ValueError, match="in_features=64 is not divisible by groups=3"):
         timm.create_model("schemeformer_ppaa_s12_e8_g4", mlp_groups=3)
+
+
+def test_weights_load_through_timm_from_safetensors(tmp_path):
+    from safetensors.torch import save_file
+
+    # 1000 classes, as in the pretrained cfg: timm drops a classifier of another size on load.
+    source = timm.create_model("schemeformer_ppaa_t_e8_g4", img_size=32)
+    path = tmp_path / "weights.safetensors"
+    save_file(source.state_dict(), str(path))
+    x = torch.randn(1, 3, 32, 32)
+    for kwargs in (dict(pretrained=True, pretrained_cfg_overlay=dict(file=str(path))),
+                   dict(checkpoint_path=str(path))):
+        loaded = timm.create_model("schemeformer_ppaa_t_e8_g4", img_size=32, **kwargs)
+        with torch.no_grad():
+            torch.testing.assert_close(loaded.eval()(x), source.eval()(x))
