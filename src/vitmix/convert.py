@@ -224,3 +224,4 @@ def deploy(model: nn.Module) -> DeployReport:
     report.params_after = count_params(model)
     model.eval()
     return report
+from .official_weights import from_official  # noqa: E402,F401

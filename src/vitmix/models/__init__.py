@@ -1,3 +1,3 @@
 """Model families; each module registers its names with timm when imported."""
 
-from . import metaformer  # noqa: F401
+from . import groupmixformer, metaformer  # noqa: F401

@@ -1,0 +1,348 @@
+"""GroupMixFormer: a convolutional stem, four stages of Group-Mix Attention blocks, a BN head.
+
+Registered with timm as ``groupmixformer_{m,t,s,b,l}`` (the authors' five sizes) and
+``groupmixformer_{m,t}_scheme_e8_g4`` (their MLPs replaced by SCHEME's SchemeMlp, E=8, G=4).
+Inside a stage the blocks work on channels-last maps (B, H, W, C); stages take and return
+channels-first maps, so ``features_only=True`` yields the usual (B, C, H, W) pyramid at strides
+4, 8, 16 and 32. Key names differ from the release; :func:`vitmix.convert.from_official` maps
+the authors' checkpoints onto these models.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from timm.layers import DropPath, Mlp, trunc_normal_
+from timm.models._builder import build_model_with_cfg
+from timm.models._registry import generate_default_cfgs, register_model
+from torch import nn
+
+from ..layers.group_mix import (
+    GroupMixAttention,
+    SeparableConv2d,
+    conv_memory_format,
+    depthwise_conv_channels_last,
+)
+from ..layers.scheme import BlockDiagonalLinear, SchemeMlp
+
+__all__ = ["ConvStem", "GroupMixBlock", "GroupMixFormer", "GroupMixStage", "PatchEmbed"]
+
+# The stem divides by 4 and stages 2-4 halve the map, so inputs must be multiples of 32.
+INPUT_MULTIPLE = 32
+
+
+def check_img_size(img_size: int | Sequence[int]) -> tuple[int, int]:
+    size = (img_size, img_size) if isinstance(img_size, int) else tuple(img_size)
+    if len(size) != 2 or any(int(s) <= 0 or int(s) % INPUT_MULTIPLE for s in size):
+        raise ValueError(f"img_size {img_size} is not supported: height and width must be "
+                         f"positive multiples of {INPUT_MULTIPLE}")
+    return int(size[0]), int(size[1])
+
+
+class ConvStem(nn.Module):
+    """Two 3x3 stride-2 convs (with bias), each followed by BatchNorm and Hardswish.
+
+    It also checks the images, so the check runs in forward() and under features_only alike.
+    """
+
+    def __init__(self, in_chans: int, dim: int):
+        super().__init__()
+        self.in_chans = in_chans
+        self.conv1 = nn.Conv2d(in_chans, dim // 2, 3, stride=2, padding=1)
+        self.norm1 = nn.BatchNorm2d(dim // 2)
+        self.act1 = nn.Hardswish()
+        self.conv2 = nn.Conv2d(dim // 2, dim, 3, stride=2, padding=1)
+        self.norm2 = nn.BatchNorm2d(dim)
+        self.act2 = nn.Hardswish()
+
+    def check_input(self, x: torch.Tensor) -> None:
+        if x.dim() != 4 or x.shape[1] != self.in_chans:
+            raise ValueError(f"expected images of shape (B, {self.in_chans}, H, W), "
+                             f"got {tuple(x.shape)}")
+        h, w = x.shape[-2:]
+        if h % INPUT_MULTIPLE or w % INPUT_MULTIPLE:
+            raise ValueError(f"input size {h}x{w} is not supported: height and width must be "
+                             f"multiples of {INPUT_MULTIPLE}")
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.check_input(x)
+        # Channels-last from here on: every later conv is depthwise or follows a channels-last
+        # block, and oneDNN's depthwise kernels are much faster on that layout.
+        x = x.contiguous(memory_format=conv_memory_format(x))
+        x = self.act1(self.norm1(self.conv1(x)))
+        return self.act2(self.norm2(self.conv2(x)))
+
+
+class PatchEmbed(nn.Module):
+    """Separable 3x3 conv (stride 1 before stage 1, 2 after), BatchNorm, Hardswish."""
+
+    def __init__(self, in_dim: int, dim: int, stride: int):
+        super().__init__()
+        self.conv = SeparableConv2d(in_dim, dim, 3, stride=stride)
+        self.norm = nn.BatchNorm2d(dim)
+        self.act = nn.Hardswish()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.act(self.norm(self.conv(x)))
+
+
+def make_mlp(dim: int, mlp_ratio: float, mlp_groups: int, cca: bool, drop: float) -> nn.Module:
+    hidden = int(dim * mlp_ratio)
+    if mlp_groups == 1 and not cca:
+        return Mlp(dim, hidden, act_layer=nn.GELU, drop=drop)
+    return SchemeMlp(dim, hidden, act_layer=nn.GELU, drop=drop, groups=mlp_groups, cca=cca)
+
+
+class GroupMixBlock(nn.Module):
+    """x + dwconv(x) (position encoding); x + GMA(LN(x)); x + MLP(LN(x)), on (B, H, W, C)."""
+
+    def __init__(self, dim: int, num_heads: int, mlp_ratio: float, mlp_groups: int, cca: bool,
+                 qkv_bias: bool, attn: str, impl: str, proj_drop: float, drop_path: float):
+        super().__init__()
+        self.pos_conv = nn.Conv2d(dim, dim, 3, padding=1, groups=dim)
+        self.norm1 = nn.LayerNorm(dim, eps=1e-6)
+        self.attn = GroupMixAttention(dim, num_heads=num_heads, qkv_bias=qkv_bias, attn=attn,
+                                      impl=impl, proj_drop=proj_drop)
+        self.norm2 = nn.LayerNorm(dim, eps=1e-6)
+        self.mlp = make_mlp(dim, mlp_ratio, mlp_groups, cca, proj_drop)
+        self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # The (B, H, W, C) map is channels-last memory: the conv reads it without a copy.
+        x = x + depthwise_conv_channels_last(x, self.pos_conv.weight, self.pos_conv.bias)
+        x = x + self.drop_path(self.attn(self.norm1(x)))
+        return x + self.drop_path(self.mlp(self.norm2(x)))
+
+
+class GroupMixStage(nn.Module):
+    """Patch embedding, then the blocks; (B, C_in, H, W) -> (B, C, H/s, W/s)."""
+
+    def __init__(self, in_dim: int, dim: int, depth: int, stride: int, block_kwargs: dict,
+                 drop_path_rates: Sequence[float]):
+        super().__init__()
+        self.downsample = PatchEmbed(in_dim, dim, stride)
+        self.blocks = nn.Sequential(*[
+            GroupMixBlock(dim, drop_path=drop_path_rates[i], **block_kwargs) for i in range(depth)
+        ])
+        self.grad_checkpointing = False
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.downsample(x).permute(0, 2, 3, 1)
+        if self.grad_checkpointing and not torch.jit.is_scripting():
+            from timm.models._manipulate import checkpoint_seq
+
+            x = checkpoint_seq(self.blocks, x)
+        else:
+            x = self.blocks(x)
+        return x.permute(0, 3, 1, 2)
+
+
+class GroupMixFormer(nn.Module):
+    """GroupMixFormer (Ge et al., "Advancing Vision Transformers with Group-Mix Attention").
+
+    Args:
+        dims, depths, mlp_ratios: width, blocks and MLP expansion per stage.
+        num_heads: heads of every Group-Mix Attention (8 in all released models).
+        attn: "factorized" (the release) or "softmax" (the paper's formulation).
+        impl: "fast" or "reference" implementation of the attention (same function).
+        mlp_groups, cca: SCHEME's block-diagonal MLP with G groups and the CCA branch; the
+            dense timm Mlp when mlp_groups == 1 and cca is False.
+        drop_rate: dropout before the classifier; proj_drop_rate: after the attention
+            projection and in the MLP; drop_path_rate: stochastic depth, linear over blocks.
+    """
+
+    def __init__(
+        self,
+        num_classes: int = 1000,
+        in_chans: int = 3,
+        img_size: int | Sequence[int] = 224,
+        dims: Sequence[int] = (80, 160, 200, 240),
+        depths: Sequence[int] = (4, 4, 12, 4),
+        mlp_ratios: float | Sequence[float] = 4,
+        num_heads: int = 8,
+        qkv_bias: bool = True,
+        attn: str = "factorized",
+        impl: str = "fast",
+        mlp_groups: int = 1,
+        cca: bool = False,
+        drop_rate: float = 0.0,
+        proj_drop_rate: float = 0.0,
+        drop_path_rate: float = 0.0,
+        global_pool: str = "avg",
+        **kwargs,
+    ):
+        super().__init__()
+        kwargs.pop("pretrained_cfg", None)
+        if kwargs:
+            raise TypeError(f"GroupMixFormer got unexpected arguments: {sorted(kwargs)}")
+        num_stages = len(depths)
+        if len(dims) != num_stages:
+            raise ValueError(f"dims and depths need one entry per stage, got {len(dims)} dims "
+                             f"and {len(depths)} depths")
+        if in_chans <= 0:
+            raise ValueError(f"in_chans must be positive, got {in_chans}")
+        if global_pool not in ("avg", ""):
+            raise ValueError(f"global_pool must be 'avg' or '', got {global_pool!r}")
+        if isinstance(mlp_ratios, (int, float)):
+            mlp_ratios = [mlp_ratios] * num_stages
+        if len(mlp_ratios) != num_stages:
+            raise ValueError(f"expected {num_stages} mlp_ratios, got {list(mlp_ratios)}")
+        self.img_size = check_img_size(img_size)
+        self.num_classes = num_classes
+        self.in_chans = in_chans
+        self.global_pool = global_pool
+        self.num_features = self.head_hidden_size = dims[-1]
+        self.drop_rate = drop_rate
+
+        self.stem = ConvStem(in_chans, dims[0])
+        total = sum(depths)
+        # Linear in the block index; plain floats so the model can be built on any device.
+        dpr = [drop_path_rate * i / max(total - 1, 1) for i in range(total)]
+        stages, self.feature_info = [], []
+        prev_dim, reduction, cursor = dims[0], 4, 0
+        for i in range(num_stages):
+            stride = 1 if i == 0 else 2
+            reduction *= stride
+            block_kwargs = dict(num_heads=num_heads, mlp_ratio=mlp_ratios[i],
+                                mlp_groups=mlp_groups, cca=cca, qkv_bias=qkv_bias, attn=attn,
+                                impl=impl, proj_drop=proj_drop_rate)
+            stages.append(GroupMixStage(prev_dim, dims[i], depths[i], stride, block_kwargs,
+                                        dpr[cursor:cursor + depths[i]]))
+            self.feature_info.append(dict(num_chs=dims[i], reduction=reduction,
+                                          module=f"stages.{i}"))
+            prev_dim, cursor = dims[i], cursor + depths[i]
+        self.stages = nn.Sequential(*stages)
+
+        self.norm = nn.BatchNorm2d(self.num_features)
+        self.head_drop = nn.Dropout(drop_rate)
+        self.head = nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
+        self.apply(self._init_weights)
+
+    @staticmethod
+    def _init_weights(m: nn.Module) -> None:
+        if isinstance(m, (nn.Linear, BlockDiagonalLinear)):
+            trunc_normal_(m.weight, std=0.02)
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+
+    def set_attention(self, attn: str | None = None, impl: str | None = None) -> None:
+        """Switch every Group-Mix Attention's mode or implementation (parameters unchanged)."""
+        for m in self.modules():
+            if isinstance(m, GroupMixAttention):
+                if attn is not None:
+                    if attn not in ("factorized", "softmax"):
+                        raise ValueError(f"attn must be 'factorized' or 'softmax', got {attn!r}")
+                    m.attn = attn
+                if impl is not None:
+                    if impl not in ("fast", "reference"):
+                        raise ValueError(f"impl must be 'fast' or 'reference', got {impl!r}")
+                    m.impl = impl
+
+    @torch.jit.ignore
+    def no_weight_decay(self) -> set[str]:
+        return set()
+
+    @torch.jit.ignore
+    def group_matcher(self, coarse: bool = False) -> dict:
+        return dict(
+            stem=r"^stem",
+            blocks=r"^stages\.(\d+)" if coarse else [
+                (r"^stages\.(\d+)\.downsample", (0,)),
+                (r"^stages\.(\d+)\.blocks\.(\d+)", None),
+                (r"^norm", (99999,)),
+            ],
+        )
+
+    @torch.jit.ignore
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        for stage in self.stages:
+            stage.grad_checkpointing = enable
+
+    @torch.jit.ignore
+    def get_classifier(self) -> nn.Module:
+        return self.head
+
+    def reset_classifier(self, num_classes: int, global_pool: str | None = None) -> None:
+        if global_pool is not None:
+            if global_pool not in ("avg", ""):
+                raise ValueError(f"global_pool must be 'avg' or '', got {global_pool!r}")
+            self.global_pool = global_pool
+        self.num_classes = num_classes
+        self.head = nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        return self.stages(self.stem(x))
+
+    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
+        x = self.norm(x)
+        if self.global_pool == "avg":
+            x = x.mean(dim=(2, 3))
+        x = self.head_drop(x)
+        return x if pre_logits else self.head(x)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.forward_head(self.forward_features(x))
+
+
+def _create(variant: str, pretrained: bool = False, **kwargs) -> GroupMixFormer:
+    return build_model_with_cfg(
+        GroupMixFormer, variant, pretrained,
+        feature_cfg=dict(flatten_sequential=True, out_indices=(0, 1, 2, 3)),
+        **kwargs,
+    )
+
+
+def _cfg(**kwargs) -> dict:
+    return dict(
+        url="", num_classes=1000, input_size=(3, 224, 224), pool_size=(7, 7), crop_pct=0.9,
+        interpolation="bicubic", mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225),
+        first_conv="stem.conv1", classifier="head", license="mit", **kwargs,
+    )
+
+
+# The authors' sizes: name -> (dims, depths, mlp ratios).
+ARCHS = {
+    "m": ((40, 80, 160, 160), (3, 3, 12, 4), (4, 4, 4, 4)),
+    "t": ((80, 160, 200, 240), (4, 4, 12, 4), (4, 4, 4, 4)),
+    "s": ((80, 160, 320, 320), (2, 4, 12, 4), (4, 4, 4, 4)),
+    "b": ((200, 240, 320, 480), (8, 8, 12, 8), (2, 2, 4, 4)),
+    "l": ((240, 320, 360, 480), (8, 10, 30, 10), (4, 4, 2, 2)),
+}
+SCHEME_ARCHS = ("m", "t")
+SCHEME_E, SCHEME_G = 8, 4
+
+
+def model_specs() -> dict[str, dict]:
+    """Every registered GroupMixFormer variant with its constructor arguments."""
+    specs = {}
+    for arch, (dims, depths, ratios) in ARCHS.items():
+        specs[f"groupmixformer_{arch}"] = dict(dims=dims, depths=depths, mlp_ratios=ratios)
+    for arch in SCHEME_ARCHS:
+        dims, depths, _ = ARCHS[arch]
+        specs[f"groupmixformer_{arch}_scheme_e{SCHEME_E}_g{SCHEME_G}"] = dict(
+            dims=dims, depths=depths, mlp_ratios=SCHEME_E, mlp_groups=SCHEME_G, cca=True)
+    return specs
+
+
+MODEL_SPECS = model_specs()
+default_cfgs = generate_default_cfgs({name: _cfg() for name in MODEL_SPECS})
+
+
+def _make_entrypoint(name: str, spec: dict):
+    def entrypoint(pretrained: bool = False, **kwargs) -> GroupMixFormer:
+        args = dict(spec)
+        args.update(kwargs)
+        return _create(name, pretrained=pretrained, **args)
+
+    entrypoint.__name__ = entrypoint.__qualname__ = name
+    entrypoint.__module__ = __name__
+    arch = name.split("_")[1].upper()
+    mlp = (f"SchemeMlp E={spec['mlp_ratios']}, G={spec['mlp_groups']}" if spec.get("cca")
+           else "dense MLP")
+    entrypoint.__doc__ = f"{name}: GroupMixFormer-{arch}, {mlp}."
+    return entrypoint
+
+
+for _name, _spec in MODEL_SPECS.items():
+    globals()[_name] = register_model(_make_entrypoint(_name, _spec))
