@@ -2,7 +2,11 @@
 
 Layout conventions: the MLP accepts channels-last input (..., C) such as (B, N, C) or (B, H, W, C),
 or channels-first (B, C, H, W) when built with ``channels_first=True``. Both are computed as
-batched matmuls over the groups, laid out so that no activation is copied between fc1 and fc2.
+batched matmuls over the groups, laid out so that no activation is copied between fc1 and fc2;
+a (B, C, H, W) map stored channels_last is read in place by the channels-last kernels.
+Eager float32 inference on the CPU takes a faster path with the same result: two oneDNN
+kernels, each a grouped 1x1 convolution fused with its bias and activation (see
+``SchemeMlp._mlp_fused_maps``).
 """
 
 from __future__ import annotations
@@ -14,6 +18,11 @@ import torch
 import torch.nn.functional as F
 from timm.layers import to_2tuple
 from torch import nn
+
+try:  # private API, only used to keep dispatch-mode tools (FLOP counting) on the plain path
+    from torch.utils._python_dispatch import _get_current_dispatch_mode
+except ImportError:  # another torch: no fused path rather than a failed import
+    _get_current_dispatch_mode = None
 
 __all__ = ["BlockDiagonalLinear", "ChannelCovarianceAttention", "SchemeMlp", "cosine_cca_weight"]
 
@@ -148,6 +157,53 @@ class ChannelCovarianceAttention(nn.Module):
             scale = scale / n
         attn = torch.softmax(torch.bmm(feats, feats.transpose(1, 2)) * scale, dim=-1)
         return torch.bmm(attn, feats).reshape(x.shape)  # (X A^T)^T = A X^T
+
+
+_HAS_FUSED_CONV = torch.backends.mkldnn.is_available() and hasattr(
+    torch.ops.mkldnn, "_convolution_pointwise"
+)
+
+
+def _fused_conv1x1(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
+                   groups: int, activation: str, algorithm: str) -> torch.Tensor:
+    """activation(grouped 1x1 conv(x) + bias) as one oneDNN kernel, the op torch.compile's
+    CPU backend fuses a convolution and its activation into. ``weight`` is (out, in/G, 1, 1)."""
+    return torch.ops.mkldnn._convolution_pointwise(
+        x, weight, bias, [0, 0], [1, 1], [1, 1], groups, activation, [], algorithm
+    )
+
+
+def _identity(x: torch.Tensor) -> torch.Tensor:
+    return x
+
+
+def _fusable_activation(act: nn.Module) -> tuple[Callable[[torch.Tensor], torch.Tensor],
+                                                 tuple[str, str]]:
+    """(what is left to apply after the kernel, (oneDNN post-op, algorithm)) for ``act``."""
+    if type(act) is nn.GELU:
+        return _identity, ("gelu", act.approximate)
+    if type(act) is nn.ReLU:
+        return _identity, ("relu", "")
+    if type(act) is nn.SiLU:
+        return _identity, ("swish", "")
+    if type(act) is nn.Identity:
+        return _identity, ("none", "")
+    return act, ("none", "")
+
+
+def _is_channels_last_memory(x: torch.Tensor) -> bool:
+    """True for a (B, C, *spatial) tensor whose channels are its innermost, contiguous axis."""
+    return x.dim() > 2 and x.shape[1] > 1 and _channels_to_last(x).is_contiguous()
+
+
+# permute() with explicit non-negative axes rather than movedim(1, -1): ONNX's exporter turns
+# the latter into a Transpose with a negative axis, which onnxruntime rejects.
+def _channels_to_last(x: torch.Tensor) -> torch.Tensor:
+    return x.permute(0, *range(2, x.dim()), 1)
+
+
+def _channels_to_first(x: torch.Tensor) -> torch.Tensor:
+    return x.permute(0, x.dim() - 1, *range(1, x.dim() - 1))
 
 
 def cosine_cca_weight(start: float, progress: float) -> float:
@@ -289,15 +345,74 @@ class SchemeMlp(nn.Module):
         return self.drop2(self.fc2.from_grouped(y, lead))
 
     def _mlp_channels_first(self, x: torch.Tensor) -> torch.Tensor:
+        if _is_channels_last_memory(x):
+            # (B, C, H, W) stored as (B, H, W, C): the channels-last kernels read it in place.
+            return _channels_to_first(self._mlp_channels_last(_channels_to_last(x)))
         h = self.drop1(self.act(self.fc1.forward_channels_first(x)))
         return self.drop2(self.fc2.forward_channels_first(h))
 
+    def _use_fused_inference(self, x: torch.Tensor) -> bool:
+        """Whether to take the fused CPU inference path (eager float32 inference only).
+
+        Autograd needs the plain path, GPUs and other dtypes have no fused kernel here, and
+        compilers, exporters and dispatch-mode tools (FLOP counting, fake tensors) should see
+        the plain ops, which they know how to count and fuse.
+        """
+        if x.device.type != "cpu" or x.dtype != torch.float32 or not _HAS_FUSED_CONV:
+            return False
+        if _get_current_dispatch_mode is None:
+            return False
+        if torch.is_grad_enabled() and (x.requires_grad or self.fc1.weight.requires_grad):
+            return False
+        return not (torch.jit.is_scripting() or torch.jit.is_tracing()
+                    or torch.compiler.is_compiling() or torch.onnx.is_in_onnx_export()
+                    or _get_current_dispatch_mode() is not None)
+
+    def _mlp_fused_maps(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, in, H, W) -> (B, out, H, W) for float32 CPU inference, in two oneDNN kernels:
+        fc1 with its bias and activation, then fc2 with its bias, each a grouped 1x1
+        convolution over all G groups at once. The result keeps x's memory format.
+
+        Why not the batched matmuls of the training path: a matmul with bias copies the bias
+        into the output before the product, and the activation is one more pass, so the
+        E-times-wider hidden activation would cross memory three times where the fused kernel
+        writes it once. Why not one kernel per group: on a loaded machine each launch of a
+        multi-threaded kernel can wait for a core, so fewer, larger kernels are the robust
+        choice (measured in benchmarks/bdmlp.py).
+        """
+        act, (post_op, algorithm) = _fusable_activation(self.act)
+        g = self.groups
+        w1 = self.fc1.weight.view(self.hidden_features, self.in_features // g, 1, 1)
+        w2 = self.fc2.weight.view(self.out_features, self.hidden_features // g, 1, 1)
+        h = self.drop1(act(_fused_conv1x1(x, w1, self.fc1.bias, g, post_op, algorithm)))
+        return self.drop2(_fused_conv1x1(h, w2, self.fc2.bias, g, "none", ""))
+
+    def _mlp_fused(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.channels_first:
+            self.fc1._check_channels(x.shape[-1], "the last dimension")
+            tokens = x.reshape(-1, self.in_features)
+            # (M, in) tokens are a (1, in, M, 1) map stored channels_last: a view, no copy.
+            as_map = tokens.view(1, tokens.shape[0], 1, self.in_features).permute(0, 3, 1, 2)
+            y = self._mlp_fused_maps(as_map).permute(0, 2, 3, 1)
+            return y.reshape(*x.shape[:-1], self.out_features)
+        self.fc1._check_channels(x.shape[1], "dimension 1 (channels first)")
+        if x.dim() == 4 and _is_channels_last_memory(x):
+            return self._mlp_fused_maps(x)
+        # oneDNN runs 1x1 convolutions channels_last; given channels-first memory it reorders
+        # the E-times-wider hidden activation too, so reorder the input and output instead.
+        # (B, C, N) and (B, C, D, H, W) become 2-d maps for the convolution.
+        as_map = x if x.dim() == 4 else x.reshape(x.shape[0], self.in_features, -1, 1)
+        y = self._mlp_fused_maps(as_map.contiguous(memory_format=torch.channels_last))
+        return y.contiguous().reshape(x.shape[0], self.out_features, *x.shape[2:])
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.channels_first:
-            if x.dim() < 3:
-                raise ValueError(
-                    f"SchemeMlp(channels_first=True) expects (B, C, ...), got {tuple(x.shape)}"
-                )
+        if self.channels_first and x.dim() < 3:
+            raise ValueError(
+                f"SchemeMlp(channels_first=True) expects (B, C, ...), got {tuple(x.shape)}"
+            )
+        if self._use_fused_inference(x):
+            y = self._mlp_fused(x)
+        elif self.channels_first:
             y = self._mlp_channels_first(x)
         else:
             y = self._mlp_channels_last(x)

@@ -1,0 +1,48 @@
+"""`vitmix export`: the deployed model as ONNX or TorchScript, checked against PyTorch."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser(
+        "export", help="export a deployed model to ONNX or TorchScript",
+        description="Build the model (optionally from a vitmix checkpoint), deploy it (CCA "
+                    "folded away, eval mode), export it, then run the file (onnxruntime or "
+                    "torch.jit) beside PyTorch and fail if they differ by more than "
+                    "--tolerance.",
+    )
+    p.add_argument("out", help="file to write, e.g. model.onnx or model.pt")
+    p.add_argument("--model", required=True, help="timm model name")
+    p.add_argument("--checkpoint", default=None, help="a vitmix .safetensors or .pth file")
+    p.add_argument("--format", required=True, choices=["onnx", "torchscript"])
+    p.add_argument("--img-size", type=int, default=None,
+                   help="input size (default: the checkpoint's, else 224)")
+    p.add_argument("--in-chans", type=int, default=None,
+                   help="input channels (default: the checkpoint's, else 3)")
+    p.add_argument("--tolerance", type=float, default=1e-4,
+                   help="largest allowed |exported - PyTorch| (default: 1e-4)")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    import vitmix  # noqa: F401  (registers vitmix's models)
+
+    from ..bench.speed import build_deployed
+    from ..export import EXPORT_FORMATS, export_model
+
+    if args.format not in EXPORT_FORMATS:
+        raise ValueError(f"--format must be one of {EXPORT_FORMATS}, got {args.format!r}")
+    for flag, value in (("--img-size", args.img_size), ("--in-chans", args.in_chans)):
+        if value is not None and value <= 0:
+            raise ValueError(f"{flag} must be positive, got {value}")
+    parent = Path(args.out).parent
+    if not parent.is_dir():  # before minutes of building and tracing
+        raise FileNotFoundError(f"the folder {parent} for {args.out} does not exist")
+    model, kwargs = build_deployed(args.model, args.img_size, args.checkpoint, args.in_chans)
+    report = export_model(model, args.out, args.format, img_size=kwargs["img_size"],
+                          in_chans=kwargs["in_chans"], tolerance=args.tolerance)
+    print(report)
+    return 0
