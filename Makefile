@@ -9,7 +9,7 @@ env:
 	@bash scripts/setup_env.sh $(VENV)
 
 demo: env
-	$(PY) -m vitmix demo --out runs/demo
+	$(PY) -m vitmix train --model schemeformer_ppaa_t_e8_g4 --data fashion-mnist --img-size 32 --epochs 3 --max-train-batches 40 --max-val-batches 10 --base-lr 8e-3 --warmup-epochs 0.5 --no-ema --auto-augment none --mixup 0 --crop-scale 0.8 1 --re-prob 0.1 --out runs/demo --overwrite
 
 test: env
 	$(PY) -m pytest -q

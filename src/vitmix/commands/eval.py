@@ -1,0 +1,49 @@
+"""`vitmix eval`: top-1, top-5, per-class accuracy, confusion matrix and images/s."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser(
+        "eval", help="evaluate a checkpoint on Fashion-MNIST's test split or an ImageFolder val/",
+        description="Evaluate a trained model: a run's model_deployed.safetensors, or its "
+                    "last.pth / best.pth (their EMA weights when the run kept an EMA).",
+    )
+    p.add_argument("--model", required=True, help="timm model name the checkpoint was saved from")
+    p.add_argument("--checkpoint", required=True, help=".safetensors or .pth checkpoint")
+    p.add_argument("--data", default="fashion-mnist",
+                   help="'fashion-mnist' or a folder with val/ (default: fashion-mnist)")
+    p.add_argument("--img-size", type=int, default=None,
+                   help="input size (default: the size the checkpoint was trained at)")
+    p.add_argument("--in-chans", type=int, default=None,
+                   help="1 or 3 (default: from the checkpoint)")
+    p.add_argument("--batch-size", type=int, default=256)
+    p.add_argument("--workers", type=int, default=2)
+    p.add_argument("--device", default="auto", help="auto, cpu or cuda")
+    p.add_argument("--out", default=None,
+                   help="folder for eval.json and confusion.png (default: beside the checkpoint)")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..train.evaluation_job import evaluate_checkpoint
+
+    result = evaluate_checkpoint(
+        model_name=args.model, checkpoint=args.checkpoint, data=args.data,
+        img_size=args.img_size, in_chans=args.in_chans, batch_size=args.batch_size,
+        workers=args.workers, device=args.device,
+        out_dir=Path(args.out) if args.out else None,
+    )
+    print(f"{args.model} on {result['data']} ({result['count']} images): "
+          f"top-1 {result['top1']:.2f}%, top-5 {result['top5']:.2f}%, "
+          f"{result['images_per_s']:.0f} images/s on {result['device']}")
+    width = max(len(c) for c in result["classes"])
+    for name, acc in zip(result["classes"], result["per_class_top1"], strict=True):
+        print(f"  {name:<{width}}  {acc:6.2f}%")
+    print(f"confusion matrix: {result['confusion_png']}")
+    print(json.dumps({k: result[k] for k in ("top1", "top5", "images_per_s")}))
+    return 0

@@ -1,0 +1,124 @@
+"""`vitmix train`: train a model on Fashion-MNIST or an ImageFolder tree (also under torchrun)."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import sys
+import types
+import typing
+
+from ..train.config import TrainConfig
+
+HELP = {
+    "model": "timm model name (vitmix registers schemeformer_* and metaformer_*)",
+    "model_kwargs": "extra timm.create_model arguments as JSON, "
+                    "e.g. '{\"cca_schedule\": \"cosine\"}'",
+    "data": "'fashion-mnist' (Debian package dataset-fashion-mnist) or a folder with "
+            "train/ and val/",
+    "img_size": "input size the images are resized to (a multiple of 32 for MetaFormers)",
+    "in_chans": "1: grey input (lighter), 3: RGB",
+    "out_dir": "run folder: config.yaml, metrics.csv, checkpoints, report.md",
+    "base_lr": "AdamW learning rate for an effective batch of 1024 (scaled linearly)",
+    "warmup_epochs": "linear warm-up before the cosine schedule",
+    "clip_grad": "gradient-norm clipping (0 turns it off)",
+    "drop_path": "stochastic depth rate",
+    "ema_decay": "decay of the EMA of the weights",
+    "final_weights": "weights the final evaluation and deployed model use: ema or model",
+    "amp": "mixed precision: auto (bf16/fp16 on CUDA, off on CPU), off, bf16, fp16",
+    "channels_last": "keep images and weights in NHWC memory format (faster on CPU and GPU)",
+    "auto_augment": "timm RandAugment string ('none' turns it off)",
+    "re_prob": "random-erasing probability",
+    "crop_scale": "random-resized-crop area range, two numbers",
+    "mixup": "Mixup alpha (0 turns it off)",
+    "cutmix": "CutMix alpha (0 turns it off)",
+    "workers": "data-loading processes per training process",
+    "threads": "torch intra-op threads per process",
+    "max_train_batches": "stop each epoch after this many batches (smoke tests)",
+    "max_val_batches": "evaluate on this many batches only (smoke tests)",
+    "verify_images": "ImageFolder: 'decode' every image once up front, or check 'header's only",
+}
+
+
+def _arg_type(hint):
+    """The non-None type of an annotation such as ``int | None``."""
+    if isinstance(hint, types.UnionType) or typing.get_origin(hint) is typing.Union:
+        return _arg_type(next(a for a in typing.get_args(hint) if a is not type(None)))
+    return hint
+
+
+def _none_or(convert):
+    def parse(text: str):
+        return None if text.lower() in ("none", "off") else convert(text)
+
+    return parse
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser(
+        "train", help="train a model (Fashion-MNIST or ImageFolder); DDP under torchrun",
+        description="Train a timm/vitmix model. Every option defaults to TrainConfig; "
+                    "--config YAML sets many at once (flags given here win).",
+    )
+    p.add_argument("--config", help="YAML file with TrainConfig keys (a run's config.yaml works)")
+    p.add_argument("--resume", metavar="RUN_DIR", help="continue the killed run in RUN_DIR")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace an earlier run in the --out folder instead of refusing")
+    p.add_argument("--out", dest="out_dir", default=argparse.SUPPRESS, help=HELP["out_dir"])
+    hints = typing.get_type_hints(TrainConfig)
+    defaults = TrainConfig()
+    for f in dataclasses.fields(TrainConfig):
+        if f.name == "out_dir":
+            continue
+        flag = "--" + f.name.replace("_", "-")
+        hint = hints[f.name]
+        default = getattr(defaults, f.name)
+        text = HELP.get(f.name, f.name.replace("_", " "))
+        kwargs = dict(dest=f.name, default=argparse.SUPPRESS, help=f"{text} (default: {default})")
+        if hint is bool:
+            p.add_argument(flag, action=argparse.BooleanOptionalAction, **kwargs)
+            continue
+        if f.name == "model_kwargs":
+            p.add_argument(flag, type=json.loads, metavar="JSON", **kwargs)
+        elif f.name == "crop_scale":
+            p.add_argument(flag, type=float, nargs=2, metavar=("LOW", "HIGH"), **kwargs)
+        else:
+            base = _arg_type(hint)
+            optional = type(None) in typing.get_args(hint)
+            p.add_argument(flag, type=_none_or(base) if optional else base, **kwargs)
+    p.set_defaults(func=run)
+
+
+def config_from_args(args: argparse.Namespace) -> TrainConfig:
+    names = {f.name for f in dataclasses.fields(TrainConfig)}
+    given = {k: v for k, v in vars(args).items() if k in names}
+    values = TrainConfig.load(args.config).to_dict() if args.config else {}
+    values.update(given)
+    if values.get("clip_grad") == 0:
+        values["clip_grad"] = None
+    return TrainConfig.from_dict(values)
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..train.engine import TrainingDiverged, fit
+
+    if args.resume:
+        extra = {f.name for f in dataclasses.fields(TrainConfig)} & set(vars(args))
+        if extra or args.config:
+            raise ValueError(f"--resume continues a run with its saved config.yaml; drop "
+                             f"{sorted(extra) or ['--config']}")
+        config = None
+    else:
+        config = config_from_args(args)
+    try:
+        result = fit(config, resume=args.resume, overwrite=args.overwrite)
+    except TrainingDiverged as err:
+        print(f"vitmix train: stopped: {err}", file=sys.stderr)
+        return 3
+    if os.environ.get("RANK", "0") == "0":
+        print(f"test top-1 {result.top1:.2f}% (top-5 {result.top5:.2f}%), deployed model "
+              f"{result.deployed_top1:.2f}%; wall time {result.summary['train_seconds']:.0f} s")
+        print(f"report: {result.report}")
+    return 0

@@ -1,0 +1,474 @@
+"""The training loop: one run folder per call of :func:`fit`.
+
+A run is deterministic given its config: every epoch reseeds all generators from (seed, epoch,
+rank) and the sampler shuffles from (seed, epoch), so a run resumed from the checkpoint of
+epoch k continues exactly as the uninterrupted run would have.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import json
+import math
+import os
+import random
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import timm
+import torch
+from timm.data import Mixup
+from timm.loss import LabelSmoothingCrossEntropy, SoftTargetCrossEntropy
+from timm.optim import create_optimizer_v2
+from timm.scheduler import CosineLRScheduler
+from timm.utils import ModelEmaV3, dispatch_clip_grad
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DataLoader, DistributedSampler
+from tqdm import tqdm
+
+from ..bench.complexity import count_macs, count_params
+from ..convert import deploy
+from ..data import AugmentSettings, build_transforms, load_splits
+from ..layers.scheme import SchemeMlp
+from .checkpoint import atomic_save, check_state_dict, load_checkpoint, save_safetensors
+from .config import TrainConfig
+from .distributed import DistContext, ShardSampler, all_reduce_sum, init_distributed
+from .evaluate import EvalResult, evaluate
+from .report import MetricsLog, plot_confusion, plot_curves, write_report
+
+__all__ = ["FitResult", "TrainingDiverged", "build_model", "fit", "scheme_layers"]
+
+
+class TrainingDiverged(RuntimeError):
+    """The loss stopped being finite; the last checkpoint written before it is kept."""
+
+
+@dataclass
+class FitResult:
+    run_dir: Path
+    top1: float
+    top5: float
+    deployed_top1: float
+    deployed_top5: float
+    report: Path
+    summary: dict
+
+
+def scheme_layers(model: nn.Module) -> dict[str, SchemeMlp]:
+    """Every SchemeMlp that still has its CCA branch, by module name."""
+    return {name: m for name, m in model.named_modules()
+            if isinstance(m, SchemeMlp) and m.has_cca}
+
+
+def model_kwargs_for(config: TrainConfig, num_classes: int) -> dict:
+    kwargs = dict(num_classes=num_classes, in_chans=config.in_chans, img_size=config.img_size,
+                  drop_path_rate=config.drop_path)
+    kwargs.update(config.model_kwargs)
+    return kwargs
+
+
+def build_model(name: str, kwargs: dict) -> nn.Module:
+    """timm.create_model with a ValueError for names and arguments people get wrong."""
+    if name not in timm.list_models():
+        raise ValueError(f"unknown model {name!r}; `vitmix list` or timm.list_models() "
+                         f"shows the names")
+    try:
+        return timm.create_model(name, **kwargs)
+    except TypeError as err:
+        if "img_size" in kwargs and "img_size" in str(err):
+            # Convolutional timm models take any input size and have no img_size argument.
+            return build_model(name, {k: v for k, v in kwargs.items() if k != "img_size"})
+        raise ValueError(f"cannot build {name} with {kwargs}: {err}") from None
+
+
+def _seed_all(seed: int, epoch: int, rank: int) -> None:
+    # epoch -1 seeds the model's initial weights.
+    state = np.random.SeedSequence([seed, epoch + 1, rank]).generate_state(2)
+    random.seed(int(state[0]))
+    np.random.seed(int(state[1]))
+    torch.manual_seed(int(state[0]) << 32 | int(state[1]))
+
+
+def _rng_state() -> dict:
+    state = {"python": random.getstate(), "numpy": np.random.get_state(),
+             "torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _set_rng_state(state: dict) -> None:
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def _autocast_factory(amp: str, device: torch.device):
+    """(autocast context factory, whether to scale gradients)."""
+    if amp == "auto":
+        if device.type != "cuda":
+            amp = "off"  # CPU autocast is slower than float32 on most CPUs without AMX
+        else:
+            amp = "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+    if amp == "off":
+        return contextlib.nullcontext, False
+    dtype = torch.bfloat16 if amp == "bf16" else torch.float16
+    return (lambda: torch.autocast(device.type, dtype=dtype)), amp == "fp16"
+
+
+class _Run:
+    """State of one training run; its methods are the phases of :func:`fit`."""
+
+    def __init__(self, config: TrainConfig, run_dir: Path, ctx: DistContext):
+        self.config, self.run_dir, self.ctx = config, run_dir, ctx
+        self.device = ctx.device
+        if config.threads:
+            torch.set_num_threads(config.threads)
+        augment = AugmentSettings(auto_augment=config.auto_augment, re_prob=config.re_prob,
+                                  scale=config.crop_scale, hflip=config.hflip)
+        train_tf, eval_tf = build_transforms(config.img_size, config.in_chans, augment)
+        self.data = load_splits(config.data, config.in_chans, train_tf, eval_tf,
+                                verify=config.verify_images)
+        self.num_classes = len(self.data.classes)
+
+        # The same initial weights on every rank (DDP also broadcasts rank 0's).
+        _seed_all(config.seed, -1, 0)
+        self.model_kwargs = model_kwargs_for(config, self.num_classes)
+        model = build_model(config.model, self.model_kwargs)
+        self.params = count_params(model)
+        self.macs = count_macs(model, config.img_size, config.in_chans)
+        if ctx.enabled and self.device.type == "cuda" and any(
+                isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules()):
+            model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+        self.model = model.to(self.device)
+        if config.channels_last:
+            self.model = self.model.to(memory_format=torch.channels_last)
+        self.ema = ModelEmaV3(self.model, decay=config.ema_decay) if config.ema else None
+        self.train_model = (DistributedDataParallel(self.model, device_ids=None if
+                                                    self.device.type == "cpu" else [self.device])
+                            if ctx.enabled else self.model)
+
+        self.autocast, scale = _autocast_factory(config.amp, self.device)
+        self.scaler = torch.amp.GradScaler(self.device.type) if scale else None
+        self.effective_batch = config.batch_size * config.accum_steps * ctx.world_size
+        self.lr = config.base_lr * self.effective_batch / 1024
+        self.optimizer = create_optimizer_v2(self.model, "adamw", lr=self.lr,
+                                             weight_decay=config.weight_decay,
+                                             filter_bias_and_bn=True)
+        self._build_loaders()
+        self.updates_per_epoch = math.ceil(self.batches_per_epoch / config.accum_steps)
+        self.total_updates = config.epochs * self.updates_per_epoch
+        warmup = min(round(config.warmup_epochs * self.updates_per_epoch), self.total_updates - 1)
+        self.scheduler = CosineLRScheduler(
+            self.optimizer, t_initial=self.total_updates - warmup, lr_min=config.min_lr,
+            warmup_t=warmup, warmup_lr_init=self.lr * 1e-3, warmup_prefix=True,
+            t_in_epochs=False,
+        )
+        self.mixup = None
+        if config.mixup > 0 or config.cutmix > 0:
+            self.mixup = Mixup(mixup_alpha=config.mixup, cutmix_alpha=config.cutmix,
+                               label_smoothing=config.label_smoothing,
+                               num_classes=self.num_classes)
+        self.criterion = build_criterion(config)
+        self.metrics = MetricsLog(run_dir / "metrics.csv")
+        self.epoch = 0
+        self.num_updates = 0
+        self.best_metric, self.best_epoch = -1.0, -1
+        self.last_eval: dict[str, EvalResult] = {}
+        self.seconds = 0.0
+
+    def _build_loaders(self) -> None:
+        c, ctx = self.config, self.ctx
+        if len(self.data.train) < c.batch_size * ctx.world_size:
+            raise ValueError(f"the training set has {len(self.data.train)} images, fewer than "
+                             f"one batch of {c.batch_size} per process")
+        self.sampler = DistributedSampler(self.data.train, num_replicas=ctx.world_size,
+                                          rank=ctx.rank, shuffle=True, seed=c.seed,
+                                          drop_last=True)
+        pin = self.device.type == "cuda"
+        # Workers are made again every epoch, seeded from the epoch's generator: resumable.
+        self.train_loader = DataLoader(self.data.train, batch_size=c.batch_size,
+                                       sampler=self.sampler, num_workers=c.workers,
+                                       drop_last=True, pin_memory=pin)
+        val_sampler = ShardSampler(len(self.data.val), ctx.rank, ctx.world_size)
+        self.val_loader = DataLoader(self.data.val, batch_size=c.batch_size * 2,
+                                     sampler=val_sampler, num_workers=c.workers, pin_memory=pin)
+        batches = len(self.train_loader)
+        self.batches_per_epoch = min(batches, c.max_train_batches or batches)
+
+    # Checkpoints -------------------------------------------------------------------------------
+    def state(self) -> dict:
+        return {
+            "model_name": self.config.model, "model_kwargs": self.model_kwargs,
+            "config": self.config.to_dict(), "epoch": self.epoch,
+            "num_updates": self.num_updates, "model": self.model.state_dict(),
+            "ema": self.ema.module.state_dict() if self.ema else None,
+            "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
+            "scaler": self.scaler.state_dict() if self.scaler else None,
+            "rng": _rng_state(), "best_metric": self.best_metric, "best_epoch": self.best_epoch,
+            "final_weights": self.config.final_weights, "classes": self.data.classes,
+            "seconds": self.seconds,
+        }
+
+    def restore(self, ckpt: dict, source: Path) -> None:
+        check_state_dict(self.model, ckpt["model"], self.config.model, source,
+                         ckpt.get("model_name"))
+        self.model.load_state_dict(ckpt["model"])
+        if self.ema is not None and ckpt.get("ema") is not None:
+            self.ema.module.load_state_dict(ckpt["ema"])
+        self.optimizer.load_state_dict(ckpt["optimizer"])
+        self.scheduler.load_state_dict(ckpt["scheduler"])
+        if self.scaler is not None and ckpt.get("scaler"):
+            self.scaler.load_state_dict(ckpt["scaler"])
+        _set_rng_state(ckpt["rng"])
+        self.epoch, self.num_updates = ckpt["epoch"], ckpt["num_updates"]
+        self.best_metric, self.best_epoch = ckpt["best_metric"], ckpt["best_epoch"]
+        self.seconds = ckpt.get("seconds", 0.0)
+        self.metrics.truncate(self.epoch)
+
+    def save(self, best: bool) -> None:
+        if not self.ctx.is_main:
+            return
+        state = self.state()
+        atomic_save(state, self.run_dir / "last.pth")
+        if best:
+            atomic_save(state, self.run_dir / "best.pth")
+        self.metrics.write()
+
+    # Training ----------------------------------------------------------------------------------
+    def set_progress(self, progress: float) -> None:
+        progress = min(max(progress, 0.0), 1.0)
+        for model in (self.model, self.ema.module if self.ema else None):
+            if model is not None:
+                for layer in scheme_layers(model).values():
+                    layer.set_progress(progress)
+
+    def train_one_epoch(self) -> dict:
+        c, ctx = self.config, self.ctx
+        self.sampler.set_epoch(self.epoch)
+        _seed_all(c.seed, self.epoch, ctx.rank)
+        self.train_model.train()
+        n_batches = self.batches_per_epoch
+        bar = tqdm(total=n_batches * c.batch_size * ctx.world_size, unit="img", unit_scale=True,
+                   desc=f"epoch {self.epoch + 1}/{c.epochs}", leave=False, dynamic_ncols=True,
+                   disable=not (c.progress_bar and ctx.is_main))
+        loss_sum = torch.zeros((), dtype=torch.float64)
+        start = time.perf_counter()
+        self.optimizer.zero_grad(set_to_none=True)
+        for i, (images, targets) in enumerate(self.train_loader):
+            if i >= n_batches:
+                break
+            self.set_progress(self.num_updates / self.total_updates)
+            images = images.to(self.device, non_blocking=True)
+            if c.channels_last:
+                images = images.contiguous(memory_format=torch.channels_last)
+            targets = targets.to(self.device, non_blocking=True)
+            if self.mixup is not None:
+                images, targets = self.mixup(images, targets)
+            last_micro = (i + 1) % c.accum_steps == 0 or i + 1 == n_batches
+            sync = (self.train_model.no_sync() if ctx.enabled and not last_micro
+                    else contextlib.nullcontext())
+            with sync:
+                with self.autocast():
+                    loss = self.criterion(self.train_model(images), targets)
+                step_loss = loss.detach().float().reshape(1)
+                all_reduce_sum(step_loss, ctx)
+                step_loss = float(step_loss) / ctx.world_size
+                if not math.isfinite(step_loss):
+                    raise TrainingDiverged(
+                        f"the loss became {step_loss} at epoch {self.epoch + 1}, update "
+                        f"{self.num_updates}; training stopped. The last good checkpoint is "
+                        f"{self.run_dir / 'last.pth'} (epoch {self.epoch}); lower the learning "
+                        f"rate (--base-lr) or keep gradient clipping on")
+                scaled = loss / c.accum_steps
+                (self.scaler.scale(scaled) if self.scaler else scaled).backward()
+            loss_sum += step_loss
+            if last_micro:
+                self._optimizer_step()
+            bar.update(c.batch_size * ctx.world_size)
+            lr = self.optimizer.param_groups[0]["lr"]
+            bar.set_postfix(loss=f"{step_loss:.3f}", lr=f"{lr:.2e}")
+        bar.close()
+        seconds = time.perf_counter() - start
+        return {"train_loss": float(loss_sum) / n_batches, "train_seconds": seconds,
+                "train_images_per_s": n_batches * c.batch_size * ctx.world_size / seconds}
+
+    def _optimizer_step(self) -> None:
+        c = self.config
+        if self.scaler is not None:
+            self.scaler.unscale_(self.optimizer)
+        if c.clip_grad:
+            dispatch_clip_grad(self.model.parameters(), c.clip_grad)
+        if self.scaler is not None:
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+        else:
+            self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.num_updates += 1
+        self.scheduler.step_update(self.num_updates)
+        self.set_progress(self.num_updates / self.total_updates)
+        if self.ema is not None:
+            self.ema.update(self.model, step=self.num_updates)
+
+    def evaluate(self, model: nn.Module, desc: str, full: bool = False) -> EvalResult:
+        """Evaluate on the val split; ``max_val_batches`` caps it unless ``full``."""
+        c = self.config
+        limit = None if full else c.max_val_batches
+        total = len(self.data.val) if limit is None else None
+        with tqdm(total=total, unit="img", unit_scale=True, desc=desc, leave=False,
+                  dynamic_ncols=True, disable=not (c.progress_bar and self.ctx.is_main)) as bar:
+            return evaluate(model, self.val_loader, self.num_classes, self.ctx, self.autocast,
+                            limit, bar, channels_last=c.channels_last)
+
+    def run_epoch(self) -> dict:
+        start = time.perf_counter()
+        row = {"epoch": self.epoch}
+        row.update(self.train_one_epoch())
+        row["lr"] = self.optimizer.param_groups[0]["lr"]  # where the epoch ended
+        result = self.evaluate(self.model, "val")
+        self.last_eval["model"] = result
+        row.update(val_loss=result.loss, val_top1=result.top1, val_top5=result.top5)
+        metric = result.top1
+        if self.ema is not None and self.config.eval_ema_each_epoch:
+            ema_result = self.evaluate(self.ema.module, "val (EMA)")
+            self.last_eval["ema"] = ema_result
+            row.update(ema_loss=ema_result.loss, ema_top1=ema_result.top1,
+                       ema_top5=ema_result.top5)
+            if self.config.final_weights == "ema":
+                metric = ema_result.top1
+        for name, layer in scheme_layers(self.model).items():
+            row[f"cca/{name}"] = layer.cca_weight()
+        epoch_seconds = time.perf_counter() - start
+        self.seconds += epoch_seconds
+        row["epoch_seconds"] = epoch_seconds
+        self.metrics.append(row)
+        self.epoch += 1
+        best = metric > self.best_metric
+        if best:
+            self.best_metric, self.best_epoch = metric, self.epoch - 1
+        self.save(best)
+        return row
+
+    # The end -----------------------------------------------------------------------------------
+    def finish(self) -> FitResult:
+        c = self.config
+        start = time.perf_counter()
+        final = self.ema.module if c.final_weights == "ema" else self.model
+        trained = self.last_eval.get(c.final_weights)
+        if trained is None or c.max_val_batches is not None:
+            trained = self.evaluate(final, "final", full=True)
+        deployed = copy.deepcopy(final)
+        deploy_report = deploy(deployed)
+        deployed_result = self.evaluate(deployed, "deployed", full=True)
+        self.seconds += time.perf_counter() - start
+        summary = {
+            "model": c.model, "data": self.data.name, "epochs": self.epoch,
+            "final_weights": c.final_weights, "trained": trained.summary(),
+            "deployed": deployed_result.summary(), "per_class_top1": trained.per_class,
+            "classes": self.data.classes, "params": self.params,
+            "deployed_params": count_params(deployed), "macs": self.macs,
+            "max_cca_weight_dropped": deploy_report.max_cca_weight,
+            "cca_weights_dropped": deploy_report.cca_weights,
+            "train_seconds": self.seconds, "device": str(self.device),
+            "world_size": self.ctx.world_size, "effective_batch": self.effective_batch,
+            "lr": self.lr, "skipped_images": self.data.skipped,
+            "best_epoch": self.best_epoch, "best_metric": self.best_metric,
+        }
+        report_path = self.run_dir / "report.md"
+        if self.ctx.is_main:
+            meta = {"model": c.model, "model_kwargs": json.dumps(self.model_kwargs),
+                    "deployed": "1", "classes": json.dumps(self.data.classes)}
+            save_safetensors(deployed.state_dict(), self.run_dir / "model_deployed.safetensors",
+                             meta)
+            plots = plot_curves(self.metrics.rows, self.run_dir)
+            plots["confusion"] = plot_confusion(trained.confusion, self.data.classes,
+                                                self.run_dir / "confusion.png",
+                                                f"{c.model}: confusion matrix")
+            (self.run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
+            write_report(report_path, c.to_dict(), summary, self.metrics.rows, plots,
+                         self.data.classes, trained.per_class)
+        self.ctx.barrier()
+        return FitResult(self.run_dir, trained.top1, trained.top5, deployed_result.top1,
+                         deployed_result.top5, report_path, summary)
+
+
+def build_criterion(config: TrainConfig) -> nn.Module:
+    if config.mixup > 0 or config.cutmix > 0:
+        return SoftTargetCrossEntropy()  # Mixup already smoothed the targets
+    if config.label_smoothing > 0:
+        return LabelSmoothingCrossEntropy(smoothing=config.label_smoothing)
+    return nn.CrossEntropyLoss()
+
+
+RUN_FILES = ("last.pth", "best.pth", "metrics.csv", "summary.json", "report.md",
+             "model_deployed.safetensors")
+
+
+def fit(config: TrainConfig | None = None, resume: str | Path | None = None,
+        on_epoch_end: Callable[[dict], None] | None = None,
+        overwrite: bool = False) -> FitResult:
+    """Train ``config`` (or continue the run in folder ``resume``) and return its results.
+
+    The run folder (config.out_dir, or ``resume``) receives config.yaml, metrics.csv, last.pth
+    and best.pth, model_deployed.safetensors, summary.json, report.md and its plots.
+    ``on_epoch_end(row)`` is called on every rank after each epoch's checkpoint is written.
+    ``overwrite=True`` replaces an earlier run in the same folder instead of refusing.
+    """
+    if resume is not None:
+        run_dir = Path(resume)
+        if not (run_dir / "last.pth").is_file():
+            raise FileNotFoundError(f"cannot resume: {run_dir / 'last.pth'} does not exist")
+        saved = TrainConfig.load(run_dir / "config.yaml")
+        if config is not None and config.to_dict() != saved.to_dict():
+            raise ValueError(f"--resume continues the run in {run_dir} with its own "
+                             f"config.yaml; do not pass another config")
+        config = saved
+    elif config is None:
+        raise ValueError("fit() needs a config or a run folder to resume")
+    else:
+        run_dir = Path(config.out_dir)
+        if overwrite:
+            if int(os.environ.get("RANK", "0")) == 0:
+                for name in RUN_FILES:
+                    (run_dir / name).unlink(missing_ok=True)
+        elif (run_dir / "last.pth").exists():
+            raise ValueError(f"{run_dir} already holds a run; continue it with "
+                             f"--resume {run_dir} or choose another --out")
+    ctx = init_distributed(config.device)
+    try:
+        if ctx.is_main:
+            run_dir.mkdir(parents=True, exist_ok=True)
+            if resume is None:
+                config.save(run_dir / "config.yaml")
+        ctx.barrier()
+        run = _Run(config, run_dir, ctx)
+        if resume is not None:
+            run.restore(load_checkpoint(run_dir / "last.pth"), run_dir / "last.pth")
+            if ctx.is_main:
+                print(f"resuming {run_dir} after epoch {run.epoch}/{config.epochs}")
+        log = print if ctx.is_main else (lambda *a, **k: None)
+        log(f"{config.model}: {run.params / 1e6:.3f}M params, {run.macs / 1e6:.1f}M MACs "
+            f"@{config.img_size}; {len(run.data.train)} train / {len(run.data.val)} val images"
+            f"{f', {run.data.skipped} unreadable skipped' if run.data.skipped else ''}; "
+            f"{ctx.world_size} process(es) on {ctx.device}; lr {run.lr:.3g}")
+        while run.epoch < config.epochs:
+            row = run.run_epoch()
+            cca = [v for k, v in row.items() if k.startswith("cca/")]
+            cca_text = f" cca max {max(cca):.3f}" if cca else ""
+            ema_text = f" ema {row['ema_top1']:.2f}" if "ema_top1" in row else ""
+            log(f"epoch {run.epoch}/{config.epochs}: loss {row['train_loss']:.4f} "
+                f"val top-1 {row['val_top1']:.2f}{ema_text}{cca_text} "
+                f"({row['epoch_seconds']:.0f}s, {row['train_images_per_s']:.0f} img/s)")
+            if on_epoch_end is not None:
+                on_epoch_end(row)
+        return run.finish()
+    finally:
+        ctx.close()

@@ -1,0 +1,156 @@
+"""metrics.csv, plots and report.md of a run folder."""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import matplotlib
+import yaml
+
+matplotlib.use("Agg")  # files only, no display
+import matplotlib.pyplot as plt  # noqa: E402
+
+__all__ = ["MetricsLog", "plot_confusion", "plot_curves", "write_report"]
+
+
+class MetricsLog:
+    """Rows of per-epoch metrics in a CSV; columns may grow (new CCA layers never appear mid-run,
+    but a resumed run re-reads what was written before)."""
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        self.rows: list[dict] = []
+        if self.path.is_file():
+            with self.path.open(newline="") as f:
+                self.rows = [{k: _number(v) for k, v in row.items()} for row in csv.DictReader(f)]
+
+    def truncate(self, epochs_done: int) -> None:
+        """Forget rows beyond the checkpoint a run resumes from."""
+        self.rows = [r for r in self.rows if int(r["epoch"]) < epochs_done]
+
+    def append(self, row: dict) -> None:
+        self.rows.append(dict(row))
+
+    def write(self) -> None:
+        columns: list[str] = []
+        for row in self.rows:
+            columns += [k for k in row if k not in columns]
+        tmp = self.path.with_suffix(".csv.tmp")
+        with tmp.open("w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=columns)
+            writer.writeheader()
+            writer.writerows(self.rows)
+        tmp.replace(self.path)
+
+
+def _number(text: str):
+    if text == "":
+        return None
+    try:
+        value = float(text)
+    except ValueError:
+        return text
+    return int(value) if value.is_integer() and "." not in text and "e" not in text else value
+
+
+def plot_curves(rows: list[dict], out_dir: Path) -> dict[str, Path]:
+    """loss.png, accuracy.png and (when the model has CCA branches) cca_weights.png."""
+    out_dir = Path(out_dir)
+    epochs = [r["epoch"] + 1 for r in rows]
+    paths = {}
+
+    fig, ax = plt.subplots(figsize=(5, 3.5))
+    ax.plot(epochs, [r["train_loss"] for r in rows], marker="o", label="train (mixed targets)")
+    ax.plot(epochs, [r["val_loss"] for r in rows], marker="o", label="val")
+    ax.set(xlabel="epoch", ylabel="cross-entropy", title="Loss")
+    ax.legend()
+    fig.tight_layout()
+    paths["loss"] = out_dir / "loss.png"
+    fig.savefig(paths["loss"], dpi=110)
+    plt.close(fig)
+
+    fig, ax = plt.subplots(figsize=(5, 3.5))
+    ax.plot(epochs, [r["val_top1"] for r in rows], marker="o", label="val top-1")
+    if any(r.get("ema_top1") is not None for r in rows):
+        ax.plot(epochs, [r.get("ema_top1") for r in rows], marker="o", label="val top-1 (EMA)")
+    ax.set(xlabel="epoch", ylabel="accuracy (%)", title="Accuracy")
+    ax.legend()
+    fig.tight_layout()
+    paths["accuracy"] = out_dir / "accuracy.png"
+    fig.savefig(paths["accuracy"], dpi=110)
+    plt.close(fig)
+
+    cca_cols = [k for k in rows[0] if k.startswith("cca/")] if rows else []
+    if cca_cols:
+        fig, ax = plt.subplots(figsize=(6, 4))
+        cmap = plt.get_cmap("viridis")
+        for i, col in enumerate(cca_cols):
+            ax.plot(epochs, [r[col] for r in rows], color=cmap(i / max(1, len(cca_cols) - 1)),
+                    label=col[4:].replace("stages.", "s").replace(".blocks.", ".b"))
+        ax.set(xlabel="epoch", ylabel="CCA weight 1 - a", title="CCA weight per layer",
+               ylim=(0, None))
+        ax.legend(fontsize=6, ncol=2)
+        fig.tight_layout()
+        paths["cca"] = out_dir / "cca_weights.png"
+        fig.savefig(paths["cca"], dpi=110)
+        plt.close(fig)
+    return paths
+
+
+def plot_confusion(confusion, classes: list[str], path: Path, title: str = "") -> Path:
+    counts = confusion.double()
+    rates = counts / counts.sum(dim=1, keepdim=True).clamp(min=1)
+    n = len(classes)
+    size = max(4.0, 0.45 * n + 2)
+    fig, ax = plt.subplots(figsize=(size, size))
+    ax.imshow(rates.numpy(), cmap="Blues", vmin=0, vmax=1)
+    if n <= 30:
+        ax.set_xticks(range(n), classes, rotation=90, fontsize=7)
+        ax.set_yticks(range(n), classes, fontsize=7)
+        for i in range(n):
+            for j in range(n):
+                if counts[i, j] > 0:
+                    ax.text(j, i, f"{int(counts[i, j])}", ha="center", va="center", fontsize=6,
+                            color="white" if rates[i, j] > 0.5 else "black")
+    ax.set(xlabel="predicted", ylabel="true", title=title or "Confusion matrix")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return Path(path)
+
+
+def write_report(path: Path, config: dict, summary: dict, rows: list[dict],
+                 plots: dict[str, Path], classes: list[str], per_class: list[float]) -> None:
+    lines = [f"# Training report: {config['model']} on {config['data']}", ""]
+    lines += ["| | top-1 (%) | top-5 (%) | images/s |", "|---|---|---|---|"]
+    for key, label in (("trained", f"trained model ({summary['final_weights']} weights)"),
+                       ("deployed", "deployed model (vitmix.deploy)")):
+        if key in summary:
+            r = summary[key]
+            lines.append(f"| {label} | {r['top1']:.2f} | {r['top5']:.2f} | "
+                         f"{r['images_per_s']:.0f} |")
+    lines += ["", f"- epochs: {summary['epochs']}, wall time: {summary['train_seconds']:.0f} s "
+              f"training + evaluation, device: {summary['device']}, processes: "
+              f"{summary['world_size']}",
+              f"- parameters: {summary['params'] / 1e6:.3f}M (deployed "
+              f"{summary['deployed_params'] / 1e6:.3f}M), MACs @{config['img_size']}: "
+              f"{summary['macs'] / 1e6:.1f}M",
+              f"- effective batch {summary['effective_batch']}, peak lr {summary['lr']:.3g}",
+              f"- largest CCA weight dropped by deploy: {summary['max_cca_weight_dropped']:.3g}",
+              f"- images skipped as unreadable: {summary['skipped_images']}", ""]
+    for key, title in (("loss", "Loss"), ("accuracy", "Accuracy"), ("cca", "CCA weight"),
+                       ("confusion", "Confusion matrix")):
+        if key in plots:
+            lines += [f"![{title}]({Path(plots[key]).name})", ""]
+    lines += ["## Per-class top-1 (%)", "", "| class | top-1 |", "|---|---|"]
+    lines += [f"| {c} | {a:.1f} |" for c, a in zip(classes, per_class, strict=True)]
+    lines += ["", "## Per-epoch metrics", "", "See metrics.csv. Last epoch:", ""]
+    if rows:
+        last = rows[-1]
+        lines += ["| metric | value |", "|---|---|"]
+        lines += [f"| {k} | {v:.4g} |" if isinstance(v, float) else f"| {k} | {v} |"
+                  for k, v in last.items()]
+    lines += ["", "## Config", "", "```yaml"]
+    lines += [yaml.safe_dump(config, sort_keys=False).rstrip(), "```", ""]
+    Path(path).write_text("\n".join(lines))

@@ -1,0 +1,309 @@
+"""The training engine end to end on generated images: run folder, SCHEME hooks, resume, DDP,
+evaluation against a float64 reference, and every error a person can meet."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import subprocess
+import sys
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import yaml
+from PIL import Image
+from safetensors.torch import load_file, save_file
+from torch import nn
+from torch.utils.data import DataLoader, TensorDataset
+
+from vitmix import cli
+from vitmix.layers.scheme import cosine_cca_weight
+from vitmix.train import TrainConfig, TrainingDiverged, evaluate, fit
+from vitmix.train import engine as engine_module
+from vitmix.train.checkpoint import load_checkpoint
+from vitmix.train.evaluation_job import evaluate_checkpoint
+
+# The fixture's broken PNG warns by design.
+pytestmark = pytest.mark.filterwarnings("ignore:.*unreadable:UserWarning")
+
+TINY = dict(depths=[1, 1, 1, 1], dims=[16, 32, 32, 32])
+CLASSES = ("circle", "square", "stripes")
+
+
+def _pattern(kind: int, rng: np.random.Generator, size: int = 28) -> np.ndarray:
+    yy, xx = np.mgrid[:size, :size]
+    if kind == 0:
+        img = ((yy - size / 2) ** 2 + (xx - size / 2) ** 2 < (size / 3) ** 2) * 200.0
+    elif kind == 1:
+        img = ((abs(yy - size / 2) < size / 4) & (abs(xx - size / 2) < size / 4)) * 200.0
+    else:
+        img = ((xx // 4) % 2) * 200.0
+    return np.clip(img + rng.normal(0, 25, img.shape), 0, 255).astype(np.uint8)
+
+
+@pytest.fixture(scope="module")
+def image_tree(tmp_path_factory) -> Path:
+    """train/ (8 per class, plus one unreadable file) and val/ (4 per class) of grey PNGs."""
+    root = tmp_path_factory.mktemp("shapes")
+    rng = np.random.default_rng(0)
+    for split, n in (("train", 8), ("val", 4)):
+        for k, name in enumerate(CLASSES):
+            (root / split / name).mkdir(parents=True)
+            for i in range(n):
+                Image.fromarray(_pattern(k, rng)).save(root / split / name / f"{i}.png")
+    (root / "train" / "circle" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n damaged")
+    return root
+
+
+def tiny_config(image_tree: Path, out: Path, **overrides) -> TrainConfig:
+    values = dict(model="schemeformer_ppaa_t_e8_g4", model_kwargs=dict(TINY), data=str(image_tree),
+                  img_size=32, in_chans=1, out_dir=str(out), epochs=2, batch_size=8,
+                  base_lr=4e-2, warmup_epochs=0.5, workers=0, threads=1, progress_bar=False,
+                  ema_decay=0.5, seed=3)
+    values.update(overrides)
+    return TrainConfig(**values)
+
+
+def quiet_fit(*args, **kwargs):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the broken PNG of the fixture warns by design
+        return fit(*args, **kwargs)
+
+
+def test_tiny_run_writes_the_run_folder_and_drives_the_cosine_schedule(image_tree, tmp_path):
+    config = tiny_config(image_tree, tmp_path / "run", epochs=3,
+                         model_kwargs=dict(TINY, cca_schedule="cosine"))
+    result = quiet_fit(config)
+    run = tmp_path / "run"
+    for name in ("config.yaml", "metrics.csv", "last.pth", "best.pth", "report.md", "loss.png",
+                 "accuracy.png", "cca_weights.png", "confusion.png", "summary.json",
+                 "model_deployed.safetensors"):
+        assert (run / name).is_file(), name
+    assert TrainConfig.load(run / "config.yaml") == config
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["skipped_images"] == 1 and summary["trained"]["count"] == 12
+    # The deployed model computes what the trained model computes in eval mode.
+    assert result.deployed_top1 == pytest.approx(result.top1)
+    assert summary["max_cca_weight_dropped"] == 0.0  # the cosine schedule ends at exactly 0
+
+    rows = list(__import__("csv").DictReader((run / "metrics.csv").open()))
+    assert [int(r["epoch"]) for r in rows] == [0, 1, 2]
+    cca_cols = [k for k in rows[0] if k.startswith("cca/")]
+    assert len(cca_cols) == 4  # one SchemeMlp per block, four blocks
+    # Logged weights follow the cosine from each layer's frozen start, sampled at epoch ends.
+    ckpt = load_checkpoint(run / "last.pth")
+    for col in cca_cols:
+        logits = ckpt["model"][f"{col[4:]}.mix_logits"].double()
+        start = float(torch.softmax(logits, 0)[1])
+        for epoch, row in enumerate(rows):
+            expected = cosine_cca_weight(start, (epoch + 1) / 3)
+            assert float(row[col]) == pytest.approx(expected, abs=1e-6)
+    report = (run / "report.md").read_text()
+    assert "deployed model" in report and "cca_weights.png" in report
+
+    # `vitmix eval` on the deployed weights gives the run's own number.
+    evaluated = evaluate_checkpoint("schemeformer_ppaa_t_e8_g4",
+                                    run / "model_deployed.safetensors", data=str(image_tree),
+                                    workers=0, out_dir=tmp_path / "eval")
+    assert evaluated["top1"] == pytest.approx(result.top1)
+    assert (tmp_path / "eval" / "model_deployed_confusion.png").is_file()
+
+
+def test_optimizer_groups_and_learning_rate_scaling(image_tree, tmp_path):
+    config = tiny_config(image_tree, tmp_path / "r", accum_steps=2, base_lr=1e-3)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        run = engine_module._Run(config, tmp_path / "r", engine_module.DistContext())
+    assert run.lr == pytest.approx(1e-3 * 16 / 1024)
+    assert run.updates_per_epoch == 2  # 3 batches of 8, accumulated in twos
+    names = {id(p): n for n, p in run.model.named_parameters()}
+    for group in run.optimizer.param_groups:
+        for p in group["params"]:
+            no_decay = p.ndim <= 1 or names[id(p)].endswith("pos_embed")
+            assert group["weight_decay"] == (0.0 if no_decay else config.weight_decay), names[id(p)]
+
+
+def test_resumed_run_ends_with_the_weights_of_an_uninterrupted_run(image_tree, tmp_path):
+    straight = quiet_fit(tiny_config(image_tree, tmp_path / "straight", accum_steps=2))
+
+    class Killed(Exception):
+        pass
+
+    def kill_after_first_epoch(row):
+        if row["epoch"] == 0:
+            raise Killed
+
+    with pytest.raises(Killed):
+        quiet_fit(tiny_config(image_tree, tmp_path / "killed", accum_steps=2),
+                  on_epoch_end=kill_after_first_epoch)
+    assert load_checkpoint(tmp_path / "killed" / "last.pth")["epoch"] == 1
+    resumed = quiet_fit(resume=tmp_path / "killed")
+    a = load_checkpoint(tmp_path / "straight" / "last.pth")
+    b = load_checkpoint(tmp_path / "killed" / "last.pth")
+    assert a["num_updates"] == b["num_updates"] == 4
+    for part in ("model", "ema"):
+        assert a[part].keys() == b[part].keys()
+        for key in a[part]:
+            assert torch.equal(a[part][key], b[part][key]), (part, key)
+    assert resumed.top1 == straight.top1
+    lines = (tmp_path / "killed" / "metrics.csv").read_text().splitlines()
+    assert len(lines) == 3  # header + two epochs, the first not repeated
+
+
+def test_nan_loss_stops_with_a_clear_message_and_keeps_the_last_checkpoint(
+        image_tree, tmp_path, monkeypatch, capsys):
+    class NaNInSecondEpoch(nn.Module):
+        calls = 0
+
+        def forward(self, logits, target):
+            NaNInSecondEpoch.calls += 1
+            loss = nn.functional.cross_entropy(logits, target.argmax(-1))
+            return loss * float("nan") if NaNInSecondEpoch.calls > 3 else loss
+
+    monkeypatch.setattr(engine_module, "build_criterion", lambda config: NaNInSecondEpoch())
+    run = tmp_path / "nan"
+    with pytest.raises(TrainingDiverged, match="loss became nan.*last.pth"):
+        quiet_fit(tiny_config(image_tree, run))
+    ckpt = load_checkpoint(run / "last.pth")
+    assert ckpt["epoch"] == 1 and all(torch.isfinite(v).all() for v in ckpt["model"].values()
+                                      if v.is_floating_point())
+    # The command line says it in one line and exits 3.
+    NaNInSecondEpoch.calls = 0
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        code = cli.main(["train", "--data", str(image_tree), "--out", str(tmp_path / "nan2"),
+                         "--model-kwargs", json.dumps(TINY), "--epochs", "2", "--batch-size", "8",
+                         "--workers", "0", "--no-progress-bar"])
+    assert code == 3
+    assert "stopped: the loss became nan" in capsys.readouterr().err
+
+
+def test_checkpoint_errors(image_tree, tmp_path, capsys):
+    run = tmp_path / "run"
+    quiet_fit(tiny_config(image_tree, run, epochs=1, ema=False))
+    deployed = run / "model_deployed.safetensors"
+    with pytest.raises(ValueError, match="holds a 'schemeformer_ppaa_t_e8_g4' model"):
+        evaluate_checkpoint("metaformer_ppaa_t", deployed, data=str(image_tree), workers=0)
+    # Weights of another architecture without a model name: caught by keys and shapes.
+    foreign = tmp_path / "foreign.safetensors"
+    state = load_file(str(deployed))
+    save_file({k: v for k, v in state.items() if "stages.3" not in k}, str(foreign),
+              metadata={"model_kwargs": json.dumps(dict(TINY, num_classes=3, in_chans=1,
+                                                        img_size=32)), "deployed": "1"})
+    with pytest.raises(ValueError, match="does not fit.*missing keys"):
+        evaluate_checkpoint("schemeformer_ppaa_t_e8_g4", foreign, data=str(image_tree), workers=0)
+    damaged = tmp_path / "damaged.pth"
+    damaged.write_bytes((run / "last.pth").read_bytes()[:1000])
+    with pytest.raises(ValueError, match="damaged"):
+        evaluate_checkpoint("schemeformer_ppaa_t_e8_g4", damaged, data=str(image_tree))
+    (run / "last.pth").write_bytes(b"garbage")
+    with pytest.raises(ValueError, match="damaged"):
+        quiet_fit(resume=run)
+    with pytest.raises(FileNotFoundError, match="last.pth"):
+        fit(resume=tmp_path / "never_ran")
+    # The command line turns them into one line and exit code 2.
+    code = cli.main(["eval", "--model", "metaformer_ppaa_t", "--checkpoint", str(deployed),
+                     "--data", str(image_tree)])
+    assert code == 2 and "pass --model schemeformer_ppaa_t_e8_g4" in capsys.readouterr().err
+
+
+def test_config_errors(image_tree, tmp_path):
+    with pytest.raises(ValueError, match="batch_size must be even"):
+        TrainConfig(batch_size=7)
+    with pytest.raises(ValueError, match="amp"):
+        TrainConfig(amp="fp8")
+    with pytest.raises(ValueError, match="unknown config keys.*lr_base"):
+        TrainConfig.from_dict({"lr_base": 1.0})
+    with pytest.raises(ValueError, match="warmup_epochs"):
+        TrainConfig(epochs=2, warmup_epochs=3)
+    with pytest.raises(ValueError, match="unknown model 'no_such_model'"):
+        quiet_fit(tiny_config(image_tree, tmp_path / "x", model="no_such_model"))
+    with pytest.raises(ValueError, match="fewer than one batch"):
+        quiet_fit(tiny_config(image_tree, tmp_path / "y", batch_size=64))
+    (tmp_path / "z").mkdir()
+    (tmp_path / "z" / "last.pth").write_bytes(b"")
+    with pytest.raises(ValueError, match="already holds a run"):
+        fit(tiny_config(image_tree, tmp_path / "z"))
+    bad_yaml = tmp_path / "bad.yaml"
+    bad_yaml.write_text("epochs: [1, 2\n")
+    with pytest.raises(ValueError, match="not valid YAML"):
+        TrainConfig.load(bad_yaml)
+
+
+def test_cli_overrides_a_yaml_config(tmp_path):
+    from vitmix.commands.train import config_from_args
+
+    path = tmp_path / "c.yaml"
+    path.write_text(yaml.safe_dump({"epochs": 7, "batch_size": 16, "mixup": 0.0}))
+    args = cli.build_parser().parse_args(["train", "--config", str(path), "--batch-size", "12",
+                                          "--clip-grad", "0", "--auto-augment", "none"])
+    config = config_from_args(args)
+    assert (config.epochs, config.batch_size, config.mixup) == (7, 12, 0.0)
+    assert config.clip_grad is None and config.auto_augment is None
+
+
+def test_evaluate_matches_a_float64_reference():
+    torch.manual_seed(0)
+    num_classes, n = 7, 53
+    features = torch.randn(n, 5)
+    targets = torch.randint(0, num_classes, (n,))
+    model = nn.Linear(5, num_classes)
+    loader = DataLoader(TensorDataset(features, targets), batch_size=8)
+    result = evaluate(model, loader, num_classes)
+
+    logits = model.double()(features.double()).detach()
+    order = logits.argsort(dim=1, descending=True)
+    top1 = sum(int(order[i, 0] == targets[i]) for i in range(n)) / n * 100
+    top5 = sum(int(targets[i] in order[i, :5].tolist()) for i in range(n)) / n * 100
+    loss = sum(-math.log(torch.softmax(logits[i], 0)[targets[i]]) for i in range(n)) / n
+    confusion = torch.zeros(num_classes, num_classes, dtype=torch.long)
+    for i in range(n):
+        confusion[targets[i], order[i, 0]] += 1
+    assert result.count == n
+    assert result.top1 == pytest.approx(top1) and result.top5 == pytest.approx(top5)
+    assert result.loss == pytest.approx(loss, rel=1e-5)
+    assert torch.equal(result.confusion, confusion)
+    per_class = [100 * confusion[c, c].item() / max(1, confusion[c].sum().item())
+                 for c in range(num_classes)]
+    assert result.per_class == pytest.approx(per_class)
+
+
+def test_two_process_ddp_run_on_cpu(image_tree, tmp_path):
+    out = tmp_path / "ddp"
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONWARNINGS="ignore")
+    src = str(Path(__file__).resolve().parents[1] / "src")
+    env["PYTHONPATH"] = src + os.pathsep + env.get("PYTHONPATH", "")
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+           "-m", "vitmix", "train", "--data", str(image_tree),
+           "--out", str(out), "--model-kwargs", json.dumps(TINY), "--epochs", "2",
+           "--batch-size", "4", "--workers", "0", "--threads", "1", "--device", "cpu",
+           "--no-progress-bar"]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=240)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.count("report: ") == 1  # only rank 0 speaks
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["world_size"] == 2 and summary["effective_batch"] == 8
+    assert summary["trained"]["count"] == 12  # every val image counted once over both ranks
+    assert summary["deployed"]["top1"] == pytest.approx(summary["trained"]["top1"])
+    ckpt = load_checkpoint(out / "last.pth")
+    assert ckpt["num_updates"] == 2 * 3  # 24 readable images, 2 ranks x 4: 3 steps per epoch
+    assert not list(out.glob("*.tmp"))
+
+
+def test_channels_last_training_memory_gives_the_same_function():
+    import timm
+
+    torch.manual_seed(0)
+    model = timm.create_model("schemeformer_ppaa_t_e8_g4", num_classes=3, in_chans=1,
+                              img_size=32, **TINY).train()
+    x = torch.randn(4, 1, 32, 32)
+    torch.manual_seed(1)
+    reference = model(x)
+    fast = model.to(memory_format=torch.channels_last)
+    torch.manual_seed(1)
+    got = fast(x.contiguous(memory_format=torch.channels_last))
+    torch.testing.assert_close(got, reference, rtol=1e-4, atol=1e-5)
