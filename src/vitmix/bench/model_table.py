@@ -41,9 +41,6 @@ def vitmix_model_names(pattern: str = "*") -> list[str]:
 
 def describe_model(name: str, img_size: int = 224) -> ModelRow:
     model = timm.create_model(name)
-    if hasattr(model, "set_attention"):
-        # The architecture's own MACs: GroupMixFormer's fast kernels do some masked extra work.
-        model.set_attention(impl="reference")
     scheme = next((m for m in model.modules() if isinstance(m, SchemeMlp)), None)
     return ModelRow(
         name=name,
