@@ -158,3 +158,9 @@ def test_weights_load_through_timm_from_safetensors(tmp_path):
         loaded = timm.create_model("schemeformer_ppaa_t_e8_g4", img_size=32, **kwargs)
         with torch.no_grad():
             torch.testing.assert_close(loaded.eval()(x), source.eval()(x))
+
+
+def test_features_only_rejects_bad_input_too():
+    model = timm.create_model("schemeformer_ppaa_t_e8_g4", features_only=True)
+    with pytest.raises(ValueError, match="input size 64x40 is not supported"):
+        model(torch.randn(1, 3, 64, 40))

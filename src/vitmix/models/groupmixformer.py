@@ -25,20 +25,9 @@ from ..layers.group_mix import (
     depthwise_conv_channels_last,
 )
 from ..layers.scheme import BlockDiagonalLinear, SchemeMlp
+from .common import PooledClassifierMixin, check_img_size, check_input
 
 __all__ = ["ConvStem", "GroupMixBlock", "GroupMixFormer", "GroupMixStage", "PatchEmbed"]
-
-# The stem divides by 4 and stages 2-4 halve the map, so inputs must be multiples of 32.
-INPUT_MULTIPLE = 32
-
-
-def check_img_size(img_size: int | Sequence[int]) -> tuple[int, int]:
-    size = (img_size, img_size) if isinstance(img_size, int) else tuple(img_size)
-    if len(size) != 2 or any(int(s) <= 0 or int(s) % INPUT_MULTIPLE for s in size):
-        raise ValueError(f"img_size {img_size} is not supported: height and width must be "
-                         f"positive multiples of {INPUT_MULTIPLE}")
-    return int(size[0]), int(size[1])
-
 
 class ConvStem(nn.Module):
     """Two 3x3 stride-2 convs (with bias), each followed by BatchNorm and Hardswish.
@@ -56,17 +45,8 @@ class ConvStem(nn.Module):
         self.norm2 = nn.BatchNorm2d(dim)
         self.act2 = nn.Hardswish()
 
-    def check_input(self, x: torch.Tensor) -> None:
-        if x.dim() != 4 or x.shape[1] != self.in_chans:
-            raise ValueError(f"expected images of shape (B, {self.in_chans}, H, W), "
-                             f"got {tuple(x.shape)}")
-        h, w = x.shape[-2:]
-        if h % INPUT_MULTIPLE or w % INPUT_MULTIPLE:
-            raise ValueError(f"input size {h}x{w} is not supported: height and width must be "
-                             f"multiples of {INPUT_MULTIPLE}")
-
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        self.check_input(x)
+        check_input(x, self.in_chans)
         # Channels-last from here on: every later conv is depthwise or follows a channels-last
         # block, and oneDNN's depthwise kernels are much faster on that layout.
         x = x.contiguous(memory_format=conv_memory_format(x))
@@ -138,7 +118,7 @@ class GroupMixStage(nn.Module):
         return x.permute(0, 3, 1, 2)
 
 
-class GroupMixFormer(nn.Module):
+class GroupMixFormer(PooledClassifierMixin, nn.Module):
     """GroupMixFormer (Ge et al., "Advancing Vision Transformers with Group-Mix Attention").
 
     Args:
@@ -243,46 +223,8 @@ class GroupMixFormer(nn.Module):
     def no_weight_decay(self) -> set[str]:
         return set()
 
-    @torch.jit.ignore
-    def group_matcher(self, coarse: bool = False) -> dict:
-        return dict(
-            stem=r"^stem",
-            blocks=r"^stages\.(\d+)" if coarse else [
-                (r"^stages\.(\d+)\.downsample", (0,)),
-                (r"^stages\.(\d+)\.blocks\.(\d+)", None),
-                (r"^norm", (99999,)),
-            ],
-        )
-
-    @torch.jit.ignore
-    def set_grad_checkpointing(self, enable: bool = True) -> None:
-        for stage in self.stages:
-            stage.grad_checkpointing = enable
-
-    @torch.jit.ignore
-    def get_classifier(self) -> nn.Module:
-        return self.head
-
-    def reset_classifier(self, num_classes: int, global_pool: str | None = None) -> None:
-        if global_pool is not None:
-            if global_pool not in ("avg", ""):
-                raise ValueError(f"global_pool must be 'avg' or '', got {global_pool!r}")
-            self.global_pool = global_pool
-        self.num_classes = num_classes
-        self.head = nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
-
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         return self.stages(self.stem(x))
-
-    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
-        x = self.norm(x)
-        if self.global_pool == "avg":
-            x = x.mean(dim=(2, 3))
-        x = self.head_drop(x)
-        return x if pre_logits else self.head(x)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.forward_head(self.forward_features(x))
 
 
 def _create(variant: str, pretrained: bool = False, **kwargs) -> GroupMixFormer:

@@ -18,36 +18,9 @@ from torch import nn
 
 from ..layers.scheme import BlockDiagonalLinear, SchemeMlp
 from ..layers.token_mixers import TOKEN_MIXERS
+from .common import PooledClassifierMixin, check_img_size, check_input
 
 __all__ = ["MetaFormer", "MetaFormerBlock", "MetaFormerStage"]
-
-# Every stage halves the map; the stem divides by 4, so inputs must be multiples of 32.
-INPUT_MULTIPLE = 32
-
-
-def check_img_size(
-    img_size: int | Sequence[int], multiple: int = INPUT_MULTIPLE
-) -> tuple[int, int]:
-    size = (img_size, img_size) if isinstance(img_size, int) else tuple(img_size)
-    if len(size) != 2 or any(s <= 0 or s % multiple for s in size):
-        raise ValueError(
-            f"img_size {img_size} is not supported: height and width must be positive "
-            f"multiples of {multiple}"
-        )
-    return size
-
-
-def check_input(x: torch.Tensor, in_chans: int, multiple: int = INPUT_MULTIPLE) -> None:
-    if x.dim() != 4:
-        raise ValueError(f"expected images of shape (B, {in_chans}, H, W), got {tuple(x.shape)}")
-    if x.shape[1] != in_chans:
-        raise ValueError(f"expected {in_chans} input channels, got {x.shape[1]} "
-                         f"(input shape {tuple(x.shape)})")
-    h, w = x.shape[-2:]
-    if h % multiple or w % multiple:
-        raise ValueError(f"input size {h}x{w} is not supported: height and width must be "
-                         f"multiples of {multiple}")
-
 
 class LayerScale2d(nn.Module):
     def __init__(self, dim: int, init_value: float):
@@ -90,10 +63,13 @@ class MetaFormerBlock(nn.Module):
 class MetaFormerStage(nn.Module):
     """Downsampling, then an optional learned position embedding, then the blocks."""
 
-    def __init__(self, in_dim: int, dim: int, depth: int, downsample: nn.Module,
+    def __init__(self, dim: int, depth: int, downsample: nn.Module,
                  pos_embed_size: tuple[int, int] | None, block_kwargs: dict,
-                 drop_path_rates: Sequence[float]):
+                 drop_path_rates: Sequence[float], input_chans: int | None = None):
         super().__init__()
+        # The first stage checks the images, so forward() and features_only both reject a bad
+        # input before any work.
+        self.input_chans = input_chans
         self.downsample = downsample
         if pos_embed_size is not None:
             self.pos_embed = nn.Parameter(torch.zeros(1, dim, *pos_embed_size))
@@ -112,6 +88,8 @@ class MetaFormerStage(nn.Module):
         return F.interpolate(self.pos_embed, size=size, mode="bicubic", align_corners=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.input_chans is not None:
+            check_input(x, self.input_chans)
         x = self.downsample(x)
         if self.pos_embed is not None:
             x = x + self.resized_pos_embed(tuple(x.shape[-2:]))
@@ -122,7 +100,7 @@ class MetaFormerStage(nn.Module):
         return self.blocks(x)
 
 
-class MetaFormer(nn.Module):
+class MetaFormer(PooledClassifierMixin, nn.Module):
     """PoolFormer-v1 style MetaFormer with per-stage token and channel mixers.
 
     Args:
@@ -133,6 +111,8 @@ class MetaFormer(nn.Module):
         cca, cca_schedule: the SCHEME training-only branch (see SchemeMlp).
         pos_embed_stage: index of the stage that adds a learned position embedding, or None.
     """
+
+    stem_pattern = r"^stages\.0\.downsample"
 
     def __init__(
         self,
@@ -197,8 +177,9 @@ class MetaFormer(nn.Module):
                 cca=cca, cca_schedule=cca_schedule, drop=proj_drop_rate,
                 layer_scale_init=layer_scale_init, head_dim=head_dim,
             )
-            stages.append(MetaFormerStage(prev_dim, dims[i], depths[i], downsample, pos_size,
-                                          block_kwargs, dpr[cursor:cursor + depths[i]]))
+            stages.append(MetaFormerStage(dims[i], depths[i], downsample, pos_size, block_kwargs,
+                                          dpr[cursor:cursor + depths[i]],
+                                          input_chans=in_chans if i == 0 else None))
             self.feature_info.append(dict(num_chs=dims[i], reduction=reduction,
                                           module=f"stages.{i}"))
             prev_dim, cursor = dims[i], cursor + depths[i]
@@ -220,45 +201,8 @@ class MetaFormer(nn.Module):
     def no_weight_decay(self) -> set[str]:
         return {name for name, _ in self.named_parameters() if name.endswith("pos_embed")}
 
-    @torch.jit.ignore
-    def group_matcher(self, coarse: bool = False) -> dict:
-        return dict(
-            stem=r"^stages\.0\.downsample",
-            blocks=r"^stages\.(\d+)" if coarse else [
-                (r"^stages\.(\d+)\.downsample", (0,)),
-                (r"^stages\.(\d+)\.blocks\.(\d+)", None),
-                (r"^norm", (99999,)),
-            ],
-        )
-
-    @torch.jit.ignore
-    def set_grad_checkpointing(self, enable: bool = True) -> None:
-        for stage in self.stages:
-            stage.grad_checkpointing = enable
-
-    @torch.jit.ignore
-    def get_classifier(self) -> nn.Module:
-        return self.head
-
-    def reset_classifier(self, num_classes: int, global_pool: str | None = None) -> None:
-        self.num_classes = num_classes
-        if global_pool is not None:
-            self.global_pool = global_pool
-        self.head = nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
-
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        check_input(x, self.in_chans)
         return self.stages(x)
-
-    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
-        x = self.norm(x)
-        if self.global_pool == "avg":
-            x = x.mean(dim=(2, 3))
-        x = self.head_drop(x)
-        return x if pre_logits else self.head(x)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.forward_head(self.forward_features(x))
 
 
 def _per_stage(value, num_stages: int) -> list:
