@@ -10,6 +10,7 @@ from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
 import vitmix.layers.scheme as scheme_module
+from references import reference_mlp
 from vitmix import deploy
 from vitmix.bench.complexity import count_macs, count_params
 from vitmix.bench.report import (
@@ -29,26 +30,6 @@ TINY = "schemeformer_ppaa_t_e8_g4"
 
 
 # ---- the fused CPU inference path of SchemeMlp -------------------------------------------
-
-def dense_block_diagonal(weight: torch.Tensor) -> torch.Tensor:
-    groups, out_g, in_g = weight.shape
-    dense = torch.zeros(groups * out_g, groups * in_g, dtype=torch.float64)
-    for g in range(groups):
-        dense[g * out_g:(g + 1) * out_g, g * in_g:(g + 1) * in_g] = weight[g]
-    return dense
-
-
-def reference_mlp(mlp: SchemeMlp, tokens: torch.Tensor, act) -> torch.Tensor:
-    """(..., C) tokens through the BD-MLP as two dense float64 matmuls."""
-    w1 = dense_block_diagonal(mlp.fc1.weight.detach().double())
-    w2 = dense_block_diagonal(mlp.fc2.weight.detach().double())
-    h = tokens.double() @ w1.T
-    if mlp.fc1.bias is not None:
-        h = h + mlp.fc1.bias.detach().double()
-    y = act(h) @ w2.T
-    if mlp.fc2.bias is not None:
-        y = y + mlp.fc2.bias.detach().double()
-    return y
 
 
 @pytest.fixture

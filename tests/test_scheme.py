@@ -6,17 +6,9 @@ import pytest
 import torch
 from timm.layers import Mlp
 
+from references import dense_block_diagonal, reference_mlp
 from vitmix.layers import BlockDiagonalLinear, ChannelCovarianceAttention, SchemeMlp
 from vitmix.layers.scheme import cosine_cca_weight
-
-
-def dense_block_diagonal(weight: torch.Tensor) -> torch.Tensor:
-    """A dense (out, in) matrix with the blocks of a (G, out/G, in/G) weight on its diagonal."""
-    groups, out_g, in_g = weight.shape
-    dense = torch.zeros(groups * out_g, groups * in_g, dtype=weight.dtype)
-    for g in range(groups):
-        dense[g * out_g:(g + 1) * out_g, g * in_g:(g + 1) * in_g] = weight[g]
-    return dense
 
 
 def reference_cca(x: torch.Tensor, scale: float, normalize_tokens: bool = False) -> torch.Tensor:
@@ -36,14 +28,6 @@ def reference_cca(x: torch.Tensor, scale: float, normalize_tokens: bool = False)
         attn = attn / attn.sum(dim=1, keepdim=True)
         out[i] = tokens[i] @ attn.T
     return out.reshape(x.shape)
-
-
-def reference_mlp(mlp: SchemeMlp, x: torch.Tensor) -> torch.Tensor:
-    """BD-MLP as two dense float64 matmuls with block-diagonal matrices (channels last)."""
-    w1 = dense_block_diagonal(mlp.fc1.weight.detach().double())
-    w2 = dense_block_diagonal(mlp.fc2.weight.detach().double())
-    h = torch.nn.functional.gelu(x.double() @ w1.T + mlp.fc1.bias.detach().double())
-    return h @ w2.T + mlp.fc2.bias.detach().double()
 
 
 @pytest.mark.parametrize("groups,in_f,out_f", [(1, 12, 20), (2, 12, 20), (4, 16, 8), (3, 9, 6)])
@@ -81,7 +65,8 @@ def test_block_diagonal_linear_init_like_timm_linear():
     assert layer.weight.abs().max() <= bound
     # Uniform(-b, b) has standard deviation b / sqrt(3).
     assert abs(layer.weight.std().item() - bound / math.sqrt(3)) < 0.05 * bound
-    torch.testing.assert_close(layer.to_dense(), dense_block_diagonal(layer.weight.detach()))
+    expected = dense_block_diagonal(layer.weight.detach())
+    torch.testing.assert_close(layer.to_dense().double(), expected)
 
 
 @pytest.mark.parametrize("shape", [(2, 9, 6), (3, 2, 4, 5), (1, 1, 7)])
