@@ -196,7 +196,7 @@ def main() -> None:
     compare.add_argument("--jobs", type=int, default=2, help="runs at a time (1 thread each)")
     compare.set_defaults(func=cmd_compare)
     best = sub.add_parser("best")
-    best.add_argument("--epochs", type=int, default=16)
+    best.add_argument("--epochs", type=int, default=30)
     best.add_argument("--seed", type=int, default=0)
     best.set_defaults(func=cmd_best)
     tables = sub.add_parser("tables")
