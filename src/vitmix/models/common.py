@@ -36,6 +36,22 @@ def check_input(x: torch.Tensor, in_chans: int, multiple: int = INPUT_MULTIPLE) 
                          f"multiples of {multiple}")
 
 
+GLOBAL_POOLS = ("avg", "")
+
+
+def check_global_pool(global_pool: str) -> str:
+    if global_pool not in GLOBAL_POOLS:
+        raise ValueError(f"global_pool must be 'avg' or '', got {global_pool!r}")
+    return global_pool
+
+
+def reject_extra_kwargs(model_name: str, kwargs: dict) -> None:
+    """timm passes pretrained_cfg to every constructor; anything else left over is a typo."""
+    kwargs.pop("pretrained_cfg", None)
+    if kwargs:
+        raise TypeError(f"{model_name} got unexpected arguments: {sorted(kwargs)}")
+
+
 class PooledClassifierMixin:
     """timm's conventions for a backbone of ``self.stages`` ending in a (B, C, H, W) map that
     ``self.norm`` normalises, average-pooled into ``self.head``.
@@ -68,9 +84,7 @@ class PooledClassifierMixin:
 
     def reset_classifier(self, num_classes: int, global_pool: str | None = None) -> None:
         if global_pool is not None:
-            if global_pool not in ("avg", ""):
-                raise ValueError(f"global_pool must be 'avg' or '', got {global_pool!r}")
-            self.global_pool = global_pool
+            self.global_pool = check_global_pool(global_pool)
         self.num_classes = num_classes
         self.head = nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
 

@@ -25,7 +25,13 @@ from ..layers.group_mix import (
     depthwise_conv_channels_last,
 )
 from ..layers.scheme import BlockDiagonalLinear, SchemeMlp
-from .common import PooledClassifierMixin, check_img_size, check_input
+from .common import (
+    PooledClassifierMixin,
+    check_global_pool,
+    check_img_size,
+    check_input,
+    reject_extra_kwargs,
+)
 
 __all__ = ["ConvStem", "GroupMixBlock", "GroupMixFormer", "GroupMixStage", "PatchEmbed"]
 
@@ -153,17 +159,14 @@ class GroupMixFormer(PooledClassifierMixin, nn.Module):
         **kwargs,
     ):
         super().__init__()
-        kwargs.pop("pretrained_cfg", None)
-        if kwargs:
-            raise TypeError(f"GroupMixFormer got unexpected arguments: {sorted(kwargs)}")
+        reject_extra_kwargs("GroupMixFormer", kwargs)
         num_stages = len(depths)
         if len(dims) != num_stages:
             raise ValueError(f"dims and depths need one entry per stage, got {len(dims)} dims "
                              f"and {len(depths)} depths")
         if in_chans <= 0:
             raise ValueError(f"in_chans must be positive, got {in_chans}")
-        if global_pool not in ("avg", ""):
-            raise ValueError(f"global_pool must be 'avg' or '', got {global_pool!r}")
+        check_global_pool(global_pool)
         if isinstance(mlp_ratios, (int, float)):
             mlp_ratios = [mlp_ratios] * num_stages
         if len(mlp_ratios) != num_stages:

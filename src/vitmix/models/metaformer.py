@@ -18,7 +18,13 @@ from torch import nn
 
 from ..layers.scheme import BlockDiagonalLinear, SchemeMlp
 from ..layers.token_mixers import TOKEN_MIXERS
-from .common import PooledClassifierMixin, check_img_size, check_input
+from .common import (
+    PooledClassifierMixin,
+    check_global_pool,
+    check_img_size,
+    check_input,
+    reject_extra_kwargs,
+)
 
 __all__ = ["MetaFormer", "MetaFormerBlock", "MetaFormerStage"]
 
@@ -136,9 +142,7 @@ class MetaFormer(PooledClassifierMixin, nn.Module):
         **kwargs,
     ):
         super().__init__()
-        kwargs.pop("pretrained_cfg", None)
-        if kwargs:
-            raise TypeError(f"MetaFormer got unexpected arguments: {sorted(kwargs)}")
+        reject_extra_kwargs("MetaFormer", kwargs)
         num_stages = len(depths)
         if not (len(dims) == len(token_mixers) == num_stages):
             raise ValueError(f"depths, dims and token_mixers need one entry per stage, got "
@@ -148,8 +152,7 @@ class MetaFormer(PooledClassifierMixin, nn.Module):
                 raise ValueError(
                     f"unknown token mixer {mixer!r}; choose from {sorted(TOKEN_MIXERS)}"
                 )
-        if global_pool not in ("avg", ""):
-            raise ValueError(f"global_pool must be 'avg' or '', got {global_pool!r}")
+        check_global_pool(global_pool)
         mlp_ratios = _per_stage(mlp_ratios, num_stages)
         mlp_groups = _per_stage(mlp_groups, num_stages)
         self.img_size = check_img_size(img_size)
