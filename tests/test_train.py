@@ -228,6 +228,8 @@ def test_config_errors(image_tree, tmp_path):
     (tmp_path / "z" / "last.pth").write_bytes(b"")
     with pytest.raises(ValueError, match="already holds a run"):
         fit(tiny_config(image_tree, tmp_path / "z"))
+    with pytest.raises(ValueError, match="compile must be a torch.compile backend"):
+        TrainConfig(compile="no_such_backend")
     bad_yaml = tmp_path / "bad.yaml"
     bad_yaml.write_text("epochs: [1, 2\n")
     with pytest.raises(ValueError, match="not valid YAML"):
@@ -292,6 +294,24 @@ def test_two_process_ddp_run_on_cpu(image_tree, tmp_path):
     ckpt = load_checkpoint(out / "last.pth")
     assert ckpt["num_updates"] == 2 * 3  # 24 readable images, 2 ranks x 4: 3 steps per epoch
     assert not list(out.glob("*.tmp"))
+
+
+def test_compiled_training_forward_ends_with_the_eager_weights(image_tree, tmp_path):
+    # Dynamo's "eager" backend traces the training forward as inductor would, but runs the
+    # captured graph with the ordinary kernels, so the weights must agree to rounding.
+    from torch._dynamo.utils import counters
+
+    eager = quiet_fit(tiny_config(image_tree, tmp_path / "eager", epochs=1))
+    counters.clear()
+    compiled = quiet_fit(tiny_config(image_tree, tmp_path / "compiled", epochs=1,
+                                     compile="eager"))
+    assert counters["stats"]["unique_graphs"] > 0  # dynamo did capture the forward
+    want = load_checkpoint(tmp_path / "eager" / "last.pth")["model"]
+    got = load_checkpoint(tmp_path / "compiled" / "last.pth")["model"]
+    assert got.keys() == want.keys()
+    for name in want:
+        torch.testing.assert_close(got[name], want[name], rtol=1e-4, atol=1e-5, msg=name)
+    assert compiled.top1 == pytest.approx(eager.top1)
 
 
 def test_channels_last_training_memory_gives_the_same_function():

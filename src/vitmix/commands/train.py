@@ -29,12 +29,18 @@ HELP = {
     "final_weights": "weights the final evaluation and deployed model use: ema or model",
     "amp": "mixed precision: auto (bf16/fp16 on CUDA, off on CPU), off, bf16, fp16",
     "channels_last": "keep images and weights in NHWC memory format (faster on CPU and GPU)",
+    "compile": "compile the training forward with this torch.compile backend, e.g. inductor "
+               "(about a minute of compiling first)",
     "auto_augment": "timm RandAugment string ('none' turns it off)",
     "re_prob": "random-erasing probability",
+    "color_jitter": "brightness/contrast/saturation jitter strength (0 turns it off)",
     "crop_scale": "random-resized-crop area range, two numbers",
     "mixup": "Mixup alpha (0 turns it off)",
     "cutmix": "CutMix alpha (0 turns it off)",
     "workers": "data-loading processes per training process",
+    "loader": "dataloader: timm's per-image transforms in worker processes; tensor: "
+              "Fashion-MNIST augmented as whole batches in the training process (crop, flip, "
+              "erasing; no RandAugment), much cheaper on a machine with few cores",
     "threads": "torch intra-op threads per process",
     "max_train_batches": "stop each epoch after this many batches (smoke tests)",
     "max_val_batches": "evaluate on this many batches only (smoke tests)",

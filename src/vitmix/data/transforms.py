@@ -24,6 +24,7 @@ class AugmentSettings:
     re_prob: float = 0.25
     scale: tuple[float, float] = (0.6, 1.0)
     hflip: float = 0.5
+    color_jitter: float = 0.4
     interpolation: str = "bicubic"
 
 
@@ -47,6 +48,7 @@ def build_transforms(img_size: int, in_chans: int, augment: AugmentSettings,
         raise ValueError(f"mean and std need {in_chans} values, got {mean} and {std}")
     train = create_transform(
         img_size, is_training=True, scale=tuple(augment.scale), hflip=augment.hflip,
+        color_jitter=augment.color_jitter or None,
         auto_augment=augment.auto_augment or None, re_prob=augment.re_prob, re_mode="pixel",
         interpolation=augment.interpolation, mean=mean, std=std,
     )

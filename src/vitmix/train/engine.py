@@ -34,6 +34,9 @@ from tqdm import tqdm
 from ..bench.complexity import count_macs, count_params
 from ..convert import deploy
 from ..data import AugmentSettings, build_transforms, load_splits
+from ..data.fashion_mnist import FashionMNIST
+from ..data.tensor_loader import TensorAugment, TensorBatchLoader
+from ..data.transforms import default_norm
 from ..layers.scheme import SchemeMlp
 from .checkpoint import atomic_save, check_state_dict, load_checkpoint, save_safetensors
 from .config import TrainConfig
@@ -132,7 +135,8 @@ class _Run:
         if config.threads:
             torch.set_num_threads(config.threads)
         augment = AugmentSettings(auto_augment=config.auto_augment, re_prob=config.re_prob,
-                                  scale=config.crop_scale, hflip=config.hflip)
+                                  scale=config.crop_scale, hflip=config.hflip,
+                                  color_jitter=config.color_jitter)
         train_tf, eval_tf = build_transforms(config.img_size, config.in_chans, augment)
         self.data = load_splits(config.data, config.in_chans, train_tf, eval_tf,
                                 verify=config.verify_images)
@@ -154,6 +158,10 @@ class _Run:
         self.train_model = (DistributedDataParallel(self.model, device_ids=None if
                                                     self.device.type == "cpu" else [self.device])
                             if ctx.enabled else self.model)
+        if config.compile:
+            # Only the training forward is compiled: evaluation, EMA and checkpoints use the
+            # eager module, whose parameters the compiled one shares.
+            self.train_model = torch.compile(self.train_model, backend=config.compile)
 
         self.autocast, scale = _autocast_factory(config.amp, self.device)
         self.scaler = torch.amp.GradScaler(self.device.type) if scale else None
@@ -193,15 +201,31 @@ class _Run:
                                           rank=ctx.rank, shuffle=True, seed=c.seed,
                                           drop_last=True)
         pin = self.device.type == "cuda"
-        # Workers are made again every epoch, seeded from the epoch's generator: resumable.
-        self.train_loader = DataLoader(self.data.train, batch_size=c.batch_size,
-                                       sampler=self.sampler, num_workers=c.workers,
-                                       drop_last=True, pin_memory=pin)
+        if c.loader == "tensor":
+            self.train_loader = self._tensor_loader()
+        else:
+            # Workers are made again every epoch, seeded from the epoch's generator: resumable.
+            self.train_loader = DataLoader(self.data.train, batch_size=c.batch_size,
+                                           sampler=self.sampler, num_workers=c.workers,
+                                           drop_last=True, pin_memory=pin)
         val_sampler = ShardSampler(len(self.data.val), ctx.rank, ctx.world_size)
         self.val_loader = DataLoader(self.data.val, batch_size=c.batch_size * 2,
                                      sampler=val_sampler, num_workers=c.workers, pin_memory=pin)
         batches = len(self.train_loader)
         self.batches_per_epoch = min(batches, c.max_train_batches or batches)
+
+    def _tensor_loader(self) -> TensorBatchLoader:
+        c, train = self.config, self.data.train
+        if not isinstance(train, FashionMNIST):
+            raise ValueError(f"loader='tensor' needs an in-memory dataset (fashion-mnist), got "
+                             f"{c.data!r}; use the default loader for image folders")
+        # Grey images for an RGB model: the channel repeated, as the PIL path does.
+        images = torch.from_numpy(train.images).unsqueeze(1).expand(-1, c.in_chans, -1, -1)
+        mean, std = default_norm(c.in_chans)
+        augment = TensorAugment(c.img_size, scale=c.crop_scale, hflip=c.hflip,
+                                re_prob=c.re_prob, mean=mean, std=std)
+        return TensorBatchLoader(images, torch.from_numpy(train.labels), c.batch_size,
+                                 self.sampler, augment)
 
     # Checkpoints -------------------------------------------------------------------------------
     def state(self) -> dict:
