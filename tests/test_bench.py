@@ -72,7 +72,8 @@ def test_fused_path_matches_float64_reference_on_tokens(fused_calls, groups, act
     with torch.inference_mode():
         got = mlp(x)
     torch.testing.assert_close(got.double(), reference_mlp(mlp, x, act), rtol=1e-5, atol=1e-5)
-    assert fused_calls == [post_op, "none"]  # fc1 with its activation, then fc2
+    # Per group: fc1 with its activation, then fc2.
+    assert fused_calls == [post_op, "none"] * groups
 
 
 @pytest.mark.parametrize("memory_format", [torch.contiguous_format, torch.channels_last])
@@ -87,7 +88,24 @@ def test_fused_path_matches_reference_on_maps_and_keeps_the_layout(fused_calls, 
     torch.testing.assert_close(got.double(), expected.permute(0, 3, 1, 2), rtol=1e-5,
                                atol=1e-5)
     assert got.is_contiguous(memory_format=memory_format)
-    assert len(fused_calls) == 2
+    assert len(fused_calls) == 2 * 4
+
+
+@pytest.mark.parametrize("memory_format", [torch.contiguous_format, torch.channels_last])
+def test_wide_groups_take_one_grouped_kernel_per_layer(fused_calls, memory_format):
+    # Past PER_GROUP_KERNELS_MAX_WIDTH input channels per group, one grouped kernel per layer.
+    dim = 2 * (scheme_module.PER_GROUP_KERNELS_MAX_WIDTH + 8)
+    mlp = SchemeMlp(dim, 2 * dim, groups=2, cca=True, channels_first=True)
+    mlp.fuse_mixing()
+    mlp.eval()
+    x = torch.randn(2, dim, 3, 4).contiguous(memory_format=memory_format)
+    with torch.no_grad():
+        got = mlp(x)
+    expected = reference_mlp(mlp, x.permute(0, 2, 3, 1), torch.nn.functional.gelu)
+    torch.testing.assert_close(got.double(), expected.permute(0, 3, 1, 2), rtol=1e-5,
+                               atol=1e-5)
+    assert fused_calls == ["gelu", "none"]
+    assert got.is_contiguous(memory_format=memory_format)
 
 
 @pytest.mark.parametrize("shape", [(2, 24, 7), (2, 24, 2, 3, 4)])
@@ -98,7 +116,7 @@ def test_fused_path_on_sequences_and_volumes(fused_calls, shape):
         got = mlp(x)
     expected = reference_mlp(mlp, x.movedim(1, -1), torch.nn.functional.gelu).movedim(-1, 1)
     torch.testing.assert_close(got.double(), expected, rtol=1e-5, atol=1e-5)
-    assert len(fused_calls) == 2
+    assert len(fused_calls) == 2 * 2
 
 
 def test_plain_path_whenever_the_fused_one_does_not_apply(fused_calls):
@@ -243,3 +261,20 @@ def test_cli_bench_errors_before_any_timing(tmp_path, capsys, extra, message):
     assert main(["bench", "--out", str(out), *extra]) == 2
     assert message in capsys.readouterr().err
     assert not out.exists()
+
+
+@pytest.mark.parametrize("groups", [1, 4])
+def test_fused_path_in_chunks_of_rows(fused_calls, monkeypatch, groups):
+    from vitmix.layers import onednn
+
+    mlp = fused_mlp(groups, channels_first=True)
+    kernels = groups  # 24 / 4 = 6 channels per group: per-group kernels
+    hidden_per_kernel = 96 // kernels
+    monkeypatch.setattr(onednn, "HIDDEN_CHUNK_BYTES", 7 * hidden_per_kernel * 4)  # 7 rows
+    x = torch.randn(2, 24, 5, 3).contiguous(memory_format=torch.channels_last)
+    with torch.no_grad():
+        got = mlp(x)
+    expected = reference_mlp(mlp, x.permute(0, 2, 3, 1), torch.nn.functional.gelu)
+    torch.testing.assert_close(got.double(), expected.permute(0, 3, 1, 2), rtol=1e-5,
+                               atol=1e-5)
+    assert len(fused_calls) == 2 * kernels * 5  # 30 rows in chunks of 7

@@ -32,6 +32,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .onednn import apply_linear, linear_inference
+
 __all__ = ["ConvRelPosEnc", "GroupAggregator", "GroupMixAttention", "SeparableConv2d",
            "SkipBranch", "conv_memory_format", "depthwise_conv_channels_last"]
 
@@ -295,7 +297,8 @@ class GroupMixAttention(nn.Module):
             if bias is None:
                 bias = weight.new_zeros(NUM_SEGMENTS, 3, seg)
             bias = torch.cat([bias[:1] * scale + shift, bias[1:]])
-        qkv = F.linear(x, weight.reshape(3 * c, c), None if bias is None else bias.reshape(-1))
+        qkv = linear_inference(x, weight.reshape(3 * c, c),
+                               None if bias is None else bias.reshape(-1))
         qkv = qkv.view(b, h, w, NUM_SEGMENTS, 3 * seg)
 
         mixed = x.new_empty(b, h, w, c)  # the projection's input
@@ -333,7 +336,7 @@ class GroupMixAttention(nn.Module):
                                                branch.conv.conv_dw.weight)
         skipped = F.linear(skipped, branch.conv.conv_pw.weight.view(seg, 3 * seg))
         mixed[..., 4 * seg:] = branch.act(branch.norm(skipped))
-        return self.proj(mixed)
+        return apply_linear(self.proj, mixed)
 
     def _attend_segment(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
                         position: torch.Tensor, heads: int, out: torch.Tensor,

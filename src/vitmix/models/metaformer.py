@@ -16,6 +16,7 @@ from timm.models._builder import build_model_with_cfg
 from timm.models._registry import generate_default_cfgs, register_model
 from torch import nn
 
+from ..layers.onednn import apply_mlp
 from ..layers.scheme import BlockDiagonalLinear, SchemeMlp
 from ..layers.token_mixers import TOKEN_MIXERS
 from .common import (
@@ -63,7 +64,7 @@ class MetaFormerBlock(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = x + self.drop_path1(self.ls1(self.token_mixer(self.norm1(x))))
-        return x + self.drop_path2(self.ls2(self.mlp(self.norm2(x))))
+        return x + self.drop_path2(self.ls2(apply_mlp(self.mlp, self.norm2(x))))
 
 
 class MetaFormerStage(nn.Module):
