@@ -24,7 +24,7 @@ from vitmix.bench.report import (
 )
 from vitmix.bench.speed import ModelSpeed, SpeedRun, benchmark_models, time_interleaved
 from vitmix.cli import main
-from vitmix.layers import SchemeMlp
+from vitmix.layers import SchemeMlp, onednn
 
 TINY = "schemeformer_ppaa_t_e8_g4"
 
@@ -36,13 +36,13 @@ TINY = "schemeformer_ppaa_t_e8_g4"
 def fused_calls(monkeypatch) -> list:
     """Records the post-op of every call of the fused kernel, so a test knows which path ran."""
     calls = []
-    original = scheme_module._fused_conv1x1
+    original = onednn.conv1x1
 
     def spy(*args):
         calls.append(args[4])
         return original(*args)
 
-    monkeypatch.setattr(scheme_module, "_fused_conv1x1", spy)
+    monkeypatch.setattr(onednn, "conv1x1", spy)
     return calls
 
 
@@ -265,8 +265,6 @@ def test_cli_bench_errors_before_any_timing(tmp_path, capsys, extra, message):
 
 @pytest.mark.parametrize("groups", [1, 4])
 def test_fused_path_in_chunks_of_rows(fused_calls, monkeypatch, groups):
-    from vitmix.layers import onednn
-
     mlp = fused_mlp(groups, channels_first=True)
     kernels = groups  # 24 / 4 = 6 channels per group: per-group kernels
     hidden_per_kernel = 96 // kernels

@@ -22,8 +22,8 @@ except ImportError:  # another torch: no fused path rather than a failed import
     _get_current_dispatch_mode = None
 
 __all__ = ["HAS_FUSED_CONV", "HIDDEN_CHUNK_BYTES", "apply_linear", "apply_mlp", "chunk_rows",
-           "conv1x1", "fusable_activation", "fused_inference_allowed", "linear",
-           "linear_inference"]
+           "conv1x1", "fusable_activation", "fused_inference_allowed", "in_row_chunks", "linear",
+           "linear_inference", "mlp_rows"]
 
 HAS_FUSED_CONV = torch.backends.mkldnn.is_available() and hasattr(
     torch.ops.mkldnn, "_convolution_pointwise"
@@ -117,6 +117,33 @@ def apply_linear(layer: nn.Linear, x: torch.Tensor) -> torch.Tensor:
     return layer(x)
 
 
+def mlp_rows(rows: torch.Tensor, w1: torch.Tensor, b1: torch.Tensor | None, w2: torch.Tensor,
+             b2: torch.Tensor | None, act: nn.Module, drop1: Callable[[torch.Tensor], torch.Tensor],
+             drop2: Callable[[torch.Tensor], torch.Tensor], groups: int = 1) -> torch.Tensor:
+    """drop2(fc2(drop1(act(fc1(rows))))) on (T, in) contiguous rows -> (T, out), fc1 with its
+    bias and (where oneDNN has it) activation in one kernel, fc2 in another. Weights are
+    (out, in / groups, 1, 1)."""
+    after, (post_op, algorithm) = fusable_activation(act)
+    t, width = rows.shape
+    as_map = rows.view(1, t, 1, width).permute(0, 3, 1, 2)  # a view, no copy
+    h = drop1(after(conv1x1(as_map, w1, b1, groups, post_op, algorithm)))
+    y = drop2(conv1x1(h, w2, b2, groups, "none", ""))
+    return y.permute(0, 2, 3, 1).reshape(t, -1)
+
+
+def in_row_chunks(fn: Callable[[torch.Tensor], torch.Tensor], tokens: torch.Tensor,
+                  out_width: int, hidden_width: int) -> torch.Tensor:
+    """``fn`` ((T, in) rows -> (T, out_width)) over ``tokens`` in chunks of
+    :func:`chunk_rows` rows for a hidden activation ``hidden_width`` wide."""
+    step = chunk_rows(hidden_width, tokens.element_size())
+    if tokens.shape[0] <= step:
+        return fn(tokens)
+    out = tokens.new_empty(tokens.shape[0], out_width)
+    for start in range(0, tokens.shape[0], step):
+        out[start:start + step] = fn(tokens[start:start + step])
+    return out
+
+
 def _is_pointwise(layer: nn.Module) -> bool:
     if type(layer) is nn.Linear:
         return True
@@ -139,24 +166,11 @@ def apply_mlp(mlp: nn.Module, x: torch.Tensor) -> torch.Tensor:
         return mlp(x)
     last = x.permute(0, 2, 3, 1) if maps else x
     tokens = last.reshape(-1, last.shape[-1])  # a view where channels are innermost in memory
-    act, (post_op, algorithm) = fusable_activation(mlp.act)
     w1 = fc1.weight.reshape(fc1.weight.shape[0], -1, 1, 1)
     w2 = fc2.weight.reshape(fc2.weight.shape[0], -1, 1, 1)
-
-    def chain(rows: torch.Tensor) -> torch.Tensor:
-        t, width = rows.shape
-        h = conv1x1(rows.view(1, t, 1, width).permute(0, 3, 1, 2), w1, fc1.bias, 1, post_op,
-                    algorithm)
-        y = mlp.drop2(conv1x1(mlp.drop1(act(h)), w2, fc2.bias))
-        return y.permute(0, 2, 3, 1).reshape(t, -1)
-
-    step = chunk_rows(w1.shape[0], tokens.element_size())
-    if tokens.shape[0] <= step:
-        y = chain(tokens)
-    else:
-        y = tokens.new_empty(tokens.shape[0], w2.shape[0])
-        for start in range(0, tokens.shape[0], step):
-            y[start:start + step] = chain(tokens[start:start + step])
+    y = in_row_chunks(
+        lambda rows: mlp_rows(rows, w1, fc1.bias, w2, fc2.bias, mlp.act, mlp.drop1, mlp.drop2),
+        tokens, w2.shape[0], w1.shape[0])
     y = y.view(*last.shape[:-1], -1)
     if not maps:
         return y

@@ -20,8 +20,6 @@ from timm.layers import to_2tuple
 from torch import nn
 
 from . import onednn
-from .onednn import conv1x1 as _fused_conv1x1
-from .onednn import fusable_activation as _fusable_activation
 from .onednn import fused_inference_allowed
 
 __all__ = ["BlockDiagonalLinear", "ChannelCovarianceAttention", "SchemeMlp", "cosine_cca_weight"]
@@ -350,43 +348,27 @@ class SchemeMlp(nn.Module):
         Large inputs go through in chunks of rows (see :func:`onednn.chunk_rows`).
         """
         g = self.groups
-        per_group = g > 1 and self.in_features // g <= PER_GROUP_KERNELS_MAX_WIDTH
-        kernels = g if per_group else 1
-        rows = onednn.chunk_rows(self.hidden_features // kernels, tokens.element_size())
-        m = tokens.shape[0]
-        if kernels == 1 and m <= rows:
-            return self._fused_chain(tokens, 0, 1)
-        out = tokens.new_empty(m, self.out_features)
-        width_out = self.out_features // kernels
-        for start in range(0, m, rows):
-            chunk = tokens[start:start + rows]
-            for k in range(kernels):
-                if kernels > 1:
-                    cols = chunk[:, k * self.in_features // g:(k + 1) * self.in_features // g]
-                    chunk_k = cols.contiguous()
-                else:
-                    chunk_k = chunk
-                out[start:start + rows, k * width_out:(k + 1) * width_out] = self._fused_chain(
-                    chunk_k, k, kernels)
-        return out
+        kernels = g if g > 1 and self.in_features // g <= PER_GROUP_KERNELS_MAX_WIDTH else 1
+        return onednn.in_row_chunks(lambda rows: self._fused_rows(rows, kernels), tokens,
+                                    self.out_features, self.hidden_features // kernels)
 
-    def _fused_chain(self, tokens: torch.Tensor, index: int, kernels: int) -> torch.Tensor:
-        """fc1, activation, fc2 of group ``index`` of ``kernels`` (all groups when 1) on
-        (T, in / kernels) contiguous rows -> (T, out / kernels)."""
-        act, (post_op, algorithm) = _fusable_activation(self.act)
+    def _fused_rows(self, rows: torch.Tensor, kernels: int) -> torch.Tensor:
+        """(T, in) contiguous rows -> (T, out): one grouped kernel per layer (kernels == 1),
+        or one dense fc1 -> fc2 chain per group on a copy of its channels (kernels == G)."""
         g = self.groups
         w1 = self.fc1.weight.view(self.hidden_features, self.in_features // g, 1, 1)
         w2 = self.fc2.weight.view(self.out_features, self.hidden_features // g, 1, 1)
-        b1, b2 = self.fc1.bias, self.fc2.bias
-        if kernels > 1:
-            w1, w2 = w1.chunk(kernels)[index], w2.chunk(kernels)[index]
-            b1, b2 = _group_slice(b1, kernels, index), _group_slice(b2, kernels, index)
-        groups = g // kernels
-        t, width = tokens.shape
-        as_map = tokens.view(1, t, 1, width).permute(0, 3, 1, 2)  # a view, no copy
-        h = self.drop1(act(_fused_conv1x1(as_map, w1, b1, groups, post_op, algorithm)))
-        y = self.drop2(_fused_conv1x1(h, w2, b2, groups, "none", ""))
-        return y.permute(0, 2, 3, 1).reshape(t, -1)
+        if kernels == 1:
+            return onednn.mlp_rows(rows, w1, self.fc1.bias, w2, self.fc2.bias, self.act,
+                                   self.drop1, self.drop2, groups=g)
+        out = rows.new_empty(rows.shape[0], self.out_features)
+        for k, (cols, out_cols) in enumerate(zip(rows.chunk(g, dim=1), out.chunk(g, dim=1),
+                                                 strict=True)):
+            out_cols.copy_(onednn.mlp_rows(
+                cols.contiguous(), w1.chunk(g)[k], _group_slice(self.fc1.bias, g, k),
+                w2.chunk(g)[k], _group_slice(self.fc2.bias, g, k), self.act, self.drop1,
+                self.drop2))
+        return out
 
     def _mlp_fused(self, x: torch.Tensor) -> torch.Tensor:
         if not self.channels_first:
