@@ -89,16 +89,25 @@ def conv1x1(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, gr
     )
 
 
+def _rows_as_map(rows: torch.Tensor) -> torch.Tensor:
+    """Contiguous (M, C) rows as the (1, C, M, 1) map stored channels-last: a view, no copy."""
+    return rows.view(1, rows.shape[0], 1, rows.shape[1]).permute(0, 3, 1, 2)
+
+
+def _map_as_rows(y: torch.Tensor) -> torch.Tensor:
+    """The (1, C, M, 1) output map back as (M, C) rows."""
+    return y.permute(0, 2, 3, 1).reshape(y.shape[2], y.shape[1])
+
+
 def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
     """``F.linear(x, weight, bias)`` for (..., in) tokens, through the 1x1 convolution kernel.
 
     (M, in) rows are a (1, in, M, 1) map stored channels-last: a view, no copy either way.
     """
     out_features, in_features = weight.shape
-    tokens = x.reshape(-1, in_features)
-    as_map = tokens.view(1, tokens.shape[0], 1, in_features).permute(0, 3, 1, 2)
-    y = conv1x1(as_map, weight.view(out_features, in_features, 1, 1), bias)
-    return y.permute(0, 2, 3, 1).reshape(*x.shape[:-1], out_features)
+    y = conv1x1(_rows_as_map(x.reshape(-1, in_features)),
+                weight.view(out_features, in_features, 1, 1), bias)
+    return _map_as_rows(y).reshape(*x.shape[:-1], out_features)
 
 
 def linear_inference(x: torch.Tensor, weight: torch.Tensor,
@@ -124,11 +133,8 @@ def mlp_rows(rows: torch.Tensor, w1: torch.Tensor, b1: torch.Tensor | None, w2: 
     bias and (where oneDNN has it) activation in one kernel, fc2 in another. Weights are
     (out, in / groups, 1, 1)."""
     after, (post_op, algorithm) = fusable_activation(act)
-    t, width = rows.shape
-    as_map = rows.view(1, t, 1, width).permute(0, 3, 1, 2)  # a view, no copy
-    h = drop1(after(conv1x1(as_map, w1, b1, groups, post_op, algorithm)))
-    y = drop2(conv1x1(h, w2, b2, groups, "none", ""))
-    return y.permute(0, 2, 3, 1).reshape(t, -1)
+    h = drop1(after(conv1x1(_rows_as_map(rows), w1, b1, groups, post_op, algorithm)))
+    return _map_as_rows(drop2(conv1x1(h, w2, b2, groups, "none", "")))
 
 
 def in_row_chunks(fn: Callable[[torch.Tensor], torch.Tensor], tokens: torch.Tensor,

@@ -167,8 +167,8 @@ class ChannelCovarianceAttention(nn.Module):
 PER_GROUP_KERNELS_MAX_WIDTH = 32
 
 
-def _group_slice(bias: torch.Tensor | None, groups: int, index: int) -> torch.Tensor | None:
-    return None if bias is None else bias.chunk(groups)[index]
+def _group_chunks(bias: torch.Tensor | None, groups: int) -> list[torch.Tensor | None]:
+    return [None] * groups if bias is None else list(bias.chunk(groups))
 
 
 def _is_channels_last_memory(x: torch.Tensor) -> bool:
@@ -362,12 +362,12 @@ class SchemeMlp(nn.Module):
             return onednn.mlp_rows(rows, w1, self.fc1.bias, w2, self.fc2.bias, self.act,
                                    self.drop1, self.drop2, groups=g)
         out = rows.new_empty(rows.shape[0], self.out_features)
-        for k, (cols, out_cols) in enumerate(zip(rows.chunk(g, dim=1), out.chunk(g, dim=1),
-                                                 strict=True)):
-            out_cols.copy_(onednn.mlp_rows(
-                cols.contiguous(), w1.chunk(g)[k], _group_slice(self.fc1.bias, g, k),
-                w2.chunk(g)[k], _group_slice(self.fc2.bias, g, k), self.act, self.drop1,
-                self.drop2))
+        per_group = zip(rows.chunk(g, dim=1), out.chunk(g, dim=1), w1.chunk(g),
+                        _group_chunks(self.fc1.bias, g), w2.chunk(g),
+                        _group_chunks(self.fc2.bias, g), strict=True)
+        for cols, out_cols, w1_k, b1_k, w2_k, b2_k in per_group:
+            out_cols.copy_(onednn.mlp_rows(cols.contiguous(), w1_k, b1_k, w2_k, b2_k, self.act,
+                                           self.drop1, self.drop2))
         return out
 
     def _mlp_fused(self, x: torch.Tensor) -> torch.Tensor:
