@@ -130,3 +130,99 @@ def test_apply_mlp_calls_anything_else_as_it_is(kernel_calls):
         normed = Mlp(4, 8, norm_layer=nn.LayerNorm).eval()  # a norm between fc1 and fc2
         torch.testing.assert_close(onednn.apply_mlp(normed, x), normed(x))
     assert kernel_calls == []
+
+
+# ---- add_mlp_: a block's MLP branch added into its residual stream --------------------------
+
+
+def _scheme_mlp(groups: int, cca_left: bool):
+    from vitmix.layers import SchemeMlp
+
+    mlp = SchemeMlp(24, 96, groups=groups, cca=True, channels_first=True)
+    with torch.no_grad():
+        mlp.mix_logits.copy_(torch.tensor([0.3, -0.2]))  # a != 1, so folding it in matters
+    if not cca_left:
+        mlp.fuse_mixing()
+    return mlp.eval()
+
+
+def _timm_conv_mlp(groups: int, cca_left: bool):
+    from timm.layers import Mlp
+
+    return Mlp(24, 96, use_conv=True).eval()
+
+
+def _branch_reference(mlp, x: torch.Tensor, residual: torch.Tensor, scale) -> torch.Tensor:
+    """float64 residual + scale * mlp(x) on (B, C, H, W) maps, through the module's plain path."""
+    import copy
+
+    twin = copy.deepcopy(mlp).double()  # float64 never takes the fused kernels
+    with torch.no_grad():
+        y = twin(x.double())
+    return residual.double() + (scale.double().view(1, -1, 1, 1) if scale is not None else 1) * y
+
+
+@pytest.mark.parametrize("make_mlp,groups,cca_left,kernels_per_chunk", [
+    (_timm_conv_mlp, 1, False, 2),
+    (_scheme_mlp, 4, False, 8),  # 6 channels per group: one dense chain per group
+    (_scheme_mlp, 4, True, 8),   # eval with the CCA branch still there: a is folded in
+    (_scheme_mlp, 1, True, 2),
+])
+@pytest.mark.parametrize("with_scale", [True, False])
+def test_add_mlp_adds_into_the_residual_in_place(kernel_calls, monkeypatch, make_mlp, groups,
+                                                 cca_left, kernels_per_chunk, with_scale):
+    hidden_per_kernel = 96 // (kernels_per_chunk // 2)
+    monkeypatch.setattr(onednn, "HIDDEN_CHUNK_BYTES", 7 * hidden_per_kernel * 4)  # 7 rows
+    mlp = make_mlp(groups, cca_left)
+    x = torch.randn(2, 24, 3, 5).contiguous(memory_format=torch.channels_last)
+    residual = torch.randn(2, 24, 3, 5).contiguous(memory_format=torch.channels_last)
+    scale = torch.rand(24) + 0.5 if with_scale else None
+    expected = _branch_reference(mlp, x, residual, scale)
+    before = x.clone()
+    with torch.no_grad():
+        got = onednn.add_mlp_(residual, mlp, x, scale, channels_first=True)
+    assert got is residual  # written in place
+    torch.testing.assert_close(got.double(), expected, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(x, before, rtol=0, atol=0)
+    assert len(kernel_calls) == kernels_per_chunk * 5  # 30 rows, 7 per chunk
+
+
+def test_add_mlp_on_tokens(kernel_calls):
+    from timm.layers import Mlp
+
+    mlp = Mlp(12, 48).eval()
+    x, residual = torch.randn(2, 3, 4, 12), torch.randn(2, 3, 4, 12)
+    expected = residual.double() + _mlp_reference(mlp, x)
+    with torch.no_grad():
+        got = onednn.add_mlp_(residual, mlp, x)
+    assert got is residual and len(kernel_calls) == 2
+    torch.testing.assert_close(got.double(), expected, rtol=1e-5, atol=1e-5)
+
+
+def test_add_mlp_computes_a_new_tensor_where_the_kernels_do_not_apply(kernel_calls):
+    scale = torch.rand(24) + 0.5
+    x = torch.randn(2, 24, 3, 5)
+    cases = {
+        # channels-first memory: the residual's rows are not contiguous, so it is not touched
+        "channels first": (_scheme_mlp(4, False), torch.no_grad),
+        # training mode with CCA: the output depends on the whole map, not on each row
+        "training with CCA": (_scheme_mlp(4, True).train(), torch.no_grad),
+        # autograd needs the plain ops
+        "autograd": (_scheme_mlp(4, False), torch.enable_grad),
+    }
+    for name, (mlp, context) in cases.items():
+        residual = torch.randn(2, 24, 3, 5)
+        if name != "channels first":
+            x_in = x.contiguous(memory_format=torch.channels_last)
+            residual = residual.contiguous(memory_format=torch.channels_last)
+        else:
+            x_in = x
+        kept = residual.clone()
+        torch.manual_seed(0)
+        expected = residual + scale.view(1, -1, 1, 1) * mlp(x_in)
+        with context():
+            torch.manual_seed(0)
+            got = onednn.add_mlp_(residual, mlp, x_in, scale, channels_first=True)
+        assert got is not residual, name
+        torch.testing.assert_close(residual, kept, rtol=0, atol=0, msg=name)
+        torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5, msg=name)

@@ -21,9 +21,10 @@ try:  # private API, only used to keep dispatch-mode tools (FLOP counting) on th
 except ImportError:  # another torch: no fused path rather than a failed import
     _get_current_dispatch_mode = None
 
-__all__ = ["HAS_FUSED_CONV", "HIDDEN_CHUNK_BYTES", "apply_linear", "apply_mlp", "chunk_rows",
-           "conv1x1", "fusable_activation", "fused_inference_allowed", "in_row_chunks", "linear",
-           "linear_inference", "mlp_rows"]
+__all__ = ["HAS_FUSED_CONV", "HIDDEN_CHUNK_BYTES", "RowKernel", "add_mlp_", "apply_linear",
+           "apply_mlp", "chunk_rows", "conv1x1", "fold_out_scale", "fusable_activation",
+           "fused_inference_allowed", "in_row_chunks", "linear", "linear_inference",
+           "mlp_row_kernel", "mlp_rows", "timm_mlp_row_kernel"]
 
 HAS_FUSED_CONV = torch.backends.mkldnn.is_available() and hasattr(
     torch.ops.mkldnn, "_convolution_pointwise"
@@ -157,28 +158,101 @@ def _is_pointwise(layer: nn.Module) -> bool:
             and layer.padding == (0, 0) and layer.dilation == (1, 1) and layer.groups == 1)
 
 
+# A fused MLP on rows: (a function from (T, in) contiguous rows to (T, out) rows, the width of
+# the hidden activation it makes, which sets the chunk size).
+RowKernel = tuple[Callable[[torch.Tensor], torch.Tensor], int]
+
+
+def fold_out_scale(weight: torch.Tensor, bias: torch.Tensor | None,
+                   out_scale: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """(out_scale * weight, out_scale * bias) per output channel: a layer scale folded in."""
+    if out_scale is None:
+        return weight, bias
+    weight = weight * out_scale.reshape(-1, *[1] * (weight.dim() - 1))
+    return weight, None if bias is None else bias * out_scale
+
+
+def timm_mlp_row_kernel(mlp: nn.Module, out_scale: torch.Tensor | None = None) -> RowKernel | None:
+    """The fused row kernel of a timm ``Mlp`` (linear layers or 1x1 convolutions) computing
+    ``out_scale * mlp(rows)``, or None for any other module (it has to run as it is)."""
+    fc1, fc2 = getattr(mlp, "fc1", None), getattr(mlp, "fc2", None)
+    if not (_is_pointwise(fc1) and type(fc2) is type(fc1) and _is_pointwise(fc2)
+            and type(getattr(mlp, "norm", None)) is nn.Identity):
+        return None
+    w1 = fc1.weight.reshape(fc1.weight.shape[0], -1, 1, 1)
+    w2, b2 = fold_out_scale(fc2.weight.reshape(fc2.weight.shape[0], -1, 1, 1), fc2.bias, out_scale)
+    return (lambda rows: mlp_rows(rows, w1, fc1.bias, w2, b2, mlp.act, mlp.drop1, mlp.drop2),
+            w1.shape[0])
+
+
+def mlp_row_kernel(mlp: nn.Module, out_scale: torch.Tensor | None = None) -> RowKernel | None:
+    """The fused row kernel of ``mlp``: a module's own ``fused_row_kernel(out_scale)`` (vitmix's
+    SchemeMlp), or timm's Mlp; None when there is none."""
+    own = getattr(mlp, "fused_row_kernel", None)
+    if own is not None:
+        return own(out_scale)
+    return timm_mlp_row_kernel(mlp, out_scale)
+
+
+def _token_rows(x: torch.Tensor, maps: bool) -> torch.Tensor:
+    """(B, C, H, W) maps or (..., C) tokens as (T, C) rows: a view where channels are
+    innermost in memory, else a copy."""
+    last = x.permute(0, 2, 3, 1) if maps else x
+    return last.reshape(-1, last.shape[-1])
+
+
+def _first_weight(mlp: nn.Module) -> torch.Tensor | None:
+    fc1 = getattr(mlp, "fc1", None)
+    return getattr(fc1, "weight", None)
+
+
 def apply_mlp(mlp: nn.Module, x: torch.Tensor) -> torch.Tensor:
     """``mlp(x)`` for a timm ``Mlp`` (linear layers on (..., C) tokens, or 1x1 convolutions on
     (B, C, H, W) maps); float32 CPU inference runs fc1 with its bias and activation, then fc2,
     as fused oneDNN kernels over chunks of rows (see :func:`chunk_rows`). Anything else, and
     every other case, calls the module, so the state dict and hooks stay timm's."""
-    fc1, fc2 = getattr(mlp, "fc1", None), getattr(mlp, "fc2", None)
-    if not (_is_pointwise(fc1) and type(fc2) is type(fc1) and _is_pointwise(fc2)
-            and type(getattr(mlp, "norm", None)) is nn.Identity
-            and fused_inference_allowed(x, fc1.weight)):
+    kernel = timm_mlp_row_kernel(mlp)
+    if kernel is None or not fused_inference_allowed(x, mlp.fc1.weight):
         return mlp(x)
-    maps = type(fc1) is nn.Conv2d
+    maps = type(mlp.fc1) is nn.Conv2d
     if maps and x.dim() != 4:
         return mlp(x)
-    last = x.permute(0, 2, 3, 1) if maps else x
-    tokens = last.reshape(-1, last.shape[-1])  # a view where channels are innermost in memory
-    w1 = fc1.weight.reshape(fc1.weight.shape[0], -1, 1, 1)
-    w2 = fc2.weight.reshape(fc2.weight.shape[0], -1, 1, 1)
-    y = in_row_chunks(
-        lambda rows: mlp_rows(rows, w1, fc1.bias, w2, fc2.bias, mlp.act, mlp.drop1, mlp.drop2),
-        tokens, w2.shape[0], w1.shape[0])
-    y = y.view(*last.shape[:-1], -1)
+    fn, hidden = kernel
+    out_width = mlp.fc2.weight.shape[0]
+    y = in_row_chunks(fn, _token_rows(x, maps), out_width, hidden)
     if not maps:
-        return y
-    y = y.permute(0, 3, 1, 2)
+        return y.view(*x.shape[:-1], out_width)
+    y = y.view(x.shape[0], x.shape[2], x.shape[3], out_width).permute(0, 3, 1, 2)
     return y if x.is_contiguous(memory_format=torch.channels_last) else y.contiguous()
+
+
+def add_mlp_(residual: torch.Tensor, mlp: nn.Module, x: torch.Tensor,
+             scale: torch.Tensor | None = None, channels_first: bool = False) -> torch.Tensor:
+    """``residual + scale * mlp(x)``, a block's second residual branch (``scale`` is its
+    per-channel layer scale, or None).
+
+    In float32 CPU inference, with channels innermost in ``residual``'s memory, the fused
+    kernels run over chunks of rows and each chunk's output, still in cache, is added into
+    ``residual`` in place; the layer scale is folded into fc2. Compared with the plain
+    expression this skips writing the MLP's output, scaling it, and adding it as three passes
+    over the whole activation. The caller must own ``residual`` (a tensor it made itself).
+    ``channels_first``: ``x`` and ``residual`` are (B, C, H, W) maps, else (..., C) tokens.
+    """
+    weight = _first_weight(mlp)
+    kernel = None
+    if (weight is not None and fused_inference_allowed(x, weight)
+            and residual.shape == x.shape and residual.dtype == x.dtype):
+        target = residual.permute(0, 2, 3, 1) if channels_first else residual
+        if target.is_contiguous():
+            kernel = mlp_row_kernel(mlp, scale)
+    if kernel is None:
+        y = apply_mlp(mlp, x)
+        if scale is not None:
+            y = y * (scale.view(1, -1, *[1] * (y.dim() - 2)) if channels_first else scale)
+        return residual + y
+    fn, hidden = kernel
+    rows, out = _token_rows(x, channels_first), target.view(-1, target.shape[-1])
+    step = chunk_rows(hidden, rows.element_size())
+    for start in range(0, rows.shape[0], step):
+        out[start:start + step].add_(fn(rows[start:start + step]))
+    return residual

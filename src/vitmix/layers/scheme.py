@@ -343,32 +343,48 @@ class SchemeMlp(nn.Module):
         Thin groups (at most PER_GROUP_KERNELS_MAX_WIDTH input channels each) run as G dense
         fc1 -> fc2 chains, each on a copy of its input channels: there oneDNN's grouped
         convolution is far slower than G dense ones. Wider groups run as one grouped kernel
-        per layer, which is then the faster choice.
+        per layer, which is then the faster choice (see :meth:`_row_kernel`).
 
         Large inputs go through in chunks of rows (see :func:`onednn.chunk_rows`).
         """
-        g = self.groups
-        kernels = g if g > 1 and self.in_features // g <= PER_GROUP_KERNELS_MAX_WIDTH else 1
-        return onednn.in_row_chunks(lambda rows: self._fused_rows(rows, kernels), tokens,
-                                    self.out_features, self.hidden_features // kernels)
+        fn, hidden = self._row_kernel(None)
+        return onednn.in_row_chunks(fn, tokens, self.out_features, hidden)
 
-    def _fused_rows(self, rows: torch.Tensor, kernels: int) -> torch.Tensor:
-        """(T, in) contiguous rows -> (T, out): one grouped kernel per layer (kernels == 1),
-        or one dense fc1 -> fc2 chain per group on a copy of its channels (kernels == G)."""
+    def _row_kernel(self, out_scale: torch.Tensor | None) -> onednn.RowKernel:
+        """The MLP branch alone, times ``out_scale`` per output channel, on (T, in) contiguous
+        rows: one grouped kernel per layer, or, for thin groups, one dense fc1 -> fc2 chain per
+        group on a copy of its channels."""
         g = self.groups
         w1 = self.fc1.weight.view(self.hidden_features, self.in_features // g, 1, 1)
         w2 = self.fc2.weight.view(self.out_features, self.hidden_features // g, 1, 1)
-        if kernels == 1:
-            return onednn.mlp_rows(rows, w1, self.fc1.bias, w2, self.fc2.bias, self.act,
-                                   self.drop1, self.drop2, groups=g)
-        out = rows.new_empty(rows.shape[0], self.out_features)
-        per_group = zip(rows.chunk(g, dim=1), out.chunk(g, dim=1), w1.chunk(g),
-                        _group_chunks(self.fc1.bias, g), w2.chunk(g),
-                        _group_chunks(self.fc2.bias, g), strict=True)
-        for cols, out_cols, w1_k, b1_k, w2_k, b2_k in per_group:
-            out_cols.copy_(onednn.mlp_rows(cols.contiguous(), w1_k, b1_k, w2_k, b2_k, self.act,
-                                           self.drop1, self.drop2))
-        return out
+        w2, b2 = onednn.fold_out_scale(w2, self.fc2.bias, out_scale)
+        b1 = self.fc1.bias
+        if g == 1 or self.in_features // g > PER_GROUP_KERNELS_MAX_WIDTH:
+            return (lambda rows: onednn.mlp_rows(rows, w1, b1, w2, b2, self.act, self.drop1,
+                                                 self.drop2, groups=g), self.hidden_features)
+        per_group = list(zip(w1.chunk(g), _group_chunks(b1, g), w2.chunk(g),
+                             _group_chunks(b2, g), strict=True))
+
+        def per_group_rows(rows: torch.Tensor) -> torch.Tensor:
+            out = rows.new_empty(rows.shape[0], self.out_features)
+            for cols, out_cols, (w1_k, b1_k, w2_k, b2_k) in zip(
+                    rows.chunk(g, dim=1), out.chunk(g, dim=1), per_group, strict=True):
+                out_cols.copy_(onednn.mlp_rows(cols.contiguous(), w1_k, b1_k, w2_k, b2_k,
+                                               self.act, self.drop1, self.drop2))
+            return out
+
+        return per_group_rows, self.hidden_features // g
+
+    def fused_row_kernel(self, out_scale: torch.Tensor | None = None) -> onednn.RowKernel | None:
+        """What :func:`onednn.add_mlp_` runs: ``out_scale * self(rows)`` on (T, in) rows for
+        float32 CPU inference (the caller checks that), or None in training mode with a CCA
+        branch, whose output then depends on the whole input rather than on each row."""
+        if self.cca is not None:
+            if self.training:
+                return None
+            a, _ = self.mix_weights()  # eval mode: the output is a * MLP(x)
+            out_scale = a if out_scale is None else a * out_scale
+        return self._row_kernel(out_scale)
 
     def _mlp_fused(self, x: torch.Tensor) -> torch.Tensor:
         if not self.channels_first:
