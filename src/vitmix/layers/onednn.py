@@ -22,7 +22,7 @@ except ImportError:  # another torch: no fused path rather than a failed import
     _get_current_dispatch_mode = None
 
 __all__ = ["HAS_FUSED_CONV", "HIDDEN_CHUNK_BYTES", "RowKernel", "add_mlp_", "apply_linear",
-           "apply_mlp", "chunk_rows", "conv1x1", "fold_out_scale", "fusable_activation",
+           "apply_mlp", "chunk_rows", "conv1x1", "fusable_activation",
            "fused_inference_allowed", "in_row_chunks", "linear", "linear_inference",
            "mlp_row_kernel", "mlp_rows", "timm_mlp_row_kernel"]
 
@@ -163,35 +163,24 @@ def _is_pointwise(layer: nn.Module) -> bool:
 RowKernel = tuple[Callable[[torch.Tensor], torch.Tensor], int]
 
 
-def fold_out_scale(weight: torch.Tensor, bias: torch.Tensor | None,
-                   out_scale: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """(out_scale * weight, out_scale * bias) per output channel: a layer scale folded in."""
-    if out_scale is None:
-        return weight, bias
-    weight = weight * out_scale.reshape(-1, *[1] * (weight.dim() - 1))
-    return weight, None if bias is None else bias * out_scale
-
-
-def timm_mlp_row_kernel(mlp: nn.Module, out_scale: torch.Tensor | None = None) -> RowKernel | None:
-    """The fused row kernel of a timm ``Mlp`` (linear layers or 1x1 convolutions) computing
-    ``out_scale * mlp(rows)``, or None for any other module (it has to run as it is)."""
+def timm_mlp_row_kernel(mlp: nn.Module) -> RowKernel | None:
+    """The fused row kernel of a timm ``Mlp`` (linear layers or 1x1 convolutions), or None for
+    any other module (it has to run as it is)."""
     fc1, fc2 = getattr(mlp, "fc1", None), getattr(mlp, "fc2", None)
     if not (_is_pointwise(fc1) and type(fc2) is type(fc1) and _is_pointwise(fc2)
             and type(getattr(mlp, "norm", None)) is nn.Identity):
         return None
     w1 = fc1.weight.reshape(fc1.weight.shape[0], -1, 1, 1)
-    w2, b2 = fold_out_scale(fc2.weight.reshape(fc2.weight.shape[0], -1, 1, 1), fc2.bias, out_scale)
-    return (lambda rows: mlp_rows(rows, w1, fc1.bias, w2, b2, mlp.act, mlp.drop1, mlp.drop2),
-            w1.shape[0])
+    w2 = fc2.weight.reshape(fc2.weight.shape[0], -1, 1, 1)
+    return (lambda rows: mlp_rows(rows, w1, fc1.bias, w2, fc2.bias, mlp.act, mlp.drop1,
+                                  mlp.drop2), w1.shape[0])
 
 
-def mlp_row_kernel(mlp: nn.Module, out_scale: torch.Tensor | None = None) -> RowKernel | None:
-    """The fused row kernel of ``mlp``: a module's own ``fused_row_kernel(out_scale)`` (vitmix's
+def mlp_row_kernel(mlp: nn.Module) -> RowKernel | None:
+    """The fused row kernel of ``mlp``: a module's own ``fused_row_kernel()`` (vitmix's
     SchemeMlp), or timm's Mlp; None when there is none."""
     own = getattr(mlp, "fused_row_kernel", None)
-    if own is not None:
-        return own(out_scale)
-    return timm_mlp_row_kernel(mlp, out_scale)
+    return own() if own is not None else timm_mlp_row_kernel(mlp)
 
 
 def _token_rows(x: torch.Tensor, maps: bool) -> torch.Tensor:
@@ -232,10 +221,10 @@ def add_mlp_(residual: torch.Tensor, mlp: nn.Module, x: torch.Tensor,
     per-channel layer scale, or None).
 
     In float32 CPU inference, with channels innermost in ``residual``'s memory, the fused
-    kernels run over chunks of rows and each chunk's output, still in cache, is added into
-    ``residual`` in place; the layer scale is folded into fc2. Compared with the plain
-    expression this skips writing the MLP's output, scaling it, and adding it as three passes
-    over the whole activation. The caller must own ``residual`` (a tensor it made itself).
+    kernels run over chunks of rows and each chunk's output, still in cache, is scaled and
+    added into ``residual`` in place (one ``addcmul_``). Compared with the plain expression
+    this skips writing the MLP's output, scaling it, and adding it as three passes over the
+    whole activation. The caller must own ``residual`` (a tensor it made itself).
     ``channels_first``: ``x`` and ``residual`` are (B, C, H, W) maps, else (..., C) tokens.
     """
     weight = _first_weight(mlp)
@@ -244,7 +233,7 @@ def add_mlp_(residual: torch.Tensor, mlp: nn.Module, x: torch.Tensor,
             and residual.shape == x.shape and residual.dtype == x.dtype):
         target = residual.permute(0, 2, 3, 1) if channels_first else residual
         if target.is_contiguous():
-            kernel = mlp_row_kernel(mlp, scale)
+            kernel = mlp_row_kernel(mlp)
     if kernel is None:
         y = apply_mlp(mlp, x)
         if scale is not None:
@@ -254,5 +243,9 @@ def add_mlp_(residual: torch.Tensor, mlp: nn.Module, x: torch.Tensor,
     rows, out = _token_rows(x, channels_first), target.view(-1, target.shape[-1])
     step = chunk_rows(hidden, rows.element_size())
     for start in range(0, rows.shape[0], step):
-        out[start:start + step].add_(fn(rows[start:start + step]))
+        chunk = fn(rows[start:start + step])
+        if scale is None:
+            out[start:start + step].add_(chunk)
+        else:
+            out[start:start + step].addcmul_(chunk, scale)
     return residual

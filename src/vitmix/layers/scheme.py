@@ -347,18 +347,19 @@ class SchemeMlp(nn.Module):
 
         Large inputs go through in chunks of rows (see :func:`onednn.chunk_rows`).
         """
-        fn, hidden = self._row_kernel(None)
+        fn, hidden = self._row_kernel()
         return onednn.in_row_chunks(fn, tokens, self.out_features, hidden)
 
-    def _row_kernel(self, out_scale: torch.Tensor | None) -> onednn.RowKernel:
-        """The MLP branch alone, times ``out_scale`` per output channel, on (T, in) contiguous
-        rows: one grouped kernel per layer, or, for thin groups, one dense fc1 -> fc2 chain per
-        group on a copy of its channels."""
+    def _row_kernel(self, a: torch.Tensor | None = None) -> onednn.RowKernel:
+        """The MLP branch alone, times the scalar ``a`` (folded into fc2) when given, on (T, in)
+        contiguous rows: one grouped kernel per layer, or, for thin groups, one dense
+        fc1 -> fc2 chain per group on a copy of its channels."""
         g = self.groups
         w1 = self.fc1.weight.view(self.hidden_features, self.in_features // g, 1, 1)
         w2 = self.fc2.weight.view(self.out_features, self.hidden_features // g, 1, 1)
-        w2, b2 = onednn.fold_out_scale(w2, self.fc2.bias, out_scale)
-        b1 = self.fc1.bias
+        b1, b2 = self.fc1.bias, self.fc2.bias
+        if a is not None:
+            w2, b2 = a * w2, None if b2 is None else a * b2
         if g == 1 or self.in_features // g > PER_GROUP_KERNELS_MAX_WIDTH:
             return (lambda rows: onednn.mlp_rows(rows, w1, b1, w2, b2, self.act, self.drop1,
                                                  self.drop2, groups=g), self.hidden_features)
@@ -375,16 +376,15 @@ class SchemeMlp(nn.Module):
 
         return per_group_rows, self.hidden_features // g
 
-    def fused_row_kernel(self, out_scale: torch.Tensor | None = None) -> onednn.RowKernel | None:
-        """What :func:`onednn.add_mlp_` runs: ``out_scale * self(rows)`` on (T, in) rows for
-        float32 CPU inference (the caller checks that), or None in training mode with a CCA
-        branch, whose output then depends on the whole input rather than on each row."""
-        if self.cca is not None:
-            if self.training:
-                return None
-            a, _ = self.mix_weights()  # eval mode: the output is a * MLP(x)
-            out_scale = a if out_scale is None else a * out_scale
-        return self._row_kernel(out_scale)
+    def fused_row_kernel(self) -> onednn.RowKernel | None:
+        """What :func:`onednn.add_mlp_` runs: ``self(rows)`` on (T, in) rows for float32 CPU
+        inference (the caller checks that), or None in training mode with a CCA branch, whose
+        output then depends on the whole input rather than on each row."""
+        if self.cca is None:
+            return self._row_kernel()
+        if self.training:
+            return None
+        return self._row_kernel(self.mix_weights()[0])  # eval mode: the output is a * MLP(x)
 
     def _mlp_fused(self, x: torch.Tensor) -> torch.Tensor:
         if not self.channels_first:

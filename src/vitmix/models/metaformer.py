@@ -74,8 +74,8 @@ class MetaFormerBlock(nn.Module):
         In the early stages the activations are far larger than the caches, and the plain
         expression writes five of them per branch (mixer output, pooling difference, scaled,
         sum, MLP output). Here the pooling difference is taken in place, scale and residual are
-        one addcmul, and the MLP branch is added chunk by chunk into the residual stream with
-        its layer scale folded into fc2 (see :func:`onednn.add_mlp_`).
+        one addcmul, and the MLP branch is scaled and added chunk by chunk into the residual
+        stream while each chunk is in cache (see :func:`onednn.add_mlp_`).
         """
         t = self.norm1(x)
         if type(self.token_mixer) is Pooling:
