@@ -24,7 +24,7 @@ except ImportError:  # another torch: no fused path rather than a failed import
 __all__ = ["HAS_FUSED_CONV", "HIDDEN_CHUNK_BYTES", "RowKernel", "add_mlp_", "apply_linear",
            "apply_mlp", "chunk_rows", "conv1x1", "fusable_activation",
            "fused_inference_allowed", "in_row_chunks", "linear", "linear_inference",
-           "mlp_row_kernel", "mlp_rows", "timm_mlp_row_kernel"]
+           "mlp_row_kernel", "mlp_rows", "row_chunks", "timm_mlp_row_kernel"]
 
 HAS_FUSED_CONV = torch.backends.mkldnn.is_available() and hasattr(
     torch.ops.mkldnn, "_convolution_pointwise"
@@ -138,16 +138,22 @@ def mlp_rows(rows: torch.Tensor, w1: torch.Tensor, b1: torch.Tensor | None, w2: 
     return _map_as_rows(drop2(conv1x1(h, w2, b2, groups, "none", "")))
 
 
+def row_chunks(num_rows: int, hidden_width: int, element_size: int = 4) -> list[slice]:
+    """The row ranges of :func:`chunk_rows` rows each that cover ``num_rows`` rows."""
+    step = chunk_rows(hidden_width, element_size)
+    return [slice(start, start + step) for start in range(0, num_rows, step)]
+
+
 def in_row_chunks(fn: Callable[[torch.Tensor], torch.Tensor], tokens: torch.Tensor,
                   out_width: int, hidden_width: int) -> torch.Tensor:
     """``fn`` ((T, in) rows -> (T, out_width)) over ``tokens`` in chunks of
     :func:`chunk_rows` rows for a hidden activation ``hidden_width`` wide."""
-    step = chunk_rows(hidden_width, tokens.element_size())
-    if tokens.shape[0] <= step:
+    chunks = row_chunks(tokens.shape[0], hidden_width, tokens.element_size())
+    if len(chunks) <= 1:
         return fn(tokens)
     out = tokens.new_empty(tokens.shape[0], out_width)
-    for start in range(0, tokens.shape[0], step):
-        out[start:start + step] = fn(tokens[start:start + step])
+    for rows in chunks:
+        out[rows] = fn(tokens[rows])
     return out
 
 
@@ -241,11 +247,9 @@ def add_mlp_(residual: torch.Tensor, mlp: nn.Module, x: torch.Tensor,
         return residual + y
     fn, hidden = kernel
     rows, out = _token_rows(x, channels_first), target.view(-1, target.shape[-1])
-    step = chunk_rows(hidden, rows.element_size())
-    for start in range(0, rows.shape[0], step):
-        chunk = fn(rows[start:start + step])
+    for chunk in row_chunks(rows.shape[0], hidden, rows.element_size()):
         if scale is None:
-            out[start:start + step].add_(chunk)
+            out[chunk].add_(fn(rows[chunk]))
         else:
-            out[start:start + step].addcmul_(chunk, scale)
+            out[chunk].addcmul_(fn(rows[chunk]), scale)
     return residual
