@@ -18,6 +18,7 @@ from torch import nn
 
 from ..layers.onednn import add_mlp_, apply_mlp, fused_inference_allowed
 from ..layers.scheme import BlockDiagonalLinear, SchemeMlp
+from ..layers.stems import STEMS, make_stem
 from ..layers.token_mixers import TOKEN_MIXERS, Pooling
 from .common import (
     PooledClassifierMixin,
@@ -136,6 +137,8 @@ class MetaFormer(PooledClassifierMixin, nn.Module):
         mlp_groups: per-stage groups G; G > 1 (or cca=True) makes the mixer a SchemeMlp.
         cca, cca_schedule: the SCHEME training-only branch (see SchemeMlp).
         pos_embed_stage: index of the stage that adds a learned position embedding, or None.
+        stem: "patch" (PoolFormer's 7x7 stride-4 convolution) or "conv" (three 3x3
+            convolutions with BatchNorm; better on small images, see layers.stems.ConvStem).
     """
 
     stem_pattern = r"^stages\.0\.downsample"
@@ -159,6 +162,7 @@ class MetaFormer(PooledClassifierMixin, nn.Module):
         proj_drop_rate: float = 0.0,
         drop_path_rate: float = 0.0,
         global_pool: str = "avg",
+        stem: str = "patch",
         **kwargs,
     ):
         super().__init__()
@@ -172,6 +176,8 @@ class MetaFormer(PooledClassifierMixin, nn.Module):
                 raise ValueError(
                     f"unknown token mixer {mixer!r}; choose from {sorted(TOKEN_MIXERS)}"
                 )
+        if stem not in STEMS:
+            raise ValueError(f"unknown stem {stem!r}; choose from {list(STEMS)}")
         check_global_pool(global_pool)
         mlp_ratios = _per_stage(mlp_ratios, num_stages)
         mlp_groups = _per_stage(mlp_groups, num_stages)
@@ -187,7 +193,7 @@ class MetaFormer(PooledClassifierMixin, nn.Module):
         prev_dim, reduction, cursor = in_chans, 1, 0
         for i in range(num_stages):
             if i == 0:
-                downsample = nn.Conv2d(in_chans, dims[0], kernel_size=7, stride=4, padding=2)
+                downsample = make_stem(stem, in_chans, dims[0])
                 reduction = 4
             else:
                 downsample = nn.Conv2d(prev_dim, dims[i], kernel_size=3, stride=2, padding=1)
