@@ -127,6 +127,35 @@ def test_optimizer_groups_and_learning_rate_scaling(image_tree, tmp_path):
             assert group["weight_decay"] == (0.0 if no_decay else config.weight_decay), names[id(p)]
 
 
+def test_ema_warmup_keeps_the_initial_batchnorm_statistics_out_of_a_short_run(
+        image_tree, tmp_path):
+    """The conv stem's BatchNorm: without the warm-up the EMA still holds the statistics of the
+    first step after six updates at decay 0.999; with it, the EMA follows the model."""
+    key = "stages.0.downsample.1.running_var"
+    gaps, first_step = {}, None
+    for warmup in (True, False):
+        out = tmp_path / f"warmup_{warmup}"
+        config = tiny_config(image_tree, out, model_kwargs=dict(TINY, stem="conv"),
+                             ema_decay=0.999, ema_warmup=warmup)
+        if warmup:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                run = engine_module._Run(config, out, engine_module.DistContext())
+            # timm's warm-up: the first update copies, then 1 - (1 + step)^(-2/3), capped.
+            decays = [run.ema.get_decay(t) for t in (1, 2, 9, 10**6)]
+            assert decays == pytest.approx([0.0, 1 - 2 ** (-2 / 3), 1 - 9 ** (-2 / 3), 0.999])
+        quiet_fit(config)
+        ckpt = load_checkpoint(out / "last.pth")
+        assert ckpt["num_updates"] == 6
+        gaps[warmup] = (ckpt["ema"][key] - ckpt["model"][key]).abs().max().item()
+        if not warmup:
+            first_step = ckpt["ema"][key]
+    assert gaps[True] < 0.5 * gaps[False]  # measured: 0.11 against 0.37
+    # Without the warm-up the EMA is 0.999^5 of the model after its first step: still at the
+    # initial running variance (1) moved one BatchNorm step (momentum 0.1) towards the batch.
+    assert (first_step > 0.85).all()  # about 0.9: the small initial convs give a small variance
+
+
 def test_resumed_run_ends_with_the_weights_of_an_uninterrupted_run(image_tree, tmp_path):
     straight = quiet_fit(tiny_config(image_tree, tmp_path / "straight", accum_steps=2))
 

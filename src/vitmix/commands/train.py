@@ -26,6 +26,7 @@ HELP = {
     "clip_grad": "gradient-norm clipping (0 turns it off)",
     "drop_path": "stochastic depth rate",
     "ema_decay": "decay of the EMA of the weights",
+    "ema_warmup": "ramp the EMA decay up from 0 over the first steps (timm's EMA warmup)",
     "final_weights": "weights the final evaluation and deployed model use: ema or model",
     "amp": "mixed precision: auto (bf16/fp16 on CUDA, off on CPU), off, bf16, fp16",
     "channels_last": "keep images and weights in NHWC memory format (faster on CPU and GPU)",

@@ -36,6 +36,11 @@ class TrainConfig:
     drop_path: float = 0.1
     ema: bool = True
     ema_decay: float = 0.999
+    # Ramp the EMA decay up from 0 (timm's 1 - (1 + step)^(-2/3), capped at ema_decay), so that
+    # in a short run neither the random initial weights nor the initial BatchNorm statistics
+    # (running variance 1) linger in the average: at decay 0.999 a 12-epoch Fashion-MNIST run
+    # kept 6% of them and its EMA model scored 45% against 91.6% for the raw weights.
+    ema_warmup: bool = True
     final_weights: str = "ema"  # which weights the final evaluation and deployed model use
     amp: str = "auto"  # auto: bf16 (or fp16) on CUDA, off on CPU
     channels_last: bool = True  # NHWC memory: much faster for convs and SchemeMlp on CPU

@@ -154,7 +154,8 @@ class _Run:
         self.model = model.to(self.device)
         if config.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
-        self.ema = ModelEmaV3(self.model, decay=config.ema_decay) if config.ema else None
+        self.ema = (ModelEmaV3(self.model, decay=config.ema_decay, use_warmup=config.ema_warmup)
+                    if config.ema else None)
         self.train_model = (DistributedDataParallel(self.model, device_ids=None if
                                                     self.device.type == "cpu" else [self.device])
                             if ctx.enabled else self.model)
