@@ -303,6 +303,29 @@ def test_evaluate_matches_a_float64_reference():
     assert result.per_class == pytest.approx(per_class)
 
 
+def test_flip_test_time_augmentation_matches_a_float64_reference():
+    torch.manual_seed(1)
+    num_classes, n = 6, 41
+    images = torch.randn(n, 1, 4, 6)
+    targets = torch.randint(0, num_classes, (n,))
+    model = nn.Sequential(nn.Flatten(), nn.Linear(24, num_classes))  # not mirror-symmetric
+    loader = DataLoader(TensorDataset(images, targets), batch_size=8)
+    result = evaluate(model, loader, num_classes, tta="flip")
+
+    twin = model.double()
+    with torch.no_grad():
+        probs = (torch.softmax(twin(images.double()), 1)
+                 + torch.softmax(twin(images.double().flip(-1)), 1)) / 2
+    top1 = sum(int(probs[i].argmax() == targets[i]) for i in range(n)) / n * 100
+    loss = sum(-math.log(probs[i, targets[i]]) for i in range(n)) / n
+    assert result.top1 == pytest.approx(top1)
+    assert result.loss == pytest.approx(loss, rel=1e-5)
+    plain = evaluate(model.float(), loader, num_classes)
+    assert plain.loss != pytest.approx(result.loss)  # the mirror image did change something
+    with pytest.raises(ValueError, match="unknown test-time augmentation 'crops'"):
+        evaluate(model, loader, num_classes, tta="crops")
+
+
 def test_two_process_ddp_run_on_cpu(image_tree, tmp_path):
     out = tmp_path / "ddp"
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONWARNINGS="ignore")

@@ -24,6 +24,9 @@ def register(subparsers) -> None:
     p.add_argument("--batch-size", type=int, default=256)
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--device", default="auto", help="auto, cpu or cuda")
+    p.add_argument("--tta", choices=["flip"], default=None,
+                   help="test-time augmentation: 'flip' averages the class probabilities of each "
+                        "image and its mirror image (twice the cost; default: none)")
     p.add_argument("--out", default=None,
                    help="folder for eval.json and confusion.png (default: beside the checkpoint)")
     p.set_defaults(func=run)
@@ -36,9 +39,10 @@ def run(args: argparse.Namespace) -> int:
         model_name=args.model, checkpoint=args.checkpoint, data=args.data,
         img_size=args.img_size, in_chans=args.in_chans, batch_size=args.batch_size,
         workers=args.workers, device=args.device,
-        out_dir=Path(args.out) if args.out else None,
+        out_dir=Path(args.out) if args.out else None, tta=args.tta,
     )
-    print(f"{args.model} on {result['data']} ({result['count']} images): "
+    tta = f", {args.tta} test-time augmentation" if args.tta else ""
+    print(f"{args.model} on {result['data']} ({result['count']} images{tta}): "
           f"top-1 {result['top1']:.2f}%, top-5 {result['top5']:.2f}%, "
           f"{result['images_per_s']:.0f} images/s on {result['device']}")
     width = max(len(c) for c in result["classes"])

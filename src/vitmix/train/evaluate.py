@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import math
 import time
 from dataclasses import dataclass
 
@@ -12,7 +13,11 @@ from torch import nn
 
 from .distributed import DistContext, all_reduce_sum
 
-__all__ = ["EvalResult", "evaluate"]
+__all__ = ["TTA_MODES", "EvalResult", "evaluate"]
+
+# Test-time augmentation: None, or "flip" (the mean of the class probabilities of each image and
+# of its mirror image; twice the inference cost).
+TTA_MODES = (None, "flip")
 
 
 @dataclass
@@ -41,8 +46,10 @@ class EvalResult:
 @torch.no_grad()
 def evaluate(model: nn.Module, loader, num_classes: int, ctx: DistContext | None = None,
              autocast=contextlib.nullcontext, max_batches: int | None = None,
-             progress=None, channels_last: bool = False) -> EvalResult:
+             progress=None, channels_last: bool = False, tta: str | None = None) -> EvalResult:
     """Evaluate on this process's shard of ``loader``; counts are summed over all ranks."""
+    if tta not in TTA_MODES:
+        raise ValueError(f"unknown test-time augmentation {tta!r}; choose from {TTA_MODES}")
     ctx = ctx or DistContext()
     was_training = model.training
     model.eval()
@@ -60,7 +67,12 @@ def evaluate(model: nn.Module, loader, num_classes: int, ctx: DistContext | None
         targets = targets.to(device, non_blocking=True)
         with autocast():
             logits = model(images)
+            mirrored = model(images.flip(-1)) if tta == "flip" else None
         logits = logits.float()
+        if mirrored is not None:
+            # Log of the mean probability, so the loss and top-k are those of the average.
+            logits = torch.logaddexp(F.log_softmax(logits, dim=1),
+                                     F.log_softmax(mirrored.float(), dim=1)) - math.log(2)
         sums[0] += F.cross_entropy(logits, targets, reduction="sum").double()
         topk = logits.topk(k, dim=1).indices
         sums[1] += (topk == targets[:, None]).any(dim=1).sum()

@@ -13,7 +13,7 @@ from ..data import AugmentSettings, build_transforms, load_splits
 from .checkpoint import check_state_dict, load_weights
 from .distributed import resolve_device
 from .engine import build_model
-from .evaluate import evaluate
+from .evaluate import TTA_MODES, evaluate
 from .report import plot_confusion
 
 __all__ = ["evaluate_checkpoint"]
@@ -22,10 +22,12 @@ __all__ = ["evaluate_checkpoint"]
 def evaluate_checkpoint(model_name: str, checkpoint: str | Path, data: str = "fashion-mnist",
                         img_size: int | None = None, in_chans: int | None = None,
                         batch_size: int = 256, workers: int = 2, device: str = "auto",
-                        out_dir: Path | None = None) -> dict:
+                        out_dir: Path | None = None, tta: str | None = None) -> dict:
     """Top-1/top-5/per-class accuracy and images/s; writes eval.json and confusion.png."""
     if batch_size <= 0:
         raise ValueError(f"batch_size must be positive, got {batch_size}")
+    if tta not in TTA_MODES:
+        raise ValueError(f"unknown test-time augmentation {tta!r}; choose from {TTA_MODES}")
     checkpoint = Path(checkpoint)
     state, meta = load_weights(checkpoint)  # checks the file before any data is read
     saved_name = meta.get("model")
@@ -55,7 +57,7 @@ def evaluate_checkpoint(model_name: str, checkpoint: str | Path, data: str = "fa
 
     with torch.inference_mode():
         result = evaluate(model, loader, num_classes, DistContext(device=dev),
-                          channels_last=True)
+                          channels_last=True, tta=tta)
     out_dir = Path(out_dir) if out_dir else checkpoint.parent
     out_dir.mkdir(parents=True, exist_ok=True)
     stem = checkpoint.stem
@@ -63,6 +65,7 @@ def evaluate_checkpoint(model_name: str, checkpoint: str | Path, data: str = "fa
                          f"{model_name} on {splits.name}")
     summary = dict(result.summary(), data=splits.name, device=str(dev), classes=splits.classes,
                    per_class_top1=result.per_class, confusion=result.confusion.tolist(),
-                   confusion_png=str(png), checkpoint=str(checkpoint), model=model_name)
+                   confusion_png=str(png), checkpoint=str(checkpoint), model=model_name,
+                   tta=tta)
     (out_dir / f"{stem}_eval.json").write_text(json.dumps(summary, indent=2))
     return summary
