@@ -18,7 +18,7 @@ from torch import nn
 
 from ..layers.onednn import add_mlp_, apply_mlp, fused_inference_allowed
 from ..layers.scheme import BlockDiagonalLinear, SchemeMlp
-from ..layers.stems import STEMS, make_stem
+from ..layers.stems import make_stem
 from ..layers.token_mixers import TOKEN_MIXERS, Pooling
 from .common import (
     PooledClassifierMixin,
@@ -176,8 +176,6 @@ class MetaFormer(PooledClassifierMixin, nn.Module):
                 raise ValueError(
                     f"unknown token mixer {mixer!r}; choose from {sorted(TOKEN_MIXERS)}"
                 )
-        if stem not in STEMS:
-            raise ValueError(f"unknown stem {stem!r}; choose from {list(STEMS)}")
         check_global_pool(global_pool)
         mlp_ratios = _per_stage(mlp_ratios, num_stages)
         mlp_groups = _per_stage(mlp_groups, num_stages)

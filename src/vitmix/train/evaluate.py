@@ -13,11 +13,16 @@ from torch import nn
 
 from .distributed import DistContext, all_reduce_sum
 
-__all__ = ["TTA_MODES", "EvalResult", "evaluate"]
+__all__ = ["TTA_MODES", "EvalResult", "check_tta", "evaluate"]
 
 # Test-time augmentation: None, or "flip" (the mean of the class probabilities of each image and
 # of its mirror image; twice the inference cost).
 TTA_MODES = (None, "flip")
+
+
+def check_tta(tta: str | None) -> None:
+    if tta not in TTA_MODES:
+        raise ValueError(f"unknown test-time augmentation {tta!r}; choose from {TTA_MODES}")
 
 
 @dataclass
@@ -48,8 +53,7 @@ def evaluate(model: nn.Module, loader, num_classes: int, ctx: DistContext | None
              autocast=contextlib.nullcontext, max_batches: int | None = None,
              progress=None, channels_last: bool = False, tta: str | None = None) -> EvalResult:
     """Evaluate on this process's shard of ``loader``; counts are summed over all ranks."""
-    if tta not in TTA_MODES:
-        raise ValueError(f"unknown test-time augmentation {tta!r}; choose from {TTA_MODES}")
+    check_tta(tta)
     ctx = ctx or DistContext()
     was_training = model.training
     model.eval()

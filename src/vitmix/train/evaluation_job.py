@@ -13,7 +13,7 @@ from ..data import AugmentSettings, build_transforms, load_splits
 from .checkpoint import check_state_dict, load_weights
 from .distributed import resolve_device
 from .engine import build_model
-from .evaluate import TTA_MODES, evaluate
+from .evaluate import check_tta, evaluate
 from .report import plot_confusion
 
 __all__ = ["evaluate_checkpoint"]
@@ -26,8 +26,7 @@ def evaluate_checkpoint(model_name: str, checkpoint: str | Path, data: str = "fa
     """Top-1/top-5/per-class accuracy and images/s; writes eval.json and confusion.png."""
     if batch_size <= 0:
         raise ValueError(f"batch_size must be positive, got {batch_size}")
-    if tta not in TTA_MODES:
-        raise ValueError(f"unknown test-time augmentation {tta!r}; choose from {TTA_MODES}")
+    check_tta(tta)  # before any data is read
     checkpoint = Path(checkpoint)
     state, meta = load_weights(checkpoint)  # checks the file before any data is read
     saved_name = meta.get("model")
