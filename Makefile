@@ -1,12 +1,16 @@
-# One shared environment outside the checkout, so fresh clones (CI included) reuse it instead of
-# downloading torch again. Override with `make test VENV=.venv`.
-VENV ?= $(HOME)/.cache/vitmix/venv
+# The environments live in the checkout (.venv, .venv-oldest) and are built from the locks by uv;
+# uv's download cache (~/.cache/uv) makes a fresh one take seconds.
+VENV ?= .venv
+OLDEST_VENV ?= .venv-oldest
 PY := $(VENV)/bin/python
 
-.PHONY: env demo test test-slow lint
+.PHONY: env env-oldest demo test test-oldest test-slow lint lock
 
 env:
 	@bash scripts/setup_env.sh $(VENV)
+
+env-oldest:
+	@bash scripts/setup_env.sh $(OLDEST_VENV) oldest
 
 demo: env
 	$(PY) -m vitmix train --model schemeformer_ppaa_t_e8_g4 --data fashion-mnist --img-size 32 --epochs 3 --max-train-batches 40 --max-val-batches 10 --base-lr 8e-3 --warmup-epochs 0.5 --no-ema --auto-augment none --mixup 0 --crop-scale 0.8 1 --re-prob 0.1 --out runs/demo --overwrite
@@ -14,8 +18,18 @@ demo: env
 test: env
 	$(PY) -m pytest -q
 
+# The whole fast suite on the oldest versions pyproject.toml admits.
+test-oldest: env-oldest
+	$(OLDEST_VENV)/bin/python -m pytest -q
+
 test-slow: env
 	$(PY) -m pytest -q -m slow
 
 lint: env
 	$(VENV)/bin/ruff check src tests benchmarks
+
+# Re-resolve both locks after a change to pyproject.toml's dependencies (needs the network).
+lock:
+	bash scripts/uv.sh lock
+	bash scripts/uv.sh pip compile pyproject.toml --extra dev --extra export --resolution lowest-direct \
+		--python-version 3.11 --generate-hashes --quiet -o requirements/oldest.txt

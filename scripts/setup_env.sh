@@ -1,13 +1,24 @@
 #!/usr/bin/env bash
-# Makes (or reuses) the Python environment that `make demo` and `make test` run in, and the
-# Fashion-MNIST OS package. The torch + torchvision that timm pulls from PyPI weigh about 5.5 GB,
-# so an environment that already imports everything is reused, and only vitmix itself is
-# re-installed (editable, no dependencies) when the checkout it points at has changed.
+# Builds the Python environment that `make demo` and `make test` run in, exactly as locked, and
+# installs the Fashion-MNIST OS package the main job trains on.
+#
+#   setup_env.sh VENV            the tested set: uv.lock (uv sync --frozen)
+#   setup_env.sh VENV oldest     the oldest supported set: requirements/oldest.txt
+#
+# uv installs from its cache (~/.cache/uv) by hard links, so a fresh folder takes seconds once the
+# wheels were downloaded once; with an empty cache it downloads about 3 GB (PyTorch's CUDA build,
+# which runs on the CPU too).
 set -euo pipefail
 
-venv="${1:?usage: setup_env.sh VENV_DIR}"
+venv="${1:?usage: setup_env.sh VENV_DIR [locked|oldest]}"
+lock="${2:-locked}"
 repo="$(cd "$(dirname "$0")/.." && pwd)"
 data_dir=/usr/share/datasets/fashion-mnist
+
+case "$lock" in
+    locked|oldest) ;;
+    *) echo "setup: unknown set '$lock'; expected 'locked' or 'oldest'" >&2; exit 2 ;;
+esac
 
 if [ ! -f "$data_dir/train-images-idx3-ubyte.gz" ]; then
     echo "setup: installing Debian's dataset-fashion-mnist"
@@ -17,33 +28,20 @@ if [ ! -f "$data_dir/train-images-idx3-ubyte.gz" ]; then
     DEBIAN_FRONTEND=noninteractive $sudo_cmd apt-get install -y -qq dataset-fashion-mnist
 fi
 
-if [ ! -x "$venv/bin/python" ]; then
-    echo "setup: creating $venv"
-    python3 -m venv "$venv"
-fi
-py="$venv/bin/python"
-
-# The stamp records which requirements and which checkout the environment was made for.
-want="$(sha256sum "$repo/pyproject.toml" | cut -c1-16) $repo"
-stamp="$venv/.vitmix-stamp"
-deps_ok() {
-    "$py" - <<'PY' 2>/dev/null
-import importlib
-for name in ("torch", "torchvision", "timm", "safetensors", "yaml", "tqdm", "matplotlib",
-             "pytest", "ruff", "onnx", "onnxruntime"):
-    importlib.import_module(name)
-PY
-}
-
-if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ] && deps_ok; then
-    exit 0
-fi
-if deps_ok && [ -f "$stamp" ] && [ "$(cut -d' ' -f1 "$stamp")" = "$(echo "$want" | cut -d' ' -f1)" ]; then
-    echo "setup: environment complete, pointing vitmix at $repo"
-    "$py" -m pip install -q --no-deps -e "$repo"
+uv=(bash "$repo/scripts/uv.sh")
+cd "$repo"
+if [ "$lock" = locked ]; then
+    UV_PROJECT_ENVIRONMENT="$venv" "${uv[@]}" sync --quiet --frozen --extra dev --extra export
 else
-    echo "setup: installing vitmix and its dependencies into $venv (first time: several minutes)"
-    "$py" -m pip install -q --upgrade pip
-    "$py" -m pip install -q -e "$repo[dev,export]"
+    [ -x "$venv/bin/python" ] || "${uv[@]}" venv --quiet "$venv"
+    VIRTUAL_ENV="$venv" "${uv[@]}" pip sync --quiet requirements/oldest.txt
+    VIRTUAL_ENV="$venv" "${uv[@]}" pip install --quiet --no-deps -e "$repo"
 fi
-echo "$want" > "$stamp"
+
+"$venv/bin/python" - "$lock" <<'PY'
+import platform, sys
+from importlib.metadata import version
+names = ("torch", "torchvision", "timm", "numpy", "safetensors", "onnx", "onnxruntime", "pytest")
+print(f"setup: {sys.argv[1]} set, Python {platform.python_version()}, "
+      + ", ".join(f"{n} {version(n)}" for n in names))
+PY
