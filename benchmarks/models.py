@@ -23,8 +23,8 @@ import sys
 import torch
 
 from vitmix import deploy, schemify
-from vitmix.bench.complexity import count_macs
 from vitmix.bench.speed import build_deployed, median_ms, time_interleaved
+from vitmix.complexity import count_macs
 
 SCHEME = "schemeformer_ppaa_s12_e8_g4"
 DENSE = "metaformer_ppaa_s12"

@@ -12,7 +12,6 @@ from torch.utils.flop_counter import FlopCounterMode
 import vitmix.layers.scheme as scheme_module
 from references import reference_mlp
 from vitmix import deploy
-from vitmix.bench.complexity import count_macs, count_params
 from vitmix.bench.report import (
     Accuracy,
     known_accuracies,
@@ -24,6 +23,7 @@ from vitmix.bench.report import (
 )
 from vitmix.bench.speed import ModelSpeed, SpeedRun, benchmark_models, time_interleaved
 from vitmix.cli import main
+from vitmix.complexity import count_macs, count_params
 from vitmix.layers import SchemeMlp, onednn
 
 TINY = "schemeformer_ppaa_t_e8_g4"

@@ -8,8 +8,7 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils.flop_counter import FlopCounterMode
 
 import vitmix  # noqa: F401  (registers the models)
-from vitmix.bench import count_macs
-from vitmix.bench.complexity import attention_flop_formulas
+from vitmix.complexity import attention_flop_formulas, count_macs
 
 # The kernels scaled_dot_product_attention can take on a CPU; None is PyTorch's own choice.
 CPU_BACKENDS = [None, SDPBackend.MATH, SDPBackend.FLASH_ATTENTION]

@@ -5,7 +5,7 @@ import timm
 import torch
 
 import vitmix  # noqa: F401  (registers the models)
-from vitmix.bench import count_macs, count_params
+from vitmix.complexity import count_macs, count_params
 from vitmix.layers.group_mix import GroupMixAttention
 from vitmix.layers.scheme import SchemeMlp
 from vitmix.models.groupmixformer import GroupMixFormer

@@ -5,7 +5,7 @@ import timm
 import torch
 
 import vitmix  # noqa: F401  (registers the models)
-from vitmix.bench import count_macs, count_params
+from vitmix.complexity import count_macs, count_params
 from vitmix.layers import SchemeMlp
 
 # (model, params in millions, MACs at 224 in G), from the reference table.

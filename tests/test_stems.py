@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 
 import vitmix  # noqa: F401  (registers the models)
-from vitmix.bench import count_macs
+from vitmix.complexity import count_macs
 from vitmix.layers.stems import ConvStem, PatchStem, make_stem
 
 

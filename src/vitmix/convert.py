@@ -9,7 +9,7 @@ import torch
 from timm.layers import Mlp
 from torch import nn
 
-from .bench.complexity import count_macs, count_params
+from .complexity import count_macs, count_params
 from .layers.scheme import SchemeMlp
 
 __all__ = ["SchemifyReport", "DeployReport", "schemify", "deploy", "dense_mlp_shape"]

@@ -1,5 +1,10 @@
-"""Measuring models: parameters, MACs, throughput."""
+"""Measuring deployed models: throughput and latency, reports, charts and the model table.
 
-from .complexity import count_macs, count_params
+Params and MACs are counted by :mod:`vitmix.complexity`.
+"""
 
-__all__ = ["count_macs", "count_params"]
+from .. import complexity as _complexity
+from .._deprecated import moved
+
+# vitmix.bench.count_macs / count_params until 0.2.
+__getattr__ = moved(__name__, {"count_macs": _complexity, "count_params": _complexity})

@@ -8,8 +8,8 @@ from dataclasses import dataclass
 
 import timm
 
+from ..complexity import count_macs, count_params
 from ..layers.scheme import SchemeMlp
-from .complexity import count_macs, count_params
 from .reference import REFERENCE_FIGURES
 
 VITMIX_PATTERNS = ("metaformer_ppaa_*", "schemeformer_*", "groupmixformer_*")

@@ -19,8 +19,8 @@ import timm
 import torch
 from torch import nn
 
+from ..complexity import count_macs, count_params
 from ..convert import deploy
-from .complexity import count_macs, count_params
 
 __all__ = [
     "AMP_DTYPES", "MEMORY_FORMATS", "ModelSpeed", "SpeedRun", "benchmark_models",

@@ -1,0 +1,105 @@
+"""Old import paths of moved names: each still gives the same object, with a DeprecationWarning
+naming the new home. Nothing else in the repository uses them (checked from the source)."""
+
+import ast
+import functools
+import importlib
+import warnings
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+
+# (old module, old name, new module, new name)
+MOVES = [
+    *[("vitmix.bench.complexity", name, "vitmix.complexity", name)
+      for name in ("attention_flop_formulas", "count_macs", "count_params", "plain_kernels")],
+    ("vitmix.bench", "count_macs", "vitmix.complexity", "count_macs"),
+    ("vitmix.bench", "count_params", "vitmix.complexity", "count_params"),
+]
+# Modules that are nothing but a shim now: importing them at all is using an old path.
+SHIM_MODULES = {"vitmix.bench.complexity"}
+
+
+@pytest.mark.parametrize("old_module,old_name,new_module,new_name", MOVES)
+def test_old_path_warns_and_gives_the_new_object(old_module, old_name, new_module, new_name):
+    old = importlib.import_module(old_module)
+    message = f"{old_module}.{old_name} is now {new_module}.{new_name}; .* removed in vitmix 0.2"
+    with pytest.warns(DeprecationWarning, match=message) as record:
+        found = getattr(old, old_name)
+    assert found is getattr(importlib.import_module(new_module), new_name)
+    assert record[0].filename == __file__  # the warning points at the caller's line
+
+
+def test_from_import_of_an_old_name_warns_every_time():
+    for _ in range(2):
+        with pytest.warns(DeprecationWarning, match="vitmix.complexity.count_macs"):
+            from vitmix.bench.complexity import count_macs  # noqa: F401
+
+
+def test_new_paths_do_not_warn():
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", DeprecationWarning)
+        for _, _, new_module, new_name in MOVES:
+            getattr(importlib.import_module(new_module), new_name)
+
+
+@pytest.mark.parametrize("module", sorted({m for m, *_ in MOVES}))
+def test_unknown_names_still_raise_attribute_error(module):
+    with pytest.raises(AttributeError, match=f"module '{module}' has no attribute 'nothing'"):
+        _ = importlib.import_module(module).nothing
+
+
+def _absolute(module: str | None, level: int, path: Path, root: Path) -> str:
+    """The module a (possibly relative) ``from`` import in ``path`` names."""
+    if not level:
+        return module or ""
+    parts = list(path.relative_to(root).with_suffix("").parts)
+    package = parts[:-1]  # a package's __init__ is its own package; a module's is its folder
+    base = package[:len(package) - level + 1]
+    return ".".join(base + ([module] if module else []))
+
+
+def old_path_uses(path: Path, root: Path = REPO / "src") -> list[str]:
+    """'line: dotted name' for every use of an old path in ``path``: imports and attribute
+    chains such as vitmix.bench.count_macs."""
+    old_names = {f"{m}.{n}" for m, n, *_ in MOVES}
+    uses = []
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        names = []
+        if isinstance(node, ast.Import):
+            names = [alias.name for alias in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            base = _absolute(node.module, node.level, path, root)
+            names = [base] + [f"{base}.{alias.name}" for alias in node.names]
+        elif isinstance(node, ast.Attribute):
+            names = [ast.unparse(node)]
+        uses += [f"{node.lineno}: {n}" for n in names if n in old_names or n in SHIM_MODULES]
+    return uses
+
+
+def test_nothing_in_the_repository_uses_an_old_path():
+    shims = {REPO / "src" / Path(*m.split(".")).with_suffix(".py") for m in SHIM_MODULES}
+    files = [p for d in ("src", "tests", "benchmarks") for p in sorted((REPO / d).rglob("*.py"))
+             if p not in shims and p != Path(__file__)]
+    found = {str(p.relative_to(REPO)): uses for p in files if (uses := old_path_uses(p))}
+    assert found == {}
+
+
+def test_the_scan_finds_old_paths(tmp_path):
+    sample = tmp_path / "sample.py"
+    sample.write_text("import vitmix.bench.complexity\nfrom vitmix.bench import count_macs\n"
+                      "import vitmix\nvitmix.bench.count_params\nfrom vitmix.complexity import "
+                      "count_macs\n")
+    assert old_path_uses(sample) == ["1: vitmix.bench.complexity", "2: vitmix.bench.count_macs",
+                                     "4: vitmix.bench.count_params"]
+    package = tmp_path / "src" / "vitmix" / "train"
+    package.mkdir(parents=True)
+    (package / "engine.py").write_text("from ..bench.complexity import count_macs\n"
+                                       "from ..complexity import count_params\n")
+    (package / "__init__.py").write_text("from ..bench import count_macs\n")
+    scan = functools.partial(old_path_uses, root=tmp_path / "src")
+    assert scan(package / "engine.py") == ["1: vitmix.bench.complexity",
+                                           "1: vitmix.bench.complexity.count_macs"]
+    assert scan(package / "__init__.py") == ["1: vitmix.bench.count_macs"]
