@@ -17,9 +17,13 @@ MOVES = [
       for name in ("attention_flop_formulas", "count_macs", "count_params", "plain_kernels")],
     ("vitmix.bench", "count_macs", "vitmix.complexity", "count_macs"),
     ("vitmix.bench", "count_params", "vitmix.complexity", "count_params"),
+    *[("vitmix.convert", name, "vitmix.surgery", name)
+      for name in ("DeployReport", "SchemifyReport", "block_assignment", "deploy",
+                   "dense_mlp_shape", "schemify")],
+    ("vitmix.convert", "from_official", "vitmix.official_weights", "from_official"),
 ]
 # Modules that are nothing but a shim now: importing them at all is using an old path.
-SHIM_MODULES = {"vitmix.bench.complexity"}
+SHIM_MODULES = {"vitmix.bench.complexity", "vitmix.convert"}
 
 
 @pytest.mark.parametrize("old_module,old_name,new_module,new_name", MOVES)

@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 from ..complexity import count_macs, count_params
-from ..convert import deploy
+from ..surgery import deploy
 
 __all__ = [
     "AMP_DTYPES", "MEMORY_FORMATS", "ModelSpeed", "SpeedRun", "benchmark_models",

@@ -32,12 +32,12 @@ from torch.utils.data import DataLoader, DistributedSampler
 from tqdm import tqdm
 
 from ..complexity import count_macs, count_params
-from ..convert import deploy
 from ..data import AugmentSettings, build_transforms, load_splits
 from ..data.fashion_mnist import FashionMNIST
 from ..data.tensor_loader import TensorAugment, TensorBatchLoader
 from ..data.transforms import default_norm
 from ..layers.scheme import SchemeMlp
+from ..surgery import deploy
 from .checkpoint import atomic_save, check_state_dict, load_checkpoint, save_safetensors
 from .config import TrainConfig
 from .distributed import DistContext, ShardSampler, all_reduce_sum, init_distributed

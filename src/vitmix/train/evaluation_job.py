@@ -8,8 +8,8 @@ from pathlib import Path
 import torch
 from torch.utils.data import DataLoader
 
-from ..convert import deploy
 from ..data import AugmentSettings, build_transforms, load_splits
+from ..surgery import deploy
 from .checkpoint import check_state_dict, load_weights
 from .distributed import resolve_device
 from .engine import build_model

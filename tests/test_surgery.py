@@ -6,8 +6,8 @@ import torch
 from timm.layers import Mlp
 
 import vitmix
-from vitmix.convert import block_assignment
 from vitmix.layers import SchemeMlp
+from vitmix.surgery import block_assignment
 
 # Small members of each family the issue names, at a small input where the model allows it.
 TIMM_MODELS = [
