@@ -20,10 +20,12 @@ MOVES = [
     *[("vitmix.convert", name, "vitmix.surgery", name)
       for name in ("DeployReport", "SchemifyReport", "block_assignment", "deploy",
                    "dense_mlp_shape", "schemify")],
-    ("vitmix.convert", "from_official", "vitmix.official_weights", "from_official"),
+    ("vitmix.convert", "from_official", "vitmix.checkpoints.official", "from_official"),
+    *[("vitmix.official_weights", name, "vitmix.checkpoints.official", name)
+      for name in ("ARCHS", "describe_groupmixformer", "from_official", "unwrap_state_dict")],
 ]
 # Modules that are nothing but a shim now: importing them at all is using an old path.
-SHIM_MODULES = {"vitmix.bench.complexity", "vitmix.convert"}
+SHIM_MODULES = {"vitmix.bench.complexity", "vitmix.convert", "vitmix.official_weights"}
 
 
 @pytest.mark.parametrize("old_module,old_name,new_module,new_name", MOVES)

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import torch
 
-from ..official_weights import ARCHS, describe_groupmixformer, from_official
+from ..checkpoints.official import ARCHS, describe_groupmixformer, from_official
 
 OUTPUT_SUFFIXES = (".safetensors", ".pth", ".pt")
 

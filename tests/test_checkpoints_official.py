@@ -10,8 +10,8 @@ import torch
 import torch.nn.functional as F
 
 import vitmix  # noqa: F401  (registers the models)
+from vitmix.checkpoints import describe_groupmixformer, from_official
 from vitmix.cli import main as cli_main
-from vitmix.official_weights import describe_groupmixformer, from_official
 
 # The key names and shapes of the authors' released checkpoints, one "key (shape)" a line.
 RELEASE_KEYS_DIR = Path(__file__).parent / "fixtures" / "release_keys"
