@@ -23,9 +23,14 @@ MOVES = [
     ("vitmix.convert", "from_official", "vitmix.checkpoints.official", "from_official"),
     *[("vitmix.official_weights", name, "vitmix.checkpoints.official", name)
       for name in ("ARCHS", "describe_groupmixformer", "from_official", "unwrap_state_dict")],
+    ("vitmix.train.checkpoint", "atomic_save", "vitmix.checkpoints.io", "save_checkpoint"),
+    ("vitmix.train.checkpoint", "save_safetensors", "vitmix.checkpoints.io", "save_weights"),
+    *[("vitmix.train.checkpoint", name, "vitmix.checkpoints.io", name)
+      for name in ("check_state_dict", "load_checkpoint", "load_weights")],
 ]
 # Modules that are nothing but a shim now: importing them at all is using an old path.
-SHIM_MODULES = {"vitmix.bench.complexity", "vitmix.convert", "vitmix.official_weights"}
+SHIM_MODULES = {"vitmix.bench.complexity", "vitmix.convert", "vitmix.official_weights",
+                "vitmix.train.checkpoint"}
 
 
 @pytest.mark.parametrize("old_module,old_name,new_module,new_name", MOVES)

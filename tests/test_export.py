@@ -9,9 +9,9 @@ import torch
 
 from vitmix import deploy
 from vitmix.bench.speed import build_deployed
+from vitmix.checkpoints.io import save_weights
 from vitmix.cli import main
 from vitmix.export import export_model
-from vitmix.train.checkpoint import save_safetensors
 
 MODEL = "schemeformer_ppaa_t_e8_g4"
 KWARGS = {"img_size": 32, "in_chans": 1, "num_classes": 7}
@@ -33,7 +33,7 @@ def checkpoint(tmp_path_factory) -> tuple:
     """A vitmix-style weights file (what a training run writes) and the model it holds."""
     model = trained_looking_model()
     path = tmp_path_factory.mktemp("ckpt") / "model.safetensors"
-    save_safetensors(model.state_dict(), path, {
+    save_weights(model.state_dict(), path, {
         "model": MODEL, "model_kwargs": json.dumps(KWARGS), "deployed": "0"})
     return path, model
 

@@ -21,10 +21,10 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from vitmix import cli
+from vitmix.checkpoints.io import load_checkpoint
 from vitmix.layers.scheme import cosine_cca_weight
 from vitmix.train import TrainConfig, TrainingDiverged, evaluate, fit
 from vitmix.train import engine as engine_module
-from vitmix.train.checkpoint import load_checkpoint
 from vitmix.train.evaluation_job import evaluate_checkpoint
 
 # The fixture's broken PNG warns by design.

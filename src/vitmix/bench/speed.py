@@ -84,7 +84,7 @@ def build_deployed(name: str, img_size: int | None = None, checkpoint: str | Non
 
     Returns the model and the keyword arguments it was built with (img_size, in_chans and,
     from a checkpoint, num_classes). A checkpoint is a vitmix run's .safetensors or .pth file
-    (see vitmix.train.checkpoint); its saved settings fill in what is not given. Then
+    (see vitmix.checkpoints.io); its saved settings fill in what is not given. Then
     :func:`vitmix.deploy` folds every SchemeMlp, which changes nothing in other models.
     """
     if not timm.is_model(name):
@@ -92,7 +92,7 @@ def build_deployed(name: str, img_size: int | None = None, checkpoint: str | Non
                          f"(`vitmix list` shows vitmix's models)")
     state, kwargs = None, {}
     if checkpoint is not None:
-        from ..train.checkpoint import check_state_dict, load_weights
+        from ..checkpoints.io import check_state_dict, load_weights
 
         state, meta = load_weights(checkpoint)  # FileNotFoundError / ValueError for people
         if meta.get("model") and meta["model"] != name:

@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import argparse
-import os
-import tempfile
 from pathlib import Path
 
 import torch
 
+from ..checkpoints.io import atomic_write, save_weights
 from ..checkpoints.official import ARCHS, describe_groupmixformer, from_official
 
 OUTPUT_SUFFIXES = (".safetensors", ".pth", ".pt")
@@ -49,21 +48,10 @@ def _load(path: Path) -> dict:
 
 
 def _save(state: dict[str, torch.Tensor], path: Path) -> None:
-    # Write beside the target and rename, so a failed write never leaves half a file.
-    fd, tmp = tempfile.mkstemp(dir=path.resolve().parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        if path.suffix == ".safetensors":
-            from safetensors.torch import save_file
-
-            save_file({k: v.contiguous() for k, v in state.items()}, tmp,
-                      metadata={"format": "pt", "source": "vitmix convert"})
-        else:
-            torch.save(state, tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+    if path.suffix == ".safetensors":
+        save_weights(state, path, metadata={"format": "pt", "source": "vitmix convert"})
+    else:
+        atomic_write(path, lambda tmp: torch.save(state, tmp))
 
 
 def run(args: argparse.Namespace) -> int:

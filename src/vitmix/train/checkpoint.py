@@ -1,103 +1,11 @@
-"""Checkpoints: full training state (.pth) and weights for inference (.safetensors).
+"""Deprecated: checkpoint files are read and written by vitmix.checkpoints.io (training,
+evaluation, benchmarks and export share it); this path goes in vitmix 0.2."""
 
-Files are written to a temporary name beside the target and renamed over it, so a run killed
-while writing leaves the previous checkpoint intact.
-"""
+from .._deprecated import moved
+from ..checkpoints import io as _io
 
-from __future__ import annotations
-
-import json
-import os
-import tempfile
-from pathlib import Path
-
-import torch
-from safetensors import SafetensorError
-from safetensors.torch import load_file, safe_open, save_file
-from torch import nn
-
-__all__ = ["atomic_save", "check_state_dict", "load_checkpoint", "load_weights",
-           "save_safetensors"]
-
-
-def _atomic_write(path: Path, write) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def atomic_save(obj: dict, path: str | Path) -> None:
-    _atomic_write(Path(path), lambda tmp: torch.save(obj, tmp))
-
-
-def save_safetensors(state_dict: dict, path: str | Path, metadata: dict[str, str]) -> None:
-    tensors = {k: v.detach().cpu().contiguous() for k, v in state_dict.items()}
-    _atomic_write(Path(path), lambda tmp: save_file(tensors, tmp, metadata=metadata))
-
-
-def load_checkpoint(path: str | Path) -> dict:
-    """A training checkpoint written by :func:`atomic_save`; ValueError when unreadable."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"checkpoint {path} does not exist")
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as err:  # torch raises many kinds for a truncated or foreign file
-        raise ValueError(f"checkpoint {path} is damaged or not a vitmix checkpoint "
-                         f"({type(err).__name__}: {err})") from None
-    if not isinstance(ckpt, dict) or "model" not in ckpt or "model_name" not in ckpt:
-        raise ValueError(f"{path} is not a vitmix training checkpoint (no model state)")
-    return ckpt
-
-
-def load_weights(path: str | Path) -> tuple[dict, dict]:
-    """(state_dict, metadata) from a .safetensors file or a training checkpoint (.pth).
-
-    A training checkpoint gives its EMA weights when it has them (what the run reports).
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"checkpoint {path} does not exist")
-    if path.suffix == ".safetensors":
-        try:
-            with safe_open(str(path), framework="pt") as f:
-                metadata = dict(f.metadata() or {})
-            state = load_file(str(path))
-        except (SafetensorError, OSError, ValueError) as err:
-            raise ValueError(f"checkpoint {path} is damaged or not safetensors ({err})") from None
-        return state, metadata
-    ckpt = load_checkpoint(path)
-    weights = ckpt.get("final_weights", "model")
-    state = ckpt["ema"] if weights == "ema" and ckpt.get("ema") is not None else ckpt["model"]
-    metadata = {"model": ckpt["model_name"], "model_kwargs": json.dumps(ckpt["model_kwargs"]),
-                "deployed": "0"}
-    return state, metadata
-
-
-def check_state_dict(model: nn.Module, state: dict, model_name: str, source: str | Path,
-                     saved_name: str | None = None) -> None:
-    """ValueError naming the difference when ``state`` does not fit ``model`` exactly."""
-    if saved_name and saved_name != model_name:
-        raise ValueError(f"checkpoint {source} holds a {saved_name!r} model, not {model_name!r}; "
-                         f"pass --model {saved_name}")
-    expected = model.state_dict()
-    missing = sorted(set(expected) - set(state))
-    unexpected = sorted(set(state) - set(expected))
-    wrong_shape = [f"{k} {tuple(state[k].shape)} vs {tuple(v.shape)}"
-                   for k, v in expected.items() if k in state and state[k].shape != v.shape]
-    if missing or unexpected or wrong_shape:
-        parts = []
-        if missing:
-            parts.append(f"{len(missing)} missing keys (e.g. {missing[0]})")
-        if unexpected:
-            parts.append(f"{len(unexpected)} unexpected keys (e.g. {unexpected[0]})")
-        if wrong_shape:
-            parts.append(f"{len(wrong_shape)} shape mismatches (e.g. {wrong_shape[0]})")
-        raise ValueError(f"checkpoint {source} does not fit model {model_name!r}: "
-                         + "; ".join(parts))
+__getattr__ = moved(__name__, {
+    "atomic_save": (_io, "save_checkpoint"),
+    "save_safetensors": (_io, "save_weights"),
+    **dict.fromkeys(("check_state_dict", "load_checkpoint", "load_weights"), _io),
+})

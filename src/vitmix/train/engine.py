@@ -31,6 +31,7 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, DistributedSampler
 from tqdm import tqdm
 
+from ..checkpoints.io import check_state_dict, load_checkpoint, save_checkpoint, save_weights
 from ..complexity import count_macs, count_params
 from ..data import AugmentSettings, build_transforms, load_splits
 from ..data.fashion_mnist import FashionMNIST
@@ -38,7 +39,6 @@ from ..data.tensor_loader import TensorAugment, TensorBatchLoader
 from ..data.transforms import default_norm
 from ..layers.scheme import SchemeMlp
 from ..surgery import deploy
-from .checkpoint import atomic_save, check_state_dict, load_checkpoint, save_safetensors
 from .config import TrainConfig
 from .distributed import DistContext, ShardSampler, all_reduce_sum, init_distributed
 from .evaluate import EvalResult, evaluate
@@ -262,9 +262,9 @@ class _Run:
         if not self.ctx.is_main:
             return
         state = self.state()
-        atomic_save(state, self.run_dir / "last.pth")
+        save_checkpoint(state, self.run_dir / "last.pth")
         if best:
-            atomic_save(state, self.run_dir / "best.pth")
+            save_checkpoint(state, self.run_dir / "best.pth")
         self.metrics.write()
 
     # Training ----------------------------------------------------------------------------------
@@ -411,8 +411,7 @@ class _Run:
         if self.ctx.is_main:
             meta = {"model": c.model, "model_kwargs": json.dumps(self.model_kwargs),
                     "deployed": "1", "classes": json.dumps(self.data.classes)}
-            save_safetensors(deployed.state_dict(), self.run_dir / "model_deployed.safetensors",
-                             meta)
+            save_weights(deployed.state_dict(), self.run_dir / "model_deployed.safetensors", meta)
             plots = plot_curves(self.metrics.rows, self.run_dir)
             plots["confusion"] = plot_confusion(trained.confusion, self.data.classes,
                                                 self.run_dir / "confusion.png",

@@ -8,9 +8,9 @@ from pathlib import Path
 import torch
 from torch.utils.data import DataLoader
 
+from ..checkpoints.io import check_state_dict, load_weights
 from ..data import AugmentSettings, build_transforms, load_splits
 from ..surgery import deploy
-from .checkpoint import check_state_dict, load_weights
 from .distributed import resolve_device
 from .engine import build_model
 from .evaluate import check_tta, evaluate

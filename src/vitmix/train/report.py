@@ -11,6 +11,8 @@ import yaml
 matplotlib.use("Agg")  # files only, no display
 import matplotlib.pyplot as plt  # noqa: E402
 
+from ..checkpoints.io import atomic_write  # noqa: E402
+
 __all__ = ["MetricsLog", "plot_confusion", "plot_curves", "write_report"]
 
 
@@ -36,12 +38,15 @@ class MetricsLog:
         columns: list[str] = []
         for row in self.rows:
             columns += [k for k in row if k not in columns]
-        tmp = self.path.with_suffix(".csv.tmp")
-        with tmp.open("w", newline="") as f:
-            writer = csv.DictWriter(f, fieldnames=columns)
-            writer.writeheader()
-            writer.writerows(self.rows)
-        tmp.replace(self.path)
+
+        def write_csv(tmp: str) -> None:
+            with open(tmp, "w", newline="") as f:
+                writer = csv.DictWriter(f, fieldnames=columns)
+                writer.writeheader()
+                writer.writerows(self.rows)
+
+        # A run killed while writing must keep the rows that resuming it reads back.
+        atomic_write(self.path, write_csv)
 
 
 def _number(text: str):

@@ -1,0 +1,130 @@
+"""vitmix's own checkpoint files, read and written in one place: a run's full training state
+(.pth), weights with the settings that rebuild their model (.safetensors), and the atomic write
+that every file a run keeps goes through.
+
+A file is written under a temporary name beside the target, flushed to the disk and renamed over
+it, so a run killed (or a machine losing power) while writing keeps the previous file whole.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, safe_open, save_file
+from torch import nn
+
+__all__ = ["atomic_write", "check_state_dict", "load_checkpoint", "load_weights",
+           "save_checkpoint", "save_weights"]
+
+
+def _fsync(path: str | Path, flags: int) -> None:
+    fd = os.open(path, flags)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def atomic_write(path: str | Path, write: Callable[[str], None]) -> None:
+    """Create or replace ``path`` with what ``write(tmp)`` writes to the path it is given.
+
+    The file appears whole or not at all: on an error (or a kill) the old file stays and the
+    temporary one is removed. The folder is created when missing.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    # Not tempfile.mkstemp: its files are private (0600), a checkpoint or a metrics.csv gets
+    # the permissions any other file the user writes gets.
+    tmp = path.parent / f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp"
+    try:
+        write(str(tmp))
+        # A rename can reach the disk before the data it points at: flush the data first.
+        _fsync(tmp, os.O_RDWR)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    if os.name == "posix":
+        try:  # and the rename itself, which lives in the folder
+            _fsync(path.parent, os.O_RDONLY)
+        except OSError:  # some file systems cannot sync a folder; the file is written anyway
+            pass
+
+
+def save_checkpoint(obj: dict, path: str | Path) -> None:
+    """A training checkpoint (any dict torch.save takes), written atomically."""
+    atomic_write(path, lambda tmp: torch.save(obj, tmp))
+
+
+def save_weights(state_dict: dict, path: str | Path, metadata: dict[str, str]) -> None:
+    """A state dict as safetensors, with string metadata, written atomically."""
+    tensors = {k: v.detach().cpu().contiguous() for k, v in state_dict.items()}
+    atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata=metadata))
+
+
+def load_checkpoint(path: str | Path) -> dict:
+    """A training checkpoint written by :func:`save_checkpoint`; ValueError when unreadable."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint {path} does not exist")
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as err:  # torch raises many kinds for a truncated or foreign file
+        raise ValueError(f"checkpoint {path} is damaged or not a vitmix checkpoint "
+                         f"({type(err).__name__}: {err})") from None
+    if not isinstance(ckpt, dict) or "model" not in ckpt or "model_name" not in ckpt:
+        raise ValueError(f"{path} is not a vitmix training checkpoint (no model state)")
+    return ckpt
+
+
+def load_weights(path: str | Path) -> tuple[dict, dict]:
+    """(state_dict, metadata) from a .safetensors file or a training checkpoint (.pth).
+
+    A training checkpoint gives its EMA weights when it has them (what the run reports).
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint {path} does not exist")
+    if path.suffix == ".safetensors":
+        try:
+            with safe_open(str(path), framework="pt") as f:
+                metadata = dict(f.metadata() or {})
+            state = load_file(str(path))
+        except (SafetensorError, OSError, ValueError) as err:
+            raise ValueError(f"checkpoint {path} is damaged or not safetensors ({err})") from None
+        return state, metadata
+    ckpt = load_checkpoint(path)
+    weights = ckpt.get("final_weights", "model")
+    state = ckpt["ema"] if weights == "ema" and ckpt.get("ema") is not None else ckpt["model"]
+    metadata = {"model": ckpt["model_name"], "model_kwargs": json.dumps(ckpt["model_kwargs"]),
+                "deployed": "0"}
+    return state, metadata
+
+
+def check_state_dict(model: nn.Module, state: dict, model_name: str, source: str | Path,
+                     saved_name: str | None = None) -> None:
+    """ValueError naming the difference when ``state`` does not fit ``model`` exactly."""
+    if saved_name and saved_name != model_name:
+        raise ValueError(f"checkpoint {source} holds a {saved_name!r} model, not {model_name!r}; "
+                         f"pass --model {saved_name}")
+    expected = model.state_dict()
+    missing = sorted(set(expected) - set(state))
+    unexpected = sorted(set(state) - set(expected))
+    wrong_shape = [f"{k} {tuple(state[k].shape)} vs {tuple(v.shape)}"
+                   for k, v in expected.items() if k in state and state[k].shape != v.shape]
+    if missing or unexpected or wrong_shape:
+        parts = []
+        if missing:
+            parts.append(f"{len(missing)} missing keys (e.g. {missing[0]})")
+        if unexpected:
+            parts.append(f"{len(unexpected)} unexpected keys (e.g. {unexpected[0]})")
+        if wrong_shape:
+            parts.append(f"{len(wrong_shape)} shape mismatches (e.g. {wrong_shape[0]})")
+        raise ValueError(f"checkpoint {source} does not fit model {model_name!r}: "
+                         + "; ".join(parts))

@@ -1,0 +1,144 @@
+"""vitmix.checkpoints.io: the atomic write every kept file goes through, training checkpoints
+and weights files, and the clear errors for missing, damaged and mismatched ones."""
+
+import csv
+import os
+
+import pytest
+import torch
+from torch import nn
+
+from vitmix.checkpoints import io
+from vitmix.checkpoints.io import (
+    atomic_write,
+    check_state_dict,
+    load_checkpoint,
+    load_weights,
+    save_checkpoint,
+    save_weights,
+)
+from vitmix.train.report import MetricsLog
+
+
+def write_text(text):
+    def write(tmp):
+        with open(tmp, "w") as f:
+            f.write(text)
+    return write
+
+
+def test_atomic_write_creates_and_replaces(tmp_path):
+    path = tmp_path / "new" / "folder" / "file.txt"
+    atomic_write(path, write_text("one"))
+    atomic_write(path, write_text("two"))
+    assert path.read_text() == "two"
+    assert sorted(p.name for p in path.parent.iterdir()) == ["file.txt"]
+
+
+def test_atomic_write_gives_the_permissions_of_any_other_file(tmp_path):
+    plain = tmp_path / "plain.txt"
+    plain.write_text("x")
+    atomic_write(tmp_path / "atomic.txt", write_text("x"))
+    assert (tmp_path / "atomic.txt").stat().st_mode == plain.stat().st_mode
+
+
+@pytest.mark.parametrize("error", [OSError("disk full"), KeyboardInterrupt()])
+def test_a_failed_write_keeps_the_old_file_and_leaves_no_temporary(tmp_path, error):
+    path = tmp_path / "last.pth"
+    path.write_text("previous")
+
+    def half_then_fail(tmp):
+        with open(tmp, "w") as f:
+            f.write("half")
+        raise error
+
+    with pytest.raises(type(error)):
+        atomic_write(path, half_then_fail)
+    assert path.read_text() == "previous"
+    assert [p.name for p in tmp_path.iterdir()] == ["last.pth"]
+
+
+def test_the_data_reaches_the_disk_before_the_rename(tmp_path, monkeypatch):
+    calls = []
+    real_fsync, real_replace = os.fsync, os.replace
+    monkeypatch.setattr(io.os, "fsync", lambda fd: calls.append(("fsync", os.fstat(fd).st_mode
+                                                                   & 0o170000)) or real_fsync(fd))
+    monkeypatch.setattr(io.os, "replace", lambda a, b: calls.append(("replace",))
+                        or real_replace(a, b))
+    atomic_write(tmp_path / "f.txt", write_text("x"))
+    file_kind, dir_kind = 0o100000, 0o040000
+    assert calls == [("fsync", file_kind), ("replace",), ("fsync", dir_kind)]
+
+
+def test_metrics_log_keeps_its_rows_when_a_write_fails(tmp_path, monkeypatch):
+    log = MetricsLog(tmp_path / "metrics.csv")
+    log.append({"epoch": 0, "val_top1": 50.0})
+    log.write()
+    before = (tmp_path / "metrics.csv").read_text()
+    log.append({"epoch": 1, "val_top1": 60.0})
+
+    def fail(self, rows):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(csv.DictWriter, "writerows", fail)
+    with pytest.raises(OSError, match="disk full"):
+        log.write()
+    assert (tmp_path / "metrics.csv").read_text() == before
+    assert [p.name for p in tmp_path.iterdir()] == ["metrics.csv"]
+
+
+def training_state(**extra):
+    model = nn.Linear(3, 2)
+    return {"model_name": "tiny", "model_kwargs": {"num_classes": 2}, "model": model.state_dict(),
+            **extra}
+
+
+def test_checkpoint_round_trip_and_errors(tmp_path):
+    path = tmp_path / "last.pth"
+    state = training_state(epoch=3)
+    save_checkpoint(state, path)
+    loaded = load_checkpoint(path)
+    assert loaded["epoch"] == 3 and torch.equal(loaded["model"]["weight"],
+                                                state["model"]["weight"])
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        load_checkpoint(tmp_path / "none.pth")
+    (tmp_path / "cut.pth").write_bytes(path.read_bytes()[:100])
+    with pytest.raises(ValueError, match="cut.pth is damaged"):
+        load_checkpoint(tmp_path / "cut.pth")
+    torch.save({"weight": torch.zeros(1)}, tmp_path / "bare.pth")
+    with pytest.raises(ValueError, match="not a vitmix training checkpoint"):
+        load_checkpoint(tmp_path / "bare.pth")
+
+
+def test_weights_from_safetensors_and_from_a_training_checkpoint(tmp_path):
+    model = nn.Linear(3, 2)
+    save_weights(model.state_dict(), tmp_path / "w.safetensors", {"model": "tiny", "x": "1"})
+    state, meta = load_weights(tmp_path / "w.safetensors")
+    assert meta == {"model": "tiny", "x": "1"}
+    assert torch.equal(state["weight"], model.weight.detach())
+
+    ema = {k: v + 1 for k, v in model.state_dict().items()}
+    save_checkpoint(training_state(ema=ema, final_weights="ema"), tmp_path / "ema.pth")
+    state, meta = load_weights(tmp_path / "ema.pth")
+    assert torch.equal(state["weight"], ema["weight"])  # what the run reports
+    assert meta == {"model": "tiny", "model_kwargs": '{"num_classes": 2}', "deployed": "0"}
+
+    (tmp_path / "bad.safetensors").write_bytes(b"not safetensors")
+    with pytest.raises(ValueError, match="bad.safetensors is damaged or not safetensors"):
+        load_weights(tmp_path / "bad.safetensors")
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        load_weights(tmp_path / "none.safetensors")
+
+
+def test_check_state_dict_names_each_difference():
+    model = nn.Sequential(nn.Linear(3, 2), nn.Linear(2, 2))
+    good = model.state_dict()
+    check_state_dict(model, good, "m", "f.pth")  # fits: no error
+    with pytest.raises(ValueError, match="holds a 'other' model, not 'm'; pass --model other"):
+        check_state_dict(model, good, "m", "f.pth", saved_name="other")
+    bad = {k: v for k, v in good.items() if k != "1.bias"}
+    bad["2.weight"] = torch.zeros(1)
+    bad["0.weight"] = torch.zeros(5, 3)
+    with pytest.raises(ValueError, match=r"f.pth does not fit model 'm': 1 missing keys \(e.g. "
+                       r"1.bias\); 1 unexpected keys \(e.g. 2.weight\); 1 shape mismatches"):
+        check_state_dict(model, bad, "m", "f.pth")
