@@ -23,7 +23,8 @@ import sys
 import torch
 
 from vitmix import deploy, schemify
-from vitmix.bench.speed import build_deployed, median_ms, time_interleaved
+from vitmix.bench.speed import median_ms, time_interleaved
+from vitmix.checkpoints import load_model
 from vitmix.complexity import count_macs
 
 SCHEME = "schemeformer_ppaa_s12_e8_g4"
@@ -57,8 +58,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     torch.manual_seed(0)
-    models = {SCHEME: build_deployed(SCHEME, args.img_size)[0],
-              DENSE: build_deployed(DENSE, args.img_size)[0]}
+    models = {SCHEME: load_model(SCHEME, img_size=args.img_size, deploy=True)[0],
+              DENSE: load_model(DENSE, img_size=args.img_size, deploy=True)[0]}
     models[DENSE_FUSED] = dense_through_scheme_kernels(models[DENSE])
     macs = {name: count_macs(m, args.img_size) for name, m in models.items()}
     x = torch.randn(args.batch, 3, args.img_size, args.img_size)

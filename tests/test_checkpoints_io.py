@@ -1,7 +1,9 @@
 """vitmix.checkpoints.io: the atomic write every kept file goes through, training checkpoints
 and weights files, and the clear errors for missing, damaged and mismatched ones."""
 
+import copy
 import csv
+import json
 import os
 
 import pytest
@@ -13,10 +15,13 @@ from vitmix.checkpoints.io import (
     atomic_write,
     check_state_dict,
     load_checkpoint,
+    load_model,
     load_weights,
+    read_model,
     save_checkpoint,
     save_weights,
 )
+from vitmix.layers import SchemeMlp
 from vitmix.train.report import MetricsLog
 
 
@@ -142,3 +147,90 @@ def test_check_state_dict_names_each_difference():
     with pytest.raises(ValueError, match=r"f.pth does not fit model 'm': 1 missing keys \(e.g. "
                        r"1.bias\); 1 unexpected keys \(e.g. 2.weight\); 1 shape mismatches"):
         check_state_dict(model, bad, "m", "f.pth")
+
+
+# ---- models from checkpoints ---------------------------------------------------------------
+
+MODEL = "schemeformer_ppaa_t_e8_g4"
+KWARGS = {"img_size": 32, "in_chans": 1, "num_classes": 7}
+
+
+def trained_looking(model):
+    """Weights off their initial values (LayerScale starts at 1e-5 and would hide errors)."""
+    torch.manual_seed(0)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.normal_(0, 0.5)
+    return model
+
+
+@pytest.fixture(scope="module")
+def saved_run(tmp_path_factory):
+    """A run's weights in training form and in deployed form, and the model they hold."""
+    import timm
+
+    import vitmix
+
+    folder = tmp_path_factory.mktemp("run")
+    model = trained_looking(timm.create_model(MODEL, **KWARGS)).eval()
+    meta = {"model": MODEL, "model_kwargs": json.dumps(KWARGS)}
+    save_weights(model.state_dict(), folder / "trained.safetensors", dict(meta, deployed="0"))
+    deployed = copy.deepcopy(model)
+    vitmix.deploy(deployed)
+    save_weights(deployed.state_dict(), folder / "deployed.safetensors", dict(meta, deployed="1"))
+    return folder, model
+
+
+@pytest.mark.parametrize("file", ["trained.safetensors", "deployed.safetensors"])
+@pytest.mark.parametrize("deploy", [False, True])
+def test_load_model_rebuilds_the_saved_model(saved_run, file, deploy):
+    folder, model = saved_run
+    loaded, kwargs = load_model(MODEL, folder / file, deploy=deploy)
+    assert kwargs == KWARGS
+    x = torch.randn(2, 1, 32, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(loaded.eval()(x), model(x), rtol=1e-4, atol=1e-4)
+    cca_left = any(isinstance(m, SchemeMlp) and m.has_cca for m in loaded.modules())
+    assert cca_left == (file == "trained.safetensors" and not deploy)
+    if deploy:
+        assert not loaded.training
+
+
+def test_load_model_settings_given_win_over_saved_ones(saved_run):
+    folder, _ = saved_run
+    _, kwargs = load_model(MODEL, folder / "trained.safetensors", in_chans=1)
+    assert kwargs == KWARGS
+    # Built at the size given, so the position embedding saved for 32 pixels no longer fits.
+    with pytest.raises(ValueError, match=r"pos_embed \(1, 128, 2, 2\) vs \(1, 128, 4, 4\)"):
+        load_model(MODEL, folder / "trained.safetensors", img_size=64)
+    with pytest.raises(ValueError, match=r"downsample.weight \(32, 1, 7, 7\) vs \(32, 3, 7, 7\)"):
+        load_model(MODEL, folder / "trained.safetensors", in_chans=3)
+    fresh, kwargs = load_model(MODEL, deploy=True)
+    assert kwargs == {"img_size": 224, "in_chans": 3}
+    assert fresh.num_classes == 1000
+
+
+def test_read_model_and_its_errors(saved_run, tmp_path):
+    folder, model = saved_run
+    saved = read_model(folder / "deployed.safetensors", MODEL)
+    assert (saved.name, saved.kwargs, saved.deployed) == (MODEL, KWARGS, True)
+    with pytest.raises(ValueError, match=f"holds a '{MODEL}' model, not 'metaformer_ppaa_t'; "
+                       f"pass --model {MODEL}"):
+        read_model(folder / "trained.safetensors", "metaformer_ppaa_t")
+    # A file without settings: the name asked for, built with the settings given.
+    bare = tmp_path / "bare.safetensors"
+    save_weights(model.state_dict(), bare, {})
+    saved = read_model(bare, MODEL)
+    assert (saved.kwargs, saved.deployed) == ({}, False)
+    saved.build(KWARGS)
+    with pytest.raises(ValueError, match="does not fit model .*shape mismatches"):
+        saved.build(dict(KWARGS, num_classes=3))
+    with pytest.raises(ValueError, match="does not fit model"):
+        read_model(bare, "metaformer_ppaa_t").build(KWARGS)
+
+
+def test_load_model_checks_the_name_before_the_file(tmp_path):
+    with pytest.raises(ValueError, match="unknown model 'no_such_model': not registered"):
+        load_model("no_such_model", tmp_path / "missing.safetensors")
+    with pytest.raises(FileNotFoundError, match="missing.safetensors does not exist"):
+        load_model(MODEL, tmp_path / "missing.safetensors")

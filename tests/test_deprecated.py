@@ -27,6 +27,7 @@ MOVES = [
     ("vitmix.train.checkpoint", "save_safetensors", "vitmix.checkpoints.io", "save_weights"),
     *[("vitmix.train.checkpoint", name, "vitmix.checkpoints.io", name)
       for name in ("check_state_dict", "load_checkpoint", "load_weights")],
+    ("vitmix.train", "build_model", "vitmix.factory", "build_model"),
 ]
 # Modules that are nothing but a shim now: importing them at all is using an old path.
 SHIM_MODULES = {"vitmix.bench.complexity", "vitmix.convert", "vitmix.official_weights",
@@ -47,6 +48,21 @@ def test_from_import_of_an_old_name_warns_every_time():
     for _ in range(2):
         with pytest.warns(DeprecationWarning, match="vitmix.complexity.count_macs"):
             from vitmix.bench.complexity import count_macs  # noqa: F401
+
+
+def test_build_deployed_warns_and_loads_the_deployed_model():
+    from vitmix.bench import speed
+    from vitmix.checkpoints import load_model
+
+    with pytest.warns(DeprecationWarning, match=r"vitmix.bench.speed.build_deployed is now "
+                      r"vitmix.checkpoints.load_model\(..., deploy=True\)") as record:
+        model, kwargs = speed.build_deployed("metaformer_ppaa_t", 32, in_chans=1)
+    assert record[0].filename == __file__
+    expected, expected_kwargs = load_model("metaformer_ppaa_t", img_size=32, in_chans=1,
+                                           deploy=True)
+    assert kwargs == expected_kwargs == {"img_size": 32, "in_chans": 1}
+    assert not model.training
+    assert model.state_dict().keys() == expected.state_dict().keys()
 
 
 def test_new_paths_do_not_warn():

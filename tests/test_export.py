@@ -8,8 +8,7 @@ import timm
 import torch
 
 from vitmix import deploy
-from vitmix.bench.speed import build_deployed
-from vitmix.checkpoints.io import save_weights
+from vitmix.checkpoints.io import load_model, save_weights
 from vitmix.cli import main
 from vitmix.export import export_model
 
@@ -88,7 +87,7 @@ def test_export_reports_its_difference_and_rejects_a_wrong_model(tmp_path):
 
 
 def test_export_errors_are_clear(tmp_path, capsys, checkpoint):
-    model, _ = build_deployed(MODEL, img_size=32)
+    model, _ = load_model(MODEL, img_size=32, deploy=True)
     with pytest.raises(ValueError, match="format must be one of"):
         export_model(model, tmp_path / "m.x", "tflite", img_size=32)
     with pytest.raises(FileNotFoundError, match="does not exist"):

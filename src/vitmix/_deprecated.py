@@ -10,13 +10,20 @@ from types import ModuleType
 REMOVED_IN = "0.2"
 
 
+def warn_moved(old: str, new: str, stacklevel: int = 3) -> None:
+    """The DeprecationWarning for a use of ``old``, now ``new``; stacklevel 3 points at the line
+    that called the function calling this."""
+    warnings.warn(f"{old} is now {new}; the old path will be removed in vitmix {REMOVED_IN}",
+                  DeprecationWarning, stacklevel=stacklevel)
+
+
 def moved(old_module: str, new_homes: dict[str, ModuleType | tuple[ModuleType, str]]
           ) -> Callable[[str], object]:
     """A module-level ``__getattr__`` for ``old_module``, whose names now live elsewhere.
 
     ``new_homes`` maps each old name to the module it moved to, or to (module, new name) when it
-    was renamed too. The warning names both paths; it is raised on every use, not once per
-    process, so a test of one caller is not silenced by another that imported it first.
+    was renamed too. The warning names both paths; it is issued on every access, not once at
+    import, so a caller is warned even when another module imported the old one first.
     """
 
     def __getattr__(name: str) -> object:
@@ -24,8 +31,7 @@ def moved(old_module: str, new_homes: dict[str, ModuleType | tuple[ModuleType, s
         if home is None:
             raise AttributeError(f"module {old_module!r} has no attribute {name!r}")
         module, new_name = home if isinstance(home, tuple) else (home, name)
-        warnings.warn(f"{old_module}.{name} is now {module.__name__}.{new_name}; the old path "
-                      f"will be removed in vitmix {REMOVED_IN}", DeprecationWarning, stacklevel=2)
+        warn_moved(f"{old_module}.{name}", f"{module.__name__}.{new_name}")
         return getattr(module, new_name)
 
     return __getattr__

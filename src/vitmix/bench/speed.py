@@ -8,23 +8,22 @@ medians taken that way are what this project reports; absolute times only with t
 from __future__ import annotations
 
 import copy
-import json
 import statistics
 import time
 from collections.abc import Callable, Mapping, Sequence
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field
 
-import timm
 import torch
 from torch import nn
 
+from .._deprecated import warn_moved
+from ..checkpoints.io import load_model
 from ..complexity import count_macs, count_params
-from ..surgery import deploy
 
 __all__ = [
-    "AMP_DTYPES", "MEMORY_FORMATS", "ModelSpeed", "SpeedRun", "benchmark_models",
-    "build_deployed", "median_ms", "synchronize", "time_interleaved",
+    "AMP_DTYPES", "MEMORY_FORMATS", "ModelSpeed", "SpeedRun", "benchmark_models", "median_ms",
+    "synchronize", "time_interleaved",
 ]
 
 AMP_DTYPES: dict[str, torch.dtype | None] = {
@@ -68,51 +67,13 @@ def median_ms(seconds: Sequence[float]) -> float:
     return statistics.median(seconds) * 1e3
 
 
-def _create(name: str, kwargs: dict) -> nn.Module:
-    try:
-        return timm.create_model(name, **kwargs)
-    except TypeError as err:
-        if "img_size" not in kwargs or "img_size" not in str(err):
-            raise ValueError(f"cannot build {name} with {kwargs}: {err}") from None
-        # Convolutional models take any input size and have no img_size argument.
-        return _create(name, {k: v for k, v in kwargs.items() if k != "img_size"})
-
-
 def build_deployed(name: str, img_size: int | None = None, checkpoint: str | None = None,
                    in_chans: int | None = None) -> tuple[nn.Module, dict]:
-    """A timm model (any registered name) in its inference form: CPU, eval mode, deployed.
-
-    Returns the model and the keyword arguments it was built with (img_size, in_chans and,
-    from a checkpoint, num_classes). A checkpoint is a vitmix run's .safetensors or .pth file
-    (see vitmix.checkpoints.io); its saved settings fill in what is not given. Then
-    :func:`vitmix.deploy` folds every SchemeMlp, which changes nothing in other models.
-    """
-    if not timm.is_model(name):
-        raise ValueError(f"unknown model {name!r}: not registered with timm "
-                         f"(`vitmix list` shows vitmix's models)")
-    state, kwargs = None, {}
-    if checkpoint is not None:
-        from ..checkpoints.io import check_state_dict, load_weights
-
-        state, meta = load_weights(checkpoint)  # FileNotFoundError / ValueError for people
-        if meta.get("model") and meta["model"] != name:
-            raise ValueError(f"checkpoint {checkpoint} holds a {meta['model']!r} model, not "
-                             f"{name!r}; pass --model {meta['model']}")
-        kwargs = json.loads(meta["model_kwargs"]) if meta.get("model_kwargs") else {}
-    if img_size is not None:
-        kwargs["img_size"] = img_size
-    if in_chans is not None:
-        kwargs["in_chans"] = in_chans
-    kwargs.setdefault("img_size", 224)
-    kwargs.setdefault("in_chans", 3)
-    model = _create(name, kwargs)
-    if state is not None:
-        if meta.get("deployed") == "1":
-            deploy(model)  # the file holds the folded inference weights
-        check_state_dict(model, state, name, checkpoint)
-        model.load_state_dict(state)
-    deploy(model)
-    return model.eval(), kwargs
+    """Deprecated: ``vitmix.checkpoints.load_model(name, checkpoint, img_size, in_chans,
+    deploy=True)``, which evaluation shares; this name goes in vitmix 0.2."""
+    warn_moved("vitmix.bench.speed.build_deployed",
+               "vitmix.checkpoints.load_model(..., deploy=True)")
+    return load_model(name, checkpoint, img_size=img_size, in_chans=in_chans, deploy=True)
 
 
 @dataclass
@@ -192,7 +153,7 @@ def benchmark_models(names: Sequence[str], img_size: int = 224,
 
     results, models = [], {}
     for name in names:
-        model, _ = build_deployed(name, img_size, in_chans=in_chans)
+        model, _ = load_model(name, img_size=img_size, in_chans=in_chans, deploy=True)
         # Counted on the CPU in float32, batch 1: what the MAC column of every table means.
         results.append(ModelSpeed(name=name, params=count_params(model),
                                   macs=count_macs(model, img_size, in_chans), img_size=img_size))

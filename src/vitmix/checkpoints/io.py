@@ -1,6 +1,6 @@
 """vitmix's own checkpoint files, read and written in one place: a run's full training state
-(.pth), weights with the settings that rebuild their model (.safetensors), and the atomic write
-that every file a run keeps goes through.
+(.pth), weights with the settings that rebuild their model (.safetensors), a model loaded back
+from either, and the atomic write that every file a run keeps goes through.
 
 A file is written under a temporary name beside the target, flushed to the disk and renamed over
 it, so a run killed (or a machine losing power) while writing keeps the previous file whole.
@@ -12,6 +12,7 @@ import json
 import os
 import secrets
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -19,8 +20,11 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, safe_open, save_file
 from torch import nn
 
-__all__ = ["atomic_write", "check_state_dict", "load_checkpoint", "load_weights",
-           "save_checkpoint", "save_weights"]
+from .. import surgery
+from ..factory import build_model, check_model_name
+
+__all__ = ["SavedModel", "atomic_write", "check_state_dict", "load_checkpoint", "load_model",
+           "load_weights", "read_model", "save_checkpoint", "save_weights"]
 
 
 def _fsync(path: str | Path, flags: int) -> None:
@@ -128,3 +132,64 @@ def check_state_dict(model: nn.Module, state: dict, model_name: str, source: str
             parts.append(f"{len(wrong_shape)} shape mismatches (e.g. {wrong_shape[0]})")
         raise ValueError(f"checkpoint {source} does not fit model {model_name!r}: "
                          + "; ".join(parts))
+
+
+@dataclass
+class SavedModel:
+    """A vitmix weights file read back: the weights, and what rebuilds the model they fit."""
+
+    path: Path
+    name: str  # timm model name, checked against the one the file names
+    kwargs: dict  # timm.create_model arguments saved with the weights; {} when the file has none
+    deployed: bool  # the weights are the folded inference form (see vitmix.deploy)
+    state: dict[str, torch.Tensor]
+
+    def build(self, kwargs: dict | None = None) -> nn.Module:
+        """A new model built with ``kwargs`` (default: the saved ones) holding these weights;
+        ValueError naming the difference when they do not fit it."""
+        model = build_model(self.name, self.kwargs if kwargs is None else kwargs)
+        if self.deployed:
+            surgery.deploy(model)  # the same module structure as the saved weights
+        check_state_dict(model, self.state, self.name, self.path)
+        model.load_state_dict(self.state)
+        return model
+
+
+def read_model(path: str | Path, name: str) -> SavedModel:
+    """The weights in ``path`` (a .safetensors file or a training checkpoint) for model ``name``.
+
+    FileNotFoundError / ValueError for a missing or damaged file, and ValueError when the file
+    says it holds another model: all before any model is built.
+    """
+    state, meta = load_weights(path)
+    saved_name = meta.get("model")
+    if saved_name and saved_name != name:
+        raise ValueError(f"checkpoint {path} holds a {saved_name!r} model, not {name!r}; "
+                         f"pass --model {saved_name}")
+    kwargs = json.loads(meta["model_kwargs"]) if meta.get("model_kwargs") else {}
+    return SavedModel(Path(path), name, kwargs, meta.get("deployed") == "1", state)
+
+
+def load_model(name: str, checkpoint: str | Path | None = None, img_size: int | None = None,
+               in_chans: int | None = None, deploy: bool = False) -> tuple[nn.Module, dict]:
+    """Model ``name`` with the weights and settings of a vitmix checkpoint, or fresh weights
+    when ``checkpoint`` is None.
+
+    ``img_size`` and ``in_chans``, when given, replace the saved ones (default 224 and 3).
+    ``deploy=True`` gives the inference form: :func:`vitmix.deploy` applied, eval mode; it
+    changes nothing in a model without SchemeMlp. Returns the model and the create_model
+    arguments it was built with (num_classes too, when the checkpoint saved it).
+    """
+    check_model_name(name)
+    saved = read_model(checkpoint, name) if checkpoint is not None else None
+    kwargs = dict(saved.kwargs) if saved else {}
+    if img_size is not None:
+        kwargs["img_size"] = img_size
+    if in_chans is not None:
+        kwargs["in_chans"] = in_chans
+    kwargs.setdefault("img_size", 224)
+    kwargs.setdefault("in_chans", 3)
+    model = saved.build(kwargs) if saved else build_model(name, kwargs)
+    if deploy:
+        surgery.deploy(model)
+    return model, kwargs

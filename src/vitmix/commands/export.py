@@ -30,7 +30,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     import vitmix  # noqa: F401  (registers vitmix's models)
 
-    from ..bench.speed import build_deployed
+    from ..checkpoints.io import load_model
     from ..export import EXPORT_FORMATS, export_model
 
     if args.format not in EXPORT_FORMATS:
@@ -41,7 +41,8 @@ def run(args: argparse.Namespace) -> int:
     parent = Path(args.out).parent
     if not parent.is_dir():  # before minutes of building and tracing
         raise FileNotFoundError(f"the folder {parent} for {args.out} does not exist")
-    model, kwargs = build_deployed(args.model, args.img_size, args.checkpoint, args.in_chans)
+    model, kwargs = load_model(args.model, args.checkpoint, img_size=args.img_size,
+                               in_chans=args.in_chans, deploy=True)
     report = export_model(model, args.out, args.format, img_size=kwargs["img_size"],
                           in_chans=kwargs["in_chans"], tolerance=args.tolerance)
     print(report)

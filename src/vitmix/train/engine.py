@@ -19,7 +19,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import timm
 import torch
 from timm.data import Mixup
 from timm.loss import LabelSmoothingCrossEntropy, SoftTargetCrossEntropy
@@ -37,6 +36,7 @@ from ..data import AugmentSettings, build_transforms, load_splits
 from ..data.fashion_mnist import FashionMNIST
 from ..data.tensor_loader import TensorAugment, TensorBatchLoader
 from ..data.transforms import default_norm
+from ..factory import build_model
 from ..layers.scheme import SchemeMlp
 from ..surgery import deploy
 from .config import TrainConfig
@@ -44,7 +44,7 @@ from .distributed import DistContext, ShardSampler, all_reduce_sum, init_distrib
 from .evaluate import EvalResult, evaluate
 from .report import MetricsLog, plot_confusion, plot_curves, write_report
 
-__all__ = ["FitResult", "TrainingDiverged", "build_model", "fit", "scheme_layers"]
+__all__ = ["FitResult", "TrainingDiverged", "fit", "scheme_layers"]
 
 
 class TrainingDiverged(RuntimeError):
@@ -73,20 +73,6 @@ def model_kwargs_for(config: TrainConfig, num_classes: int) -> dict:
                   drop_path_rate=config.drop_path)
     kwargs.update(config.model_kwargs)
     return kwargs
-
-
-def build_model(name: str, kwargs: dict) -> nn.Module:
-    """timm.create_model with a ValueError for names and arguments people get wrong."""
-    if name not in timm.list_models():
-        raise ValueError(f"unknown model {name!r}; `vitmix list` or timm.list_models() "
-                         f"shows the names")
-    try:
-        return timm.create_model(name, **kwargs)
-    except TypeError as err:
-        if "img_size" in kwargs and "img_size" in str(err):
-            # Convolutional timm models take any input size and have no img_size argument.
-            return build_model(name, {k: v for k, v in kwargs.items() if k != "img_size"})
-        raise ValueError(f"cannot build {name} with {kwargs}: {err}") from None
 
 
 def _seed_all(seed: int, epoch: int, rank: int) -> None:

@@ -8,11 +8,9 @@ from pathlib import Path
 import torch
 from torch.utils.data import DataLoader
 
-from ..checkpoints.io import check_state_dict, load_weights
+from ..checkpoints.io import read_model
 from ..data import AugmentSettings, build_transforms, load_splits
-from ..surgery import deploy
 from .distributed import resolve_device
-from .engine import build_model
 from .evaluate import check_tta, evaluate
 from .report import plot_confusion
 
@@ -28,12 +26,8 @@ def evaluate_checkpoint(model_name: str, checkpoint: str | Path, data: str = "fa
         raise ValueError(f"batch_size must be positive, got {batch_size}")
     check_tta(tta)  # before any data is read
     checkpoint = Path(checkpoint)
-    state, meta = load_weights(checkpoint)  # checks the file before any data is read
-    saved_name = meta.get("model")
-    if saved_name and saved_name != model_name:
-        raise ValueError(f"checkpoint {checkpoint} holds a {saved_name!r} model, not "
-                         f"{model_name!r}; pass --model {saved_name}")
-    kwargs = json.loads(meta["model_kwargs"]) if meta.get("model_kwargs") else {}
+    saved = read_model(checkpoint, model_name)  # checks the file before any data is read
+    kwargs = dict(saved.kwargs)
     in_chans = in_chans or kwargs.get("in_chans", 3)
     img_size = img_size or kwargs.get("img_size", 224)
     kwargs.update(in_chans=in_chans, img_size=img_size)
@@ -43,11 +37,7 @@ def evaluate_checkpoint(model_name: str, checkpoint: str | Path, data: str = "fa
     if kwargs.setdefault("num_classes", num_classes) != num_classes:
         raise ValueError(f"checkpoint {checkpoint} classifies {kwargs['num_classes']} classes, "
                          f"the data {data} has {num_classes}")
-    model = build_model(model_name, kwargs)
-    if meta.get("deployed") == "1":
-        deploy(model)  # the saved weights are the folded inference form
-    check_state_dict(model, state, model_name, checkpoint)
-    model.load_state_dict(state)
+    model = saved.build(kwargs)
     dev = resolve_device(device, 0)
     model.to(dev, memory_format=torch.channels_last).eval()
     loader = DataLoader(splits.val, batch_size=batch_size, num_workers=workers,

@@ -1,0 +1,29 @@
+"""Building a model by its timm name, with errors for people: where training, evaluation,
+benchmarks and export all start."""
+
+from __future__ import annotations
+
+import timm
+from torch import nn
+
+__all__ = ["build_model", "check_model_name"]
+
+
+def check_model_name(name: str) -> None:
+    """ValueError for a name timm has no model for."""
+    if not timm.is_model(name):
+        raise ValueError(f"unknown model {name!r}: not registered with timm (`vitmix list` shows "
+                         f"vitmix's models, timm.list_models() all of them)")
+
+
+def build_model(name: str, kwargs: dict) -> nn.Module:
+    """timm.create_model(name, **kwargs), with a ValueError for names and arguments people get
+    wrong."""
+    check_model_name(name)
+    try:
+        return timm.create_model(name, **kwargs)
+    except TypeError as err:
+        if "img_size" in kwargs and "img_size" in str(err):
+            # Convolutional timm models take any input size and have no img_size argument.
+            return build_model(name, {k: v for k, v in kwargs.items() if k != "img_size"})
+        raise ValueError(f"cannot build {name} with {kwargs}: {err}") from None
