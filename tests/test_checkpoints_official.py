@@ -8,6 +8,7 @@ import pytest
 import timm
 import torch
 import torch.nn.functional as F
+from safetensors import safe_open
 
 import vitmix  # noqa: F401  (registers the models)
 from vitmix.checkpoints import describe_groupmixformer, from_official
@@ -195,12 +196,17 @@ def test_bad_state_dicts_raise():
         from_official({})
 
 
-def test_cli_convert_then_load_through_timm(tmp_path, capsys):
+def test_cli_import_weights_then_load_through_timm(tmp_path, capsys):
     official = official_state_dict("m", seed=3)
     src, out = tmp_path / "gmf_m.pth", tmp_path / "gmf_m.safetensors"
     torch.save({"model": official}, src)
-    assert cli_main(["convert", str(src), str(out), "--arch", "groupmixformer"]) == 0
+    assert cli_main(["import-weights", str(src), str(out), "--arch", "groupmixformer"]) == 0
     assert "groupmixformer_m" in capsys.readouterr().out
+    with safe_open(str(out), framework="pt") as f:
+        assert f.metadata() == {"format": "pt", "source": "vitmix import-weights"}
+    as_pth = tmp_path / "gmf_m.pth.out.pth"
+    assert cli_main(["import-weights", str(src), str(as_pth)]) == 0
+    assert torch.load(as_pth, weights_only=True).keys() == from_official(official).keys()
 
     expected = timm.create_model("groupmixformer_m")
     expected.load_state_dict(from_official(official), strict=True)
@@ -214,15 +220,15 @@ def test_cli_convert_then_load_through_timm(tmp_path, capsys):
         torch.testing.assert_close(by_cfg(x), want)
 
     # Existing output is kept unless --force; bad paths give one clean line and exit code 2.
-    assert cli_main(["convert", str(src), str(out)]) == 2
+    assert cli_main(["import-weights", str(src), str(out)]) == 2
     assert "--force" in capsys.readouterr().err
-    assert cli_main(["convert", str(src), str(out), "--force"]) == 0
+    assert cli_main(["import-weights", str(src), str(out), "--force"]) == 0
     missing = tmp_path / "missing.pth"
-    assert cli_main(["convert", str(missing), str(tmp_path / "x.safetensors")]) == 2
+    assert cli_main(["import-weights", str(missing), str(tmp_path / "x.safetensors")]) == 2
     assert "missing.pth" in capsys.readouterr().err
-    assert cli_main(["convert", str(src), str(tmp_path / "x.bin")]) == 2
+    assert cli_main(["import-weights", str(src), str(tmp_path / "x.bin")]) == 2
     bad = tmp_path / "bad.pth"
     bad.write_bytes(b"not a checkpoint")
-    assert cli_main(["convert", str(bad), str(tmp_path / "y.safetensors")]) == 2
+    assert cli_main(["import-weights", str(bad), str(tmp_path / "y.safetensors")]) == 2
     assert "bad.pth" in capsys.readouterr().err
     assert not (tmp_path / "y.safetensors").exists()

@@ -130,3 +130,29 @@ def test_the_scan_finds_old_paths(tmp_path):
     assert scan(package / "engine.py") == ["1: vitmix.bench.complexity",
                                            "1: vitmix.bench.complexity.count_macs"]
     assert scan(package / "__init__.py") == ["1: vitmix.bench.count_macs"]
+
+
+def test_cli_convert_still_runs_import_weights_with_a_warning_on_stderr(tmp_path, capsys):
+    import torch
+    from safetensors.torch import load_file
+
+    from test_checkpoints_official import official_state_dict
+    from vitmix.cli import main
+
+    src = tmp_path / "gmf_m.pth"
+    torch.save({"model": official_state_dict("m")}, src)
+    assert main(["import-weights", str(src), str(tmp_path / "new.safetensors")]) == 0
+    new = capsys.readouterr()
+    assert new.err == ""
+    assert main(["convert", str(src), str(tmp_path / "old.safetensors")]) == 0
+    old = capsys.readouterr()
+    assert old.err == ("vitmix convert: deprecated, use `vitmix import-weights` (same "
+                       "arguments); `vitmix convert` will be removed in vitmix 0.2\n")
+    assert old.out == new.out.replace("new.safetensors", "old.safetensors")
+    want, got = (load_file(tmp_path / n) for n in ("new.safetensors", "old.safetensors"))
+    assert want.keys() == got.keys() and all(torch.equal(want[k], got[k]) for k in want)
+    # Its errors are the new command's, after the warning.
+    assert main(["convert", str(tmp_path / "none.pth"), str(tmp_path / "x.safetensors")]) == 2
+    err = capsys.readouterr().err.splitlines()
+    assert err[0].startswith("vitmix convert: deprecated")
+    assert err[1] == f"vitmix convert: error: checkpoint {tmp_path / 'none.pth'} does not exist"

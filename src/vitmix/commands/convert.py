@@ -1,67 +1,30 @@
-"""`vitmix convert`: turn an authors' released checkpoint into one vitmix models load."""
+"""`vitmix convert`: the 0.1 name of `vitmix import-weights`, kept until 0.2 with a warning.
+
+Delete this file to drop the old name; nothing else refers to it.
+"""
 
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
+import sys
 
-import torch
-
-from ..checkpoints.io import atomic_write, save_weights
-from ..checkpoints.official import ARCHS, describe_groupmixformer, from_official
-
-OUTPUT_SUFFIXES = (".safetensors", ".pth", ".pt")
+from .._deprecated import REMOVED_IN
+from . import import_weights
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
-        "convert", help="convert an authors' released checkpoint to vitmix keys",
-        description="Rename the keys of a released checkpoint (bare state dict or "
-                    "{'model': ...}) to those of the vitmix model, and save it as safetensors "
-                    "(or .pth). Load the result with timm.create_model(name, "
-                    "checkpoint_path=OUT) or pretrained_cfg_overlay=dict(file=OUT).",
+        "convert", help=f"deprecated name of `vitmix {import_weights.NAME}`",
+        description=f"Deprecated: use `vitmix {import_weights.NAME}`. "
+                    + import_weights.DESCRIPTION,
     )
-    parser.add_argument("input", type=Path, help="the released checkpoint (.pth)")
-    parser.add_argument("output", type=Path, help="where to write (.safetensors, .pth or .pt)")
-    parser.add_argument("--arch", default="groupmixformer", choices=ARCHS,
-                        help="model family of the checkpoint (default: groupmixformer)")
-    parser.add_argument("--force", action="store_true", help="overwrite OUTPUT if it exists")
+    import_weights.add_arguments(parser)
     parser.set_defaults(func=run)
 
 
-def _check_paths(args: argparse.Namespace) -> None:
-    if not args.input.is_file():
-        raise FileNotFoundError(f"checkpoint {args.input} does not exist")
-    if args.output.suffix not in OUTPUT_SUFFIXES:
-        raise ValueError(f"output {args.output} must end in one of {', '.join(OUTPUT_SUFFIXES)}")
-    if args.output.exists() and not args.force:
-        raise ValueError(f"output {args.output} exists; pass --force to overwrite it")
-    if not args.output.resolve().parent.is_dir():
-        raise FileNotFoundError(f"output folder {args.output.resolve().parent} does not exist")
-
-
-def _load(path: Path) -> dict:
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # a damaged or foreign file: say which, in one line
-        raise ValueError(f"cannot read {path} as a PyTorch checkpoint: {err}") from err
-
-
-def _save(state: dict[str, torch.Tensor], path: Path) -> None:
-    if path.suffix == ".safetensors":
-        save_weights(state, path, metadata={"format": "pt", "source": "vitmix convert"})
-    else:
-        atomic_write(path, lambda tmp: torch.save(state, tmp))
-
-
 def run(args: argparse.Namespace) -> int:
-    _check_paths(args)
-    state = from_official(_load(args.input), arch=args.arch)
-    info = describe_groupmixformer(state)
-    _save(state, args.output)
-    model = info["model"] or "no registered variant (build GroupMixFormer with these sizes)"
-    print(f"wrote {len(state)} tensors to {args.output}")
-    print(f"  dims {info['dims']}, depths {info['depths']}, mlp ratios "
-          f"{[round(r, 3) for r in info['mlp_ratios']]}, {info['num_classes']} classes")
-    print(f"  matches: {model}")
-    return 0
+    # On stderr, before any work: scripts that parse stdout keep working, and a failing run
+    # still tells its user the new name.
+    print(f"vitmix convert: deprecated, use `vitmix {import_weights.NAME}` (same arguments); "
+          f"`vitmix convert` will be removed in vitmix {REMOVED_IN}", file=sys.stderr)
+    return import_weights.run(args)
