@@ -42,3 +42,25 @@ def test_the_checker_prints_the_graph_and_the_pairs(tmp_path, capsys):
     assert import_graph.main([str(src)]) == 0
     assert capsys.readouterr().out.splitlines() == [
         "a      -> b", "b      -> a", "vitmix -> -", "import each other: a <-> b"]
+
+
+JOBS = {"train", "bench", "commands", "cli", "__main__"}
+# What each part must not import: the layers below a part know nothing of the parts above it.
+FORBIDDEN = {
+    "layers": {"models", "complexity", "surgery", "checkpoints", "factory", "data", *JOBS},
+    "models": {"complexity", "surgery", "checkpoints", "factory", "data", *JOBS},
+    **{core: JOBS for core in ("complexity", "surgery", "factory", "checkpoints", "data",
+                               "export")},
+    "bench": {"train", "commands", "cli"},
+    "train": {"bench", "commands", "cli"},
+}
+
+
+def test_no_two_parts_of_vitmix_import_each_other():
+    assert import_graph.mutual_pairs(import_graph.import_graph(REPO / "src")) == []
+
+
+def test_no_part_imports_a_part_above_it():
+    graph = import_graph.import_graph(REPO / "src")
+    assert {part: sorted(graph.get(part, set()) & forbidden)
+            for part, forbidden in FORBIDDEN.items()} == dict.fromkeys(FORBIDDEN, [])
