@@ -43,8 +43,8 @@ def atomic_write(path: str | Path, write: Callable[[str], None]) -> None:
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    # Not tempfile.mkstemp: its files are private (0600), a checkpoint or a metrics.csv gets
-    # the permissions any other file the user writes gets.
+    # Not tempfile.mkstemp: its files are private (0600); a checkpoint or a metrics.csv should
+    # get the permissions of any other file the user writes.
     tmp = path.parent / f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp"
     try:
         write(str(tmp))
