@@ -8,6 +8,7 @@ from pathlib import Path
 import torch
 from torch.utils.data import DataLoader
 
+from ..accelerate import accelerate
 from ..convert import deploy
 from ..data import AugmentSettings, build_transforms, load_splits
 from .checkpoint import check_state_dict, load_weights
@@ -48,6 +49,7 @@ def evaluate_checkpoint(model_name: str, checkpoint: str | Path, data: str = "fa
         deploy(model)  # the saved weights are the folded inference form
     check_state_dict(model, state, model_name, checkpoint)
     model.load_state_dict(state)
+    accelerate(model)  # fused CPU inference kernels; the same function
     dev = resolve_device(device, 0)
     model.to(dev, memory_format=torch.channels_last).eval()
     loader = DataLoader(splits.val, batch_size=batch_size, num_workers=workers,
