@@ -82,7 +82,7 @@ def test_wide_groups_take_one_grouped_kernel_per_layer(fused_calls, memory_forma
     dim = 2 * (PER_GROUP_KERNELS_MAX_WIDTH + 8)
     mlp = SchemeMlp(dim, 2 * dim, groups=2, cca=True, channels_first=True)
     mlp.fuse_mixing()
-    mlp.eval()
+    accelerate(mlp.eval())
     x = torch.randn(2, dim, 3, 4).contiguous(memory_format=memory_format)
     with torch.no_grad():
         got = mlp(x)
