@@ -19,6 +19,7 @@ import torch
 from timm.layers import Mlp
 from torch import nn
 
+from vitmix.accelerate import accelerate
 from vitmix.bench.speed import median_ms, time_interleaved
 from vitmix.layers import SchemeMlp
 
@@ -39,7 +40,7 @@ class GroupedConvMlp(nn.Module):
 def deployed_scheme_mlp(dim: int, hidden: int, groups: int, channels_first: bool) -> SchemeMlp:
     mlp = SchemeMlp(dim, hidden, groups=groups, cca=True, channels_first=channels_first)
     mlp.fuse_mixing()
-    return mlp.eval()
+    return accelerate(mlp.eval())  # the fused CPU kernels, as vitmix.deploy gives them
 
 
 def eval_call(module: nn.Module, x: torch.Tensor):

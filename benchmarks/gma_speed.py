@@ -1,5 +1,8 @@
 """Eval speed of Group-Mix Attention: impl="fast" against impl="reference", in one process.
 
+The fast model is accelerated (vitmix.accelerate: fused CPU kernels, as vitmix.deploy gives
+them); the reference model is the plain per-segment form, as export and FLOP counting see it.
+
 Both models share the same weights; timings alternate between them (fast, reference, fast, ...)
 so machine load hits both alike, and the ratio of the medians is printed.
 
@@ -16,6 +19,7 @@ import timm
 import torch
 
 import vitmix  # noqa: F401  (registers the models)
+from vitmix.accelerate import accelerate
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -42,7 +46,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     torch.manual_seed(0)
-    fast = timm.create_model(args.model, impl="fast", attn=args.attn).eval()
+    fast = accelerate(timm.create_model(args.model, impl="fast", attn=args.attn).eval())
     reference = timm.create_model(args.model, impl="reference", attn=args.attn).eval()
     reference.load_state_dict(fast.state_dict())
     x = torch.randn(args.batch_size, 3, args.img_size, args.img_size)

@@ -4,7 +4,8 @@ Importing vitmix registers every vitmix model with timm.
 """
 
 from . import layers, models  # noqa: F401  (models registers with timm on import)
+from .accelerate import accelerate
 from .surgery import deploy, schemify
 
 __version__ = "0.1.0"
-__all__ = ["deploy", "layers", "models", "schemify"]
+__all__ = ["accelerate", "deploy", "layers", "models", "schemify"]

@@ -8,6 +8,7 @@ difference from the PyTorch model is reported, and exceeding the tolerance is an
 
 from __future__ import annotations
 
+import copy
 import os
 import warnings
 from dataclasses import dataclass
@@ -15,6 +16,8 @@ from pathlib import Path
 
 import torch
 from torch import nn
+
+from .accelerate import restore
 
 __all__ = ["EXPORT_FORMATS", "ExportReport", "export_model"]
 
@@ -105,7 +108,9 @@ def export_model(model: nn.Module, out: str | os.PathLike, fmt: str,
     """
     out = Path(out)
     size = _check_args(fmt, out, img_size, in_chans, batch_size)
-    model = model.eval().cpu()
+    # The graph records the plain forward: a copy without the fused CPU kernels, whose
+    # tracing would otherwise be checked against a differently computed eager output.
+    model = restore(copy.deepcopy(model)).eval().cpu()
     example = torch.randn(1, in_chans, *size)
     if fmt == "onnx":
         _export_onnx(model, example, out)

@@ -9,6 +9,7 @@ import torch
 from timm.layers import Mlp
 from torch import nn
 
+from .accelerate import accelerate as accelerate_model
 from .complexity import count_macs, count_params
 from .layers.scheme import SchemeMlp
 
@@ -213,10 +214,11 @@ def schemify(
     return model, report
 
 
-def deploy(model: nn.Module) -> DeployReport:
+def deploy(model: nn.Module, accelerate: bool = True) -> DeployReport:
     """Make ``model`` its inference form, in place: every SchemeMlp folds a into fc2 and drops
     its CCA branch and mixing logits. The model is left in eval mode and computes what it
-    computed in eval mode before.
+    computed in eval mode before. ``accelerate``: also give it the fused CPU inference kernels
+    (:func:`vitmix.accelerate.accelerate`; same function, same state dict).
     """
     report = DeployReport(params_before=count_params(model))
     for name, module in model.named_modules():
@@ -224,4 +226,6 @@ def deploy(model: nn.Module) -> DeployReport:
             report.cca_weights[name] = module.fuse_mixing()
     report.params_after = count_params(model)
     model.eval()
+    if accelerate:
+        accelerate_model(model)
     return report

@@ -26,16 +26,15 @@ works segment by segment on channels-last memory with BatchNorm folded in eval m
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .onednn import apply_linear, linear_inference
-
-__all__ = ["ConvRelPosEnc", "GroupAggregator", "GroupMixAttention", "SeparableConv2d",
-           "SkipBranch", "conv_memory_format", "depthwise_conv_channels_last"]
+__all__ = ["ConvRelPosEnc", "FastWeights", "GroupAggregator", "GroupMixAttention",
+           "SeparableConv2d", "SkipBranch", "conv_memory_format", "depthwise_conv_channels_last"]
 
 ATTN_MODES = ("factorized", "softmax")
 IMPLS = ("fast", "reference")
@@ -160,6 +159,20 @@ class ConvRelPosEnc(nn.Module):
         return q * self.position_term(v, size)
 
 
+class FastWeights(NamedTuple):
+    """What the fast path computes with, derived from GroupMixAttention's parameters (in eval
+    mode with BatchNorm folded in): the same for every input, so a caller may keep it."""
+
+    folded: bool  # eval-mode BatchNorm is folded into the weights below
+    qkv_weight: torch.Tensor  # (3C, C), rows ordered (segment, q|k|v, channel)
+    qkv_bias: torch.Tensor | None
+    depthwise: list[torch.Tensor | None]  # per aggregator: its 3x3/5x5/7x7 weight for q, k, v
+    pointwise: list[torch.Tensor | None]  # per aggregator: (seg, seg), applied as t @ w
+    shifts: list[torch.Tensor | None]  # per aggregator: the folded BatchNorm's shift, or None
+    position: list[tuple[torch.Tensor, torch.Tensor]]  # per segment: its position conv
+    skip_pointwise: torch.Tensor  # (seg, 3 seg)
+
+
 class GroupMixAttention(nn.Module):
     """Group-Mix Attention on channels-last maps (B, H, W, dim).
 
@@ -259,7 +272,8 @@ class GroupMixAttention(nn.Module):
         attended = attended.transpose(1, 2).reshape(b, h, w, 4 * seg)
         return torch.cat([attended, skipped], dim=-1)
 
-    def _forward_fast(self, x: torch.Tensor) -> torch.Tensor:
+    def _forward_fast(self, x: torch.Tensor, weights: FastWeights | None = None,
+                      qkv_linear: Callable[..., torch.Tensor] = F.linear) -> torch.Tensor:
         """The reference computation regrouped by segment, projection included.
 
         With heads a multiple of 4 every head lies inside one segment, so each attended
@@ -269,64 +283,45 @@ class GroupMixAttention(nn.Module):
           [q_i, k_i, v_i] for each segment i side by side on a channels-last map;
         * depthwise convs run on channels-last memory (oneDNN's kernels are far faster there
           than on NCHW); the pointwise conv is one matmul for q, k and v, which share weights;
-        * in eval mode BatchNorm folds into the linear map before it (the pointwise conv, or
-          for the identity segment the qkv rows); in training it runs on a (rows, C, 1, 1)
+        * in eval mode BatchNorm folds into the linear map before it (see :meth:`fast_weights`,
+          which ``weights`` may give precomputed); in training it runs on a (rows, C, 1, 1)
           view of all q, k, v positions, so its statistics are the reference's;
         * attention takes a segment's heads together (one context matmul, cross-head blocks
           masked) and writes its result in place: nothing is concatenated or transposed.
 
         It executes about 1% more multiply-adds than the reference (the masked blocks, and one
         head's 5x5 position kernel padded to 7x7 where a segment holds heads of both sizes);
-        count the architecture's MACs on ``impl="reference"``.
+        count the architecture's MACs on ``impl="reference"``. ``qkv_linear`` computes the
+        qkv projection with the reordered weights (``F.linear``, or a fused kernel).
         """
         b, h, w, c = x.shape
         n, seg = h * w, self.seg_dim
-        # Folding needs running statistics (BatchNorm built without them uses batch statistics).
-        fold = not self.training and all(a.norm.running_var is not None for a in self.aggregators)
+        fw = self.fast_weights() if weights is None else weights
         inplace = not torch.is_grad_enabled()  # autograd needs the intermediate tensors
         heads = self.num_heads // (NUM_SEGMENTS - 1)
 
-        # Rows (q|k|v, segment, channel) -> (segment, q|k|v, channel).
-        weight = self.qkv.weight.view(3, NUM_SEGMENTS, seg, c).transpose(0, 1)
-        bias = self.qkv.bias
-        if bias is not None:
-            bias = bias.view(3, NUM_SEGMENTS, seg).transpose(0, 1)
-        if fold:  # the identity segment's BatchNorm goes into its qkv rows
-            scale, shift = batchnorm_affine(self.aggregators[0].norm)
-            weight = torch.cat([weight[:1] * scale[:, None], weight[1:]])
-            if bias is None:
-                bias = weight.new_zeros(NUM_SEGMENTS, 3, seg)
-            bias = torch.cat([bias[:1] * scale + shift, bias[1:]])
-        qkv = linear_inference(x, weight.reshape(3 * c, c),
-                               None if bias is None else bias.reshape(-1))
-        qkv = qkv.view(b, h, w, NUM_SEGMENTS, 3 * seg)
-
+        qkv = qkv_linear(x, fw.qkv_weight, fw.qkv_bias).view(b, h, w, NUM_SEGMENTS, 3 * seg)
         mixed = x.new_empty(b, h, w, c)  # the projection's input
         for i, agg in enumerate(self.aggregators):
             t = qkv[..., i, :]  # (B, H, W, 3 * seg), a strided view
             if agg.conv is not None:
-                t = depthwise_conv_channels_last(t, agg.conv.conv_dw.weight.repeat(3, 1, 1, 1))
-                pw = agg.conv.conv_pw.weight.view(seg, seg)
+                t = depthwise_conv_channels_last(t, fw.depthwise[i])
                 # One batched matmul for q, k and v, written as (3, B*N, seg): each of q, k, v
                 # comes out contiguous.
                 t = t.reshape(b * n, 3, seg).transpose(0, 1)
-                if fold:
-                    scale, shift = batchnorm_affine(agg.norm)
-                    t = torch.baddbmm(shift.view(1, 1, seg), t,
-                                      (pw * scale[:, None]).t().expand(3, seg, seg))
+                if fw.folded:
+                    t = torch.baddbmm(fw.shifts[i], t, fw.pointwise[i].expand(3, seg, seg))
                 else:
-                    t = torch.matmul(t, pw.t())
-                if not fold:
-                    t = agg.norm(t.reshape(-1, seg, 1, 1))
+                    t = agg.norm(torch.matmul(t, fw.pointwise[i]).reshape(-1, seg, 1, 1))
                 t = F.hardswish(t.view(3, b, n, seg), inplace=inplace)
                 q, k, v = t.unbind(0)
             else:
-                if not fold:
+                if not fw.folded:
                     t = agg.norm(t.reshape(-1, seg, 1, 1))
                 t = F.hardswish(t.reshape(b, n, 3, seg), inplace=inplace)
                 q, k, v = t.unbind(2)  # strided views of qkv
 
-            pos_w, pos_b = self.rel_pos.channel_slice(i * seg, (i + 1) * seg)
+            pos_w, pos_b = fw.position[i]
             position = depthwise_conv_channels_last(v.reshape(b, h, w, seg), pos_w, pos_b)
             out = mixed[..., i * seg:(i + 1) * seg].view(b, n, seg)
             self._attend_segment(q, k, v, position.reshape(b, n, seg), heads, out, inplace)
@@ -334,9 +329,52 @@ class GroupMixAttention(nn.Module):
         branch = self.skip_branch
         skipped = depthwise_conv_channels_last(qkv[..., NUM_SEGMENTS - 1, :],
                                                branch.conv.conv_dw.weight)
-        skipped = F.linear(skipped, branch.conv.conv_pw.weight.view(seg, 3 * seg))
-        mixed[..., 4 * seg:] = branch.act(branch.norm(skipped))
-        return apply_linear(self.proj, mixed)
+        mixed[..., 4 * seg:] = branch.act(branch.norm(F.linear(skipped, fw.skip_pointwise)))
+        return self.proj(mixed)
+
+    def fast_weights(self) -> FastWeights:
+        """The fast path's weights, derived from the parameters as they are now.
+
+        In eval mode each aggregator's BatchNorm folds into the linear map before it (the
+        pointwise conv, or for the identity segment its qkv rows); folding needs running
+        statistics (BatchNorm built without them uses batch statistics).
+        """
+        c, seg = self.dim, self.seg_dim
+        folded = not self.training and all(a.norm.running_var is not None
+                                           for a in self.aggregators)
+        # Rows (q|k|v, segment, channel) -> (segment, q|k|v, channel).
+        weight = self.qkv.weight.view(3, NUM_SEGMENTS, seg, c).transpose(0, 1)
+        bias = self.qkv.bias
+        if bias is not None:
+            bias = bias.view(3, NUM_SEGMENTS, seg).transpose(0, 1)
+        if folded:  # the identity segment's BatchNorm goes into its qkv rows
+            scale, shift = batchnorm_affine(self.aggregators[0].norm)
+            weight = torch.cat([weight[:1] * scale[:, None], weight[1:]])
+            if bias is None:
+                bias = weight.new_zeros(NUM_SEGMENTS, 3, seg)
+            bias = torch.cat([bias[:1] * scale + shift, bias[1:]])
+        depthwise, pointwise, shifts = [], [], []
+        for agg in self.aggregators:
+            if agg.conv is None:
+                depthwise.append(None), pointwise.append(None), shifts.append(None)
+                continue
+            depthwise.append(agg.conv.conv_dw.weight.repeat(3, 1, 1, 1))
+            pw = agg.conv.conv_pw.weight.view(seg, seg)
+            if folded:
+                scale, shift = batchnorm_affine(agg.norm)
+                pw, shift = pw * scale[:, None], shift.view(1, 1, seg)
+            else:
+                shift = None
+            pointwise.append(pw.t())
+            shifts.append(shift)
+        position = [self.rel_pos.channel_slice(i * seg, (i + 1) * seg)
+                    for i in range(NUM_SEGMENTS - 1)]
+        return FastWeights(
+            folded=folded, qkv_weight=weight.reshape(3 * c, c),
+            qkv_bias=None if bias is None else bias.reshape(-1), depthwise=depthwise,
+            pointwise=pointwise, shifts=shifts, position=position,
+            skip_pointwise=self.skip_branch.conv.conv_pw.weight.view(seg, 3 * seg),
+        )
 
     def _attend_segment(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
                         position: torch.Tensor, heads: int, out: torch.Tensor,

@@ -4,9 +4,7 @@ Layout conventions: the MLP accepts channels-last input (..., C) such as (B, N, 
 or channels-first (B, C, H, W) when built with ``channels_first=True``. Both are computed as
 batched matmuls over the groups, laid out so that no activation is copied between fc1 and fc2;
 a (B, C, H, W) map stored channels_last is read in place by the channels-last kernels.
-Eager float32 inference on the CPU takes a faster path with the same result: two oneDNN
-kernels, each a grouped 1x1 convolution fused with its bias and activation (see
-``SchemeMlp._mlp_fused_tokens``).
+Fused CPU inference kernels for these layers live in :mod:`vitmix.accelerate`.
 """
 
 from __future__ import annotations
@@ -18,9 +16,6 @@ import torch
 import torch.nn.functional as F
 from timm.layers import to_2tuple
 from torch import nn
-
-from . import onednn
-from .onednn import fused_inference_allowed
 
 __all__ = ["BlockDiagonalLinear", "ChannelCovarianceAttention", "SchemeMlp", "cosine_cca_weight"]
 
@@ -159,16 +154,6 @@ class ChannelCovarianceAttention(nn.Module):
         feats = x.reshape(b, c, -1)  # X^T, (B, C, N)
         attn = self._attention_from_features(feats)
         return torch.bmm(attn, feats).reshape(x.shape)  # (X A^T)^T = A X^T
-
-
-# Measured with batch 32 at 224 in SCHEMEformer-S12 (E=8, G=4), per-group chains against one
-# grouped kernel, same process: 16 input channels per group (stage 1) 0.29x the time, 32
-# (stage 2) 0.98x, 80 (stage 3) 1.16x, 128 (stage 4) 1.07x.
-PER_GROUP_KERNELS_MAX_WIDTH = 32
-
-
-def _group_chunks(bias: torch.Tensor | None, groups: int) -> list[torch.Tensor | None]:
-    return [None] * groups if bias is None else list(bias.chunk(groups))
 
 
 def _is_channels_last_memory(x: torch.Tensor) -> bool:
@@ -317,6 +302,12 @@ class SchemeMlp(nn.Module):
         self.progress = None
         return dropped
 
+    def forward_mlp(self, x: torch.Tensor) -> torch.Tensor:
+        """The block-diagonal MLP branch alone: drop2(fc2(drop1(act(fc1(x)))))."""
+        if self.channels_first:
+            return self._mlp_channels_first(x)
+        return self._mlp_channels_last(x)
+
     def _mlp_channels_last(self, x: torch.Tensor) -> torch.Tensor:
         lead = x.shape[:-1]
         h = self.fc1.forward_grouped(self.fc1.to_grouped(x))
@@ -331,85 +322,12 @@ class SchemeMlp(nn.Module):
         h = self.drop1(self.act(self.fc1.forward_channels_first(x)))
         return self.drop2(self.fc2.forward_channels_first(h))
 
-    def _mlp_fused_tokens(self, tokens: torch.Tensor) -> torch.Tensor:
-        """(M, in) contiguous rows -> (M, out), for float32 CPU inference.
-
-        Each layer is a oneDNN 1x1 convolution fused with its bias and activation (tokens are
-        a (1, in, M, 1) map stored channels-last). Why not the batched matmuls of the training
-        path: a matmul with bias copies the bias into the output before the product, and the
-        activation is one more pass, so the E-times-wider hidden activation would cross memory
-        three times where the fused kernel writes it once.
-
-        Thin groups (at most PER_GROUP_KERNELS_MAX_WIDTH input channels each) run as G dense
-        fc1 -> fc2 chains, each on a copy of its input channels: there oneDNN's grouped
-        convolution is far slower than G dense ones. Wider groups run as one grouped kernel
-        per layer, which is then the faster choice (see :meth:`_row_kernel`).
-
-        Large inputs go through in chunks of rows (see :func:`onednn.chunk_rows`).
-        """
-        fn, hidden = self._row_kernel()
-        return onednn.in_row_chunks(fn, tokens, self.out_features, hidden)
-
-    def _row_kernel(self, a: torch.Tensor | None = None) -> onednn.RowKernel:
-        """The MLP branch alone, times the scalar ``a`` (folded into fc2) when given, on (T, in)
-        contiguous rows: one grouped kernel per layer, or, for thin groups, one dense
-        fc1 -> fc2 chain per group on a copy of its channels."""
-        g = self.groups
-        w1 = self.fc1.weight.view(self.hidden_features, self.in_features // g, 1, 1)
-        w2 = self.fc2.weight.view(self.out_features, self.hidden_features // g, 1, 1)
-        b1, b2 = self.fc1.bias, self.fc2.bias
-        if a is not None:
-            w2, b2 = a * w2, None if b2 is None else a * b2
-        if g == 1 or self.in_features // g > PER_GROUP_KERNELS_MAX_WIDTH:
-            return (lambda rows: onednn.mlp_rows(rows, w1, b1, w2, b2, self.act, self.drop1,
-                                                 self.drop2, groups=g), self.hidden_features)
-        per_group = list(zip(w1.chunk(g), _group_chunks(b1, g), w2.chunk(g),
-                             _group_chunks(b2, g), strict=True))
-
-        def per_group_rows(rows: torch.Tensor) -> torch.Tensor:
-            out = rows.new_empty(rows.shape[0], self.out_features)
-            for cols, out_cols, (w1_k, b1_k, w2_k, b2_k) in zip(
-                    rows.chunk(g, dim=1), out.chunk(g, dim=1), per_group, strict=True):
-                out_cols.copy_(onednn.mlp_rows(cols.contiguous(), w1_k, b1_k, w2_k, b2_k,
-                                               self.act, self.drop1, self.drop2))
-            return out
-
-        return per_group_rows, self.hidden_features // g
-
-    def fused_row_kernel(self) -> onednn.RowKernel | None:
-        """What :func:`onednn.add_mlp_` runs: ``self(rows)`` on (T, in) rows for float32 CPU
-        inference (the caller checks that), or None in training mode with a CCA branch, whose
-        output then depends on the whole input rather than on each row."""
-        if self.cca is None:
-            return self._row_kernel()
-        if self.training:
-            return None
-        return self._row_kernel(self.mix_weights()[0])  # eval mode: the output is a * MLP(x)
-
-    def _mlp_fused(self, x: torch.Tensor) -> torch.Tensor:
-        if not self.channels_first:
-            self.fc1._check_channels(x.shape[-1], "the last dimension")
-            y = self._mlp_fused_tokens(x.reshape(-1, self.in_features))
-            return y.reshape(*x.shape[:-1], self.out_features)
-        self.fc1._check_channels(x.shape[1], "dimension 1 (channels first)")
-        # Channels-last memory is read in place; channels-first memory is reordered once, the
-        # input and the output rather than the E-times-wider hidden activation.
-        last = _channels_to_last(x)
-        y = self._mlp_fused_tokens(last.reshape(-1, self.in_features))
-        y = _channels_to_first(y.view(*last.shape[:-1], self.out_features))
-        return y if _is_channels_last_memory(x) else y.contiguous()
-
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.channels_first and x.dim() < 3:
             raise ValueError(
                 f"SchemeMlp(channels_first=True) expects (B, C, ...), got {tuple(x.shape)}"
             )
-        if fused_inference_allowed(x, self.fc1.weight):
-            y = self._mlp_fused(x)
-        elif self.channels_first:
-            y = self._mlp_channels_first(x)
-        else:
-            y = self._mlp_channels_last(x)
+        y = self.forward_mlp(x)
         if self.cca is None:
             return y
         a, cca_w = self.mix_weights()

@@ -8,8 +8,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from . import onednn
-
 __all__ = ["Pooling", "SelfAttention", "SepConv", "IdentityMixer", "TOKEN_MIXERS"]
 
 
@@ -51,14 +49,14 @@ class SelfAttention(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         b, c, h, w = x.shape
         tokens = x.flatten(2).transpose(1, 2)  # (B, N, C)
-        qkv = onednn.apply_linear(self.qkv, tokens)
+        qkv = self.qkv(tokens)
         qkv = qkv.reshape(b, h * w, 3, self.num_heads, self.head_dim)
         q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)
         out = F.scaled_dot_product_attention(
             q, k, v, dropout_p=self.attn_drop if self.training else 0.0
         )
         out = out.transpose(1, 2).reshape(b, h * w, c)
-        out = self.proj_drop(onednn.apply_linear(self.proj, out))
+        out = self.proj_drop(self.proj(out))
         return out.transpose(1, 2).reshape(b, c, h, w)
 
 

@@ -24,7 +24,6 @@ from ..layers.group_mix import (
     conv_memory_format,
     depthwise_conv_channels_last,
 )
-from ..layers.onednn import add_mlp_, apply_mlp
 from ..layers.scheme import BlockDiagonalLinear, SchemeMlp
 from .common import (
     PooledClassifierMixin,
@@ -99,10 +98,7 @@ class GroupMixBlock(nn.Module):
         # The (B, H, W, C) map is channels-last memory: the conv reads it without a copy.
         x = x + depthwise_conv_channels_last(x, self.pos_conv.weight, self.pos_conv.bias)
         x = x + self.drop_path(self.attn(self.norm1(x)))
-        if self.training:
-            return x + self.drop_path(apply_mlp(self.mlp, self.norm2(x)))
-        # x was made just above, so the MLP branch may be added into it in place.
-        return add_mlp_(x, self.mlp, self.norm2(x))
+        return x + self.drop_path(self.mlp(self.norm2(x)))
 
 
 class GroupMixStage(nn.Module):

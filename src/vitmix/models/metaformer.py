@@ -16,10 +16,9 @@ from timm.models._builder import build_model_with_cfg
 from timm.models._registry import generate_default_cfgs, register_model
 from torch import nn
 
-from ..layers.onednn import add_mlp_, apply_mlp, fused_inference_allowed
 from ..layers.scheme import BlockDiagonalLinear, SchemeMlp
 from ..layers.stems import make_stem
-from ..layers.token_mixers import TOKEN_MIXERS, Pooling
+from ..layers.token_mixers import TOKEN_MIXERS
 from .common import (
     PooledClassifierMixin,
     check_global_pool,
@@ -64,27 +63,8 @@ class MetaFormerBlock(nn.Module):
         self.drop_path2 = DropPath(drop_path) if drop_path > 0 else nn.Identity()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if not self.training and fused_inference_allowed(x, self.norm1.weight):
-            return self._forward_inference(x)
         x = x + self.drop_path1(self.ls1(self.token_mixer(self.norm1(x))))
-        return x + self.drop_path2(self.ls2(apply_mlp(self.mlp, self.norm2(x))))
-
-    def _forward_inference(self, x: torch.Tensor) -> torch.Tensor:
-        """The same function with fewer passes over memory, for float32 CPU inference.
-
-        In the early stages the activations are far larger than the caches, and the plain
-        expression writes five of them per branch (mixer output, pooling difference, scaled,
-        sum, MLP output). Here the pooling difference is taken in place, scale and residual are
-        one addcmul, and the MLP branch is scaled and added chunk by chunk into the residual
-        stream while each chunk is in cache (see :func:`onednn.add_mlp_`).
-        """
-        t = self.norm1(x)
-        if type(self.token_mixer) is Pooling:
-            mixed = self.token_mixer.pool(t).sub_(t)  # the pooling's own output: ours to change
-        else:
-            mixed = self.token_mixer(t)
-        x = torch.addcmul(x, mixed, self.ls1.gamma.view(1, -1, 1, 1))
-        return add_mlp_(x, self.mlp, self.norm2(x), self.ls2.gamma, channels_first=True)
+        return x + self.drop_path2(self.ls2(self.mlp(self.norm2(x))))
 
 
 class MetaFormerStage(nn.Module):

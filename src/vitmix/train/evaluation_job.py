@@ -8,6 +8,7 @@ from pathlib import Path
 import torch
 from torch.utils.data import DataLoader
 
+from ..accelerate import accelerate
 from ..checkpoints.io import read_model
 from ..data import AugmentSettings, build_transforms, load_splits
 from .distributed import resolve_device
@@ -37,7 +38,7 @@ def evaluate_checkpoint(model_name: str, checkpoint: str | Path, data: str = "fa
     if kwargs.setdefault("num_classes", num_classes) != num_classes:
         raise ValueError(f"checkpoint {checkpoint} classifies {kwargs['num_classes']} classes, "
                          f"the data {data} has {num_classes}")
-    model = saved.build(kwargs)
+    model = accelerate(saved.build(kwargs))  # fused CPU inference kernels, the same function
     dev = resolve_device(device, 0)
     model.to(dev, memory_format=torch.channels_last).eval()
     loader = DataLoader(splits.val, batch_size=batch_size, num_workers=workers,

@@ -1,0 +1,79 @@
+"""accelerate() and restore(): swap the accelerated twins in and out of a model, in place."""
+
+from __future__ import annotations
+
+from timm.layers import Mlp
+from torch import nn
+
+from ..layers.group_mix import GroupMixAttention
+from ..layers.scheme import SchemeMlp
+from ..layers.token_mixers import SelfAttention
+from ..models.groupmixformer import GroupMixBlock
+from ..models.metaformer import MetaFormerBlock
+from .modules import (
+    AcceleratedGroupMixAttention,
+    AcceleratedGroupMixBlock,
+    AcceleratedLinear,
+    AcceleratedMetaFormerBlock,
+    AcceleratedMlp,
+    AcceleratedSchemeMlp,
+    forget_derived,
+)
+
+# Plain class -> its twin, for modules whose exact class is the plain one (a user's subclass
+# may compute something else and is left alone).
+_TWINS: dict[type, type] = {
+    SchemeMlp: AcceleratedSchemeMlp,
+    MetaFormerBlock: AcceleratedMetaFormerBlock,
+    GroupMixBlock: AcceleratedGroupMixBlock,
+    GroupMixAttention: AcceleratedGroupMixAttention,
+}
+_PLAIN = {twin: plain for plain, twin in _TWINS.items()}
+_PLAIN.update({AcceleratedMlp: Mlp, AcceleratedLinear: nn.Linear})
+# The linear layers of these attention modules run faster as 1x1 convolution kernels.
+_ATTENTION = (SelfAttention, GroupMixAttention)
+
+
+def _twin_of(module: nn.Module, parent: nn.Module | None) -> type | None:
+    kind = type(module)
+    if kind in _TWINS:
+        return _TWINS[kind]
+    if AcceleratedMlp.accepts(module):
+        return AcceleratedMlp
+    if kind is nn.Linear and isinstance(parent, _ATTENTION):
+        return AcceleratedLinear
+    return None
+
+
+def accelerate(model: nn.Module) -> nn.Module:
+    """Give ``model`` the fused CPU inference kernels, in place, and return it.
+
+    The modules that have an accelerated twin become it: the same parameters, buffers,
+    state-dict keys and hooks, and the same function. The twins take their kernels only in eager
+    float32 CPU inference with the switch on (``VITMIX_ACCELERATE``, :func:`set_enabled`);
+    training, autograd, torch.compile, export and FLOP counting see the plain forward.
+    :func:`restore` undoes it.
+    """
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"accelerate expects a torch.nn.Module, got {type(model).__name__}")
+    parents = {id(child): parent for parent in model.modules() for child in parent.children()}
+    for module in model.modules():
+        twin = _twin_of(module, parents.get(id(module)))
+        if twin is not None:
+            module.__class__ = twin
+    return model
+
+
+def restore(model: nn.Module) -> nn.Module:
+    """Undo :func:`accelerate`, in place: every twin becomes its plain class again."""
+    for module in model.modules():
+        plain = _PLAIN.get(type(module))
+        if plain is not None:
+            module.__class__ = plain
+            forget_derived(module)
+    return model
+
+
+def accelerated_modules(model: nn.Module) -> list[str]:
+    """Names of the modules of ``model`` that run as accelerated twins."""
+    return [name for name, module in model.named_modules() if type(module) in _PLAIN]
