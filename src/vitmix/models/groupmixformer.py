@@ -13,9 +13,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import torch
-from timm.layers import DropPath, Mlp, trunc_normal_
-from timm.models._builder import build_model_with_cfg
-from timm.models._registry import generate_default_cfgs, register_model
+from timm.layers import DropPath, Mlp, calculate_drop_path_rates, trunc_normal_
+from timm.models import build_model_with_cfg, checkpoint_seq, generate_default_cfgs, register_model
 from torch import nn
 
 from ..layers.group_mix import (
@@ -120,8 +119,6 @@ class GroupMixStage(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.downsample(x).permute(0, 2, 3, 1)
         if self.grad_checkpointing and not torch.jit.is_scripting():
-            from timm.models._manipulate import checkpoint_seq
-
             x = checkpoint_seq(self.blocks, x)
         else:
             x = self.blocks(x)
@@ -183,11 +180,9 @@ class GroupMixFormer(PooledClassifierMixin, nn.Module):
         self.drop_rate = drop_rate
 
         self.stem = ConvStem(in_chans, dims[0])
-        total = sum(depths)
-        # Linear in the block index; plain floats so the model can be built on any device.
-        dpr = [drop_path_rate * i / max(total - 1, 1) for i in range(total)]
+        dpr = calculate_drop_path_rates(drop_path_rate, list(depths), stagewise=True)
         stages, self.feature_info = [], []
-        prev_dim, reduction, cursor = dims[0], 4, 0
+        prev_dim, reduction = dims[0], 4
         for i in range(num_stages):
             stride = 1 if i == 0 else 2
             reduction *= stride
@@ -195,10 +190,10 @@ class GroupMixFormer(PooledClassifierMixin, nn.Module):
                                 mlp_groups=mlp_groups, cca=cca, qkv_bias=qkv_bias, attn=attn,
                                 impl=impl, proj_drop=proj_drop_rate)
             stages.append(GroupMixStage(prev_dim, dims[i], depths[i], stride, block_kwargs,
-                                        dpr[cursor:cursor + depths[i]]))
+                                        dpr[i]))
             self.feature_info.append(dict(num_chs=dims[i], reduction=reduction,
                                           module=f"stages.{i}"))
-            prev_dim, cursor = dims[i], cursor + depths[i]
+            prev_dim = dims[i]
         self.stages = nn.Sequential(*stages)
 
         self.norm = nn.BatchNorm2d(self.num_features)

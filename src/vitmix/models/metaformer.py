@@ -11,9 +11,15 @@ from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
-from timm.layers import DropPath, GroupNorm1, Mlp, trunc_normal_
-from timm.models._builder import build_model_with_cfg
-from timm.models._registry import generate_default_cfgs, register_model
+from timm.layers import (
+    DropPath,
+    GroupNorm1,
+    LayerScale2d,
+    Mlp,
+    calculate_drop_path_rates,
+    trunc_normal_,
+)
+from timm.models import build_model_with_cfg, checkpoint_seq, generate_default_cfgs, register_model
 from torch import nn
 
 from ..layers.onednn import add_mlp_, apply_mlp, fused_inference_allowed
@@ -29,15 +35,6 @@ from .common import (
 )
 
 __all__ = ["MetaFormer", "MetaFormerBlock", "MetaFormerStage"]
-
-class LayerScale2d(nn.Module):
-    def __init__(self, dim: int, init_value: float):
-        super().__init__()
-        self.gamma = nn.Parameter(init_value * torch.ones(dim))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x * self.gamma.view(1, -1, 1, 1)
-
 
 def make_channel_mixer(dim: int, mlp_ratio: float, groups: int, cca: bool, cca_schedule: str,
                        drop: float) -> nn.Module:
@@ -56,11 +53,11 @@ class MetaFormerBlock(nn.Module):
         super().__init__()
         self.norm1 = GroupNorm1(dim)
         self.token_mixer = TOKEN_MIXERS[token_mixer](dim, head_dim=head_dim, proj_drop=drop)
-        self.ls1 = LayerScale2d(dim, layer_scale_init)
+        self.ls1 = LayerScale2d(dim, init_values=layer_scale_init)
         self.drop_path1 = DropPath(drop_path) if drop_path > 0 else nn.Identity()
         self.norm2 = GroupNorm1(dim)
         self.mlp = make_channel_mixer(dim, mlp_ratio, mlp_groups, cca, cca_schedule, drop)
-        self.ls2 = LayerScale2d(dim, layer_scale_init)
+        self.ls2 = LayerScale2d(dim, init_values=layer_scale_init)
         self.drop_path2 = DropPath(drop_path) if drop_path > 0 else nn.Identity()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -121,8 +118,6 @@ class MetaFormerStage(nn.Module):
         if self.pos_embed is not None:
             x = x + self.resized_pos_embed(tuple(x.shape[-2:]))
         if self.grad_checkpointing and not torch.jit.is_scripting():
-            from timm.models._manipulate import checkpoint_seq
-
             return checkpoint_seq(self.blocks, x)
         return self.blocks(x)
 
@@ -186,9 +181,9 @@ class MetaFormer(PooledClassifierMixin, nn.Module):
         self.num_features = self.head_hidden_size = dims[-1]
         self.drop_rate = drop_rate
 
-        dpr = torch.linspace(0, drop_path_rate, sum(depths)).tolist()
+        dpr = calculate_drop_path_rates(drop_path_rate, list(depths), stagewise=True)
         stages, self.feature_info = [], []
-        prev_dim, reduction, cursor = in_chans, 1, 0
+        prev_dim, reduction = in_chans, 1
         for i in range(num_stages):
             if i == 0:
                 downsample = make_stem(stem, in_chans, dims[0])
@@ -205,11 +200,11 @@ class MetaFormer(PooledClassifierMixin, nn.Module):
                 layer_scale_init=layer_scale_init, head_dim=head_dim,
             )
             stages.append(MetaFormerStage(dims[i], depths[i], downsample, pos_size, block_kwargs,
-                                          dpr[cursor:cursor + depths[i]],
+                                          dpr[i],
                                           input_chans=in_chans if i == 0 else None))
             self.feature_info.append(dict(num_chs=dims[i], reduction=reduction,
                                           module=f"stages.{i}"))
-            prev_dim, cursor = dims[i], cursor + depths[i]
+            prev_dim = dims[i]
         self.stages = nn.Sequential(*stages)
 
         self.norm = GroupNorm1(self.num_features)
