@@ -89,5 +89,6 @@ def check_per_stage(name: str, value: Any, num_stages: int,
         value = check(name, value)
         return (value,) * num_stages
     if len(value) != num_stages:
-        raise ValueError(f"{name} needs one value or one per stage ({num_stages}), got {value!r}")
+        raise ValueError(f"{name} needs one value or one entry per stage ({num_stages} stages), "
+                         f"got {value!r}")
     return tuple(check(f"{name}[{i}]", v) for i, v in enumerate(value))
