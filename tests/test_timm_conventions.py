@@ -1,5 +1,6 @@
 """timm's model conventions, the same in both families: device and dtype, initialisation after
-``to_empty()``, SCHEME's arguments, and the registered names with their defaults."""
+``to_empty()``, forward_intermediates and prune_intermediate_layers, feature wrappers, SCHEME's
+arguments, and the registered names with their defaults."""
 
 import pytest
 import timm
@@ -86,6 +87,114 @@ def test_meta_model_materialised_and_initialised_trains(build):
 def test_create_model_on_the_meta_device(name):
     model = timm.create_model(name, device="meta", dtype=torch.bfloat16)
     assert {(t.device.type, t.dtype) for t in model.parameters()} == {("meta", torch.bfloat16)}
+
+
+# forward_intermediates, as timm's own test_models.py checks every model.
+
+@family
+@pytest.mark.parametrize("grad_checkpointing", [False, True])
+def test_forward_intermediates_follow_feature_info(build, grad_checkpointing):
+    model = build().eval()
+    model.set_grad_checkpointing(grad_checkpointing)
+    x = torch.randn(2, 3, 64, 96)
+    with torch.no_grad():
+        final, intermediates = model.forward_intermediates(x)
+        torch.testing.assert_close(final, model.forward_features(x))
+    assert len(intermediates) == len(model.feature_info) == 4
+    for info, feat in zip(model.feature_info, intermediates, strict=True):
+        r = info["reduction"]
+        assert feat.shape == (2, info["num_chs"], 64 // r, 96 // r)
+    assert [info["reduction"] for info in model.feature_info] == [4, 8, 16, 32]
+    torch.testing.assert_close(intermediates[-1], final)
+
+
+@family
+def test_forward_intermediates_indices_norm_and_stop_early(build):
+    model = build().eval()
+    x = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        model.norm.weight.normal_()  # a fresh norm is close to the identity
+        model.norm.bias.normal_()
+        _, every = model.forward_intermediates(x)
+        last_two = model.forward_intermediates(x, indices=2, intermediates_only=True)
+        picked = model.forward_intermediates(x, indices=[0, -2], intermediates_only=True)
+        final, early = model.forward_intermediates(x, indices=[1], stop_early=True)
+        _, normed = model.forward_intermediates(x, indices=[2, 3], norm=True)
+        expected_norm = model.norm(every[3])
+    for got, want in zip(last_two + picked, every[2:] + [every[0], every[2]], strict=True):
+        torch.testing.assert_close(got, want)
+    torch.testing.assert_close(final, every[1])  # it stopped after stage 1
+    torch.testing.assert_close(early[0], every[1])
+    # The final norm belongs to the last stage only.
+    torch.testing.assert_close(normed[0], every[2])
+    torch.testing.assert_close(normed[1], expected_norm)
+    assert not torch.allclose(normed[1], every[3])
+
+
+@family
+@pytest.mark.parametrize("kwargs,message", [
+    (dict(output_fmt="NHWC"), "output_fmt must be one of 'NCHW', got 'NHWC'"),
+    (dict(indices=5), "indices=5 asks for the last 5 stages; expected 1 to 4"),
+    (dict(indices=0), "indices=0 asks for the last 0 stages"),
+    (dict(indices=[1, 4]), r"stage index 4 in indices=\[1, 4\] is out of range; expected -4 to 3"),
+    (dict(indices=[-5]), "stage index -5"),
+    (dict(indices="all"), "indices must be None, a number of last stages or a sequence"),
+])
+def test_forward_intermediates_bad_arguments(build, kwargs, message):
+    model = build()
+    with pytest.raises(ValueError, match=message):
+        model.forward_intermediates(torch.randn(1, 3, 64, 64), **kwargs)
+
+
+@family
+def test_prune_intermediate_layers(build):
+    model = build().eval()
+    x = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        _, before = model.forward_intermediates(x)
+    assert model.prune_intermediate_layers([0, -3]) == [0, 1]
+    assert len(model.stages) == 2
+    assert isinstance(model.norm, torch.nn.Identity) and isinstance(model.head, torch.nn.Identity)
+    assert model.num_features == model.feature_info[1]["num_chs"]
+    with torch.no_grad():
+        final, after = model.forward_intermediates(x)
+        torch.testing.assert_close(final, before[1])
+        torch.testing.assert_close(model(x), before[1])  # no pooling, no norm, no head
+    for got, want in zip(after, before[:2], strict=True):
+        torch.testing.assert_close(got, want)
+
+
+@family
+def test_prune_keeps_the_norm_of_the_last_stage_unless_asked(build):
+    model = build()
+    norm = model.norm
+    model.prune_intermediate_layers(indices=(1, 3), prune_head=False)
+    assert model.norm is norm and isinstance(model.head, torch.nn.Linear)
+    model.prune_intermediate_layers(indices=(3,), prune_norm=True)
+    assert isinstance(model.norm, torch.nn.Identity) and isinstance(model.head, torch.nn.Identity)
+
+
+@pytest.mark.parametrize("name", ["schemeformer_ppaa_t_e8_g4", "groupmixformer_m"])
+@pytest.mark.parametrize("feature_cls", ["getter", None])
+def test_features_only_with_both_feature_wrappers(name, feature_cls):
+    torch.manual_seed(0)
+    full = timm.create_model(name).eval()
+    extra = {} if feature_cls is None else dict(feature_cls=feature_cls)
+    feats = timm.create_model(name, features_only=True, out_indices=(1, 3), **extra).eval()
+    assert feats.feature_info.channels() == [full.feature_info[i]["num_chs"] for i in (1, 3)]
+    assert feats.feature_info.reduction() == [8, 32]
+    state = full.state_dict()
+    if feature_cls is None:  # timm's list wrapper flattens the stages: stages.3 -> stages_3
+        state = {k.replace("stages.", "stages_", 1): v for k, v in state.items()}
+    else:  # the getter wraps the pruned model
+        state = {f"model.{k}": v for k, v in state.items()}
+    state = {k: v for k, v in state.items() if k in feats.state_dict()}
+    feats.load_state_dict(state, strict=True)
+    x = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        expected = full.forward_intermediates(x, indices=(1, 3), intermediates_only=True)
+        for got, want in zip(feats(x), expected, strict=True):
+            torch.testing.assert_close(got, want)
 
 
 # SCHEME's arguments, the same in both families.

@@ -101,6 +101,30 @@ def build_on(device: torch.device | str | None, dtype: torch.dtype | None,
     return module if dtype is None else module.to(dtype=dtype)
 
 
+def take_indices(num_stages: int, indices: int | Sequence[int] | None) -> tuple[list[int], int]:
+    """timm's intermediate indices: None for every stage, n for the last n, or a sequence of
+    stage indices (negative ones count from the end). Returns them from 0 and the largest."""
+    if indices is None:
+        indices = num_stages
+    if isinstance(indices, int) and not isinstance(indices, bool):
+        if not 0 < indices <= num_stages:
+            raise ValueError(f"indices={indices} asks for the last {indices} stages; "
+                             f"expected 1 to {num_stages}")
+        taken = list(range(num_stages - indices, num_stages))
+    elif isinstance(indices, Sequence) and not isinstance(indices, (str, bytes)) and indices:
+        taken = []
+        for i in indices:
+            if (isinstance(i, bool) or not isinstance(i, int)
+                    or not -num_stages <= i < num_stages):
+                raise ValueError(f"stage index {i!r} in indices={list(indices)} is out of "
+                                 f"range; expected -{num_stages} to {num_stages - 1}")
+            taken.append(i % num_stages)
+    else:
+        raise ValueError(f"indices must be None, a number of last stages or a sequence of "
+                         f"stage indices, got {indices!r}")
+    return taken, max(taken)
+
+
 GLOBAL_POOLS = ("avg", "")
 
 
@@ -168,6 +192,52 @@ class PooledClassifierMixin:
             if m is not self and callable(getattr(m, "reset_parameters", None)):
                 m.reset_parameters()
         self.apply(self._init_weights)
+
+    def forward_intermediates(
+        self,
+        x: torch.Tensor,
+        indices: int | Sequence[int] | None = None,
+        norm: bool = False,
+        stop_early: bool = False,
+        output_fmt: str = "NCHW",
+        intermediates_only: bool = False,
+    ) -> list[torch.Tensor] | tuple[torch.Tensor, list[torch.Tensor]]:
+        """timm's feature API: the (B, C, H, W) output of the stages in ``indices`` (None: all,
+        n: the last n, or a sequence of stage indices), and the final features.
+
+        ``norm``: the last stage's map goes through the final norm (the one forward_head
+        applies; the other stages have none). ``stop_early``: stop after the last stage asked
+        for (the final features are then that stage's). The final features, without stop_early,
+        are what forward_features returns.
+        """
+        check_choice("output_fmt", output_fmt, ("NCHW",))
+        take, max_index = take_indices(len(self.stages), indices)
+        last = len(self.stages) - 1
+        stages = self.stages[:max_index + 1] if stop_early else self.stages
+        intermediates = []
+        x = self.forward_stem(x)
+        for i, stage in enumerate(stages):
+            x = stage(x)
+            if i in take:
+                intermediates.append(self.norm(x) if norm and i == last else x)
+        if intermediates_only:
+            return intermediates
+        return x, intermediates
+
+    def prune_intermediate_layers(self, indices: int | Sequence[int] = 1,
+                                  prune_norm: bool = False, prune_head: bool = True) -> list[int]:
+        """Drop the stages after the last of ``indices`` (and the head, the final norm);
+        returns the kept indices counted from 0, as timm's feature wrappers expect."""
+        take, max_index = take_indices(len(self.stages), indices)
+        prune_end = max_index < len(self.stages) - 1
+        if prune_norm or prune_end:
+            self.norm = nn.Identity()  # sized for, and only applied to, the last stage
+        self.stages = self.stages[:max_index + 1]
+        if prune_end:
+            self.num_features = self.head_hidden_size = self.feature_info[max_index]["num_chs"]
+        if prune_head or prune_end:
+            self.reset_classifier(0, "")
+        return take
 
     def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
         x = self.norm(x)
