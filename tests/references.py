@@ -14,14 +14,27 @@ def dense_block_diagonal(weight: torch.Tensor) -> torch.Tensor:
     return dense
 
 
-def reference_mlp(mlp, tokens: torch.Tensor, act=F.gelu) -> torch.Tensor:
-    """(..., C) tokens through a SchemeMlp's BD-MLP as two dense float64 matmuls."""
+def reference_layer_norm(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor,
+                         eps: float) -> torch.Tensor:
+    """LayerNorm over the last axis, mean and biased variance written out, in float64."""
+    x = x.double()
+    mean = x.sum(-1, keepdim=True) / x.shape[-1]
+    var = ((x - mean) ** 2).sum(-1, keepdim=True) / x.shape[-1]
+    return (x - mean) / torch.sqrt(var + eps) * weight.detach().double() + bias.detach().double()
+
+
+def reference_mlp(mlp, tokens: torch.Tensor, act=F.gelu, hidden_norm=None) -> torch.Tensor:
+    """(..., C) tokens through a SchemeMlp's BD-MLP as two dense float64 matmuls;
+    ``hidden_norm`` (float64 (..., hidden) -> same) between the activation and fc2."""
     w1 = dense_block_diagonal(mlp.fc1.weight.detach().double())
     w2 = dense_block_diagonal(mlp.fc2.weight.detach().double())
     h = tokens.double() @ w1.T
     if mlp.fc1.bias is not None:
         h = h + mlp.fc1.bias.detach().double()
-    y = act(h) @ w2.T
+    h = act(h)
+    if hidden_norm is not None:
+        h = hidden_norm(h)
+    y = h @ w2.T
     if mlp.fc2.bias is not None:
         y = y + mlp.fc2.bias.detach().double()
     return y

@@ -77,6 +77,7 @@ def test_metaformer_block_takes_the_fused_path_only_in_inference(monkeypatch):
 def test_groupmix_block_inference_matches_float64(monkeypatch, groups, cca):
     monkeypatch.setattr(kernels, "HIDDEN_CHUNK_BYTES", 7 * 64 * 4)
     block = _randomise(GroupMixBlock(40, num_heads=8, mlp_ratio=4, mlp_groups=groups, cca=cca,
+                                     cca_schedule="learned",
                                      qkv_bias=True, attn="factorized", impl="fast",
                                      proj_drop=0.0, drop_path=0.1))
     x = torch.randn(2, 6, 5, 40)

@@ -76,6 +76,22 @@ def test_timm_keyword_arguments_are_honoured():
     assert model.stages[0].downsample.in_channels == 1
 
 
+def test_layer_scale_and_drop_path_schedule():
+    # timm 1.0.21's LayerScale2d ignored init_values (gamma started at 1): the floor is 1.0.22.
+    model = timm.create_model("metaformer_ppaa_t", img_size=32, layer_scale_init=1e-3,
+                              drop_path_rate=0.3)
+    blocks = [b for stage in model.stages for b in stage.blocks]
+    for b in blocks:
+        for ls in (b.ls1, b.ls2):
+            torch.testing.assert_close(ls.gamma, torch.full_like(ls.gamma, 1e-3), rtol=0, atol=0)
+    assert "stages.0.blocks.0.ls1.gamma" in model.state_dict()
+    # Linear in the block index over the whole network, 0 for the first block.
+    rates = [getattr(b.drop_path1, "drop_prob", 0.0) for b in blocks]
+    expected = [0.3 * i / (len(blocks) - 1) for i in range(len(blocks))]
+    assert rates == pytest.approx(expected)
+    assert [getattr(b.drop_path2, "drop_prob", 0.0) for b in blocks] == rates
+
+
 def test_position_embedding_is_resized_for_other_sizes():
     model = timm.create_model("schemeformer_ppaa_t_e8_g4", img_size=64)
     stage = model.stages[2]

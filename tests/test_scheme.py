@@ -1,12 +1,16 @@
 """SCHEME layers against float64 references written the slow, obvious way."""
 
+import inspect
 import math
+from functools import partial
 
 import pytest
+import timm
 import torch
-from timm.layers import Mlp
+from timm.layers import LayerNorm2d, Mlp
 
-from references import dense_block_diagonal, reference_mlp
+from references import dense_block_diagonal, reference_layer_norm, reference_mlp
+from vitmix.accelerate import accelerate
 from vitmix.layers import BlockDiagonalLinear, ChannelCovarianceAttention, SchemeMlp
 from vitmix.layers.scheme import cosine_cca_weight
 
@@ -134,17 +138,179 @@ def test_scheme_mlp_without_cca_is_plain_bd_mlp():
     assert not any("mix_logits" in n for n, _ in mlp.named_parameters())
 
 
-def test_scheme_mlp_takes_timm_mlp_arguments():
+def test_scheme_mlp_signature_starts_with_timm_mlps():
+    timm_params = list(inspect.signature(Mlp).parameters.values())
+    ours = list(inspect.signature(SchemeMlp).parameters.values())
+    assert [(p.name, p.default) for p in ours[:len(timm_params)]] == [
+        (p.name, p.default) for p in timm_params]
+    # SCHEME's own arguments come after, by keyword only.
+    assert [(p.name, p.kind) for p in ours[len(timm_params):]] == [
+        (name, inspect.Parameter.KEYWORD_ONLY)
+        for name in ("groups", "cca", "cca_schedule", "channels_first")]
+
+
+def _copy_dense_into_scheme(dense: Mlp, scheme: SchemeMlp) -> None:
+    """A timm Mlp's weights into a SchemeMlp with one group (linear or 1x1-conv layers)."""
+    with torch.no_grad():
+        for ours, theirs in ((scheme.fc1, dense.fc1), (scheme.fc2, dense.fc2)):
+            ours.weight.copy_(theirs.weight.reshape(ours.weight.shape))
+            if theirs.bias is not None:
+                ours.bias.copy_(theirs.bias)
+        if not isinstance(dense.norm, torch.nn.Identity):
+            scheme.norm.load_state_dict(dense.norm.state_dict())
+
+
+@pytest.mark.parametrize("use_conv,norm_layer,shape", [
+    (False, None, (2, 5, 12)),
+    (False, torch.nn.LayerNorm, (2, 5, 12)),
+    (True, None, (2, 12, 3, 4)),
+    (True, LayerNorm2d, (2, 12, 3, 4)),
+])
+def test_scheme_mlp_takes_timm_mlp_arguments(use_conv, norm_layer, shape):
+    """Built with timm's arguments (tuples for bias and drop included), one group and no CCA,
+    a SchemeMlp computes what timm's Mlp computes."""
     torch.manual_seed(0)
-    dense = Mlp(12, 48, 12, act_layer=torch.nn.GELU, drop=0.0, bias=True)
-    scheme = SchemeMlp(12, 48, 12, act_layer=torch.nn.GELU, drop=0.0, bias=True, groups=1,
-                       cca=False)
-    scheme.fc1.weight.data.copy_(dense.fc1.weight.data[None])
-    scheme.fc1.bias.data.copy_(dense.fc1.bias.data)
-    scheme.fc2.weight.data.copy_(dense.fc2.weight.data[None])
-    scheme.fc2.bias.data.copy_(dense.fc2.bias.data)
-    x = torch.randn(2, 5, 12)
+    args = (12, 48, 12, torch.nn.GELU, norm_layer, (True, False), (0.0, 0.0), use_conv)
+    dense = Mlp(*args).double()
+    scheme = SchemeMlp(*args, groups=1, cca=False).double()
+    if norm_layer is not None:
+        with torch.no_grad():
+            dense.norm.weight.normal_()
+            dense.norm.bias.normal_()
+    _copy_dense_into_scheme(dense, scheme)
+    assert scheme.fc2.bias is None and scheme.channels_first == use_conv
+    x = torch.randn(*shape, dtype=torch.float64)
     torch.testing.assert_close(scheme(x), dense(x))
+
+
+def _scheme_with_norm(norm_layer, use_conv: bool) -> SchemeMlp:
+    mlp = SchemeMlp(16, 64, groups=4, cca=False, norm_layer=norm_layer, use_conv=use_conv)
+    mlp = mlp.double()
+    with torch.no_grad():
+        mlp.norm.weight.normal_()
+        mlp.norm.bias.normal_()
+    return mlp
+
+
+@pytest.mark.parametrize("groups", [1, 4])
+def test_hidden_norm_spans_the_whole_hidden_width(groups):
+    """With G groups the norm still sees all hidden channels at once, as timm's Mlp does."""
+    mlp = SchemeMlp(16, 64, groups=groups, cca=False, norm_layer=torch.nn.LayerNorm).double()
+    with torch.no_grad():
+        mlp.norm.weight.normal_()
+        mlp.norm.bias.normal_()
+    x = torch.randn(2, 7, 16, dtype=torch.float64)
+    norm = partial(reference_layer_norm, weight=mlp.norm.weight, bias=mlp.norm.bias,
+                   eps=mlp.norm.eps)
+    torch.testing.assert_close(mlp(x), reference_mlp(mlp, x, hidden_norm=norm))
+    assert mlp.norm.normalized_shape == (64,)
+
+
+@pytest.mark.parametrize("memory_format", [torch.contiguous_format, torch.channels_last])
+def test_hidden_norm_on_maps(memory_format):
+    """use_conv=True: a 2-D norm (timm's LayerNorm2d) on the (B, hidden, H, W) map, whatever
+    the input's memory layout."""
+    mlp = _scheme_with_norm(LayerNorm2d, use_conv=True)
+    x = torch.randn(2, 16, 3, 5, dtype=torch.float64).contiguous(memory_format=memory_format)
+    norm = partial(reference_layer_norm, weight=mlp.norm.weight, bias=mlp.norm.bias,
+                   eps=mlp.norm.eps)
+    expected = reference_mlp(mlp, x.permute(0, 2, 3, 1), hidden_norm=norm).permute(0, 3, 1, 2)
+    torch.testing.assert_close(mlp(x), expected)
+
+
+def test_hidden_norm_in_accelerated_float32_cpu_inference():
+    # The fused kernels have no hidden norm: accelerate() must leave such an MLP plain.
+    torch.manual_seed(0)
+    mlp = SchemeMlp(16, 64, groups=4, cca=False, norm_layer=torch.nn.LayerNorm).eval()
+    with torch.no_grad():
+        mlp.norm.weight.normal_()
+    x = torch.randn(2, 7, 16)
+    expected = mlp(x)  # parameters that require grad: the plain path
+    accelerate(mlp)
+    assert type(mlp) is SchemeMlp
+    with torch.no_grad():
+        torch.testing.assert_close(mlp(x), expected)
+
+
+def test_hidden_norm_keeps_fuse_mixing_exact():
+    mlp = SchemeMlp(16, 64, groups=4, norm_layer=torch.nn.LayerNorm).double().eval()
+    x = torch.randn(2, 5, 16, dtype=torch.float64)
+    expected = mlp(x)
+    mlp.fuse_mixing()
+    torch.testing.assert_close(mlp(x), expected)
+
+
+def test_no_norm_keeps_the_state_dict_keys():
+    keys = set(SchemeMlp(16, 64, groups=4).state_dict())
+    assert keys == {"fc1.weight", "fc1.bias", "fc2.weight", "fc2.bias", "mix_logits", "progress"}
+    with_norm = set(SchemeMlp(16, 64, groups=4, norm_layer=torch.nn.LayerNorm).state_dict())
+    assert with_norm - keys == {"norm.weight", "norm.bias"}
+
+
+def test_use_conv_means_channels_first():
+    torch.manual_seed(0)
+    legacy = SchemeMlp(16, 64, groups=4, channels_first=True).double().train()
+    timm_name = SchemeMlp(16, 64, groups=4, use_conv=True).double().train()
+    timm_name.load_state_dict(legacy.state_dict())
+    assert timm_name.channels_first and legacy.channels_first
+    x = torch.randn(2, 16, 3, 5, dtype=torch.float64)
+    torch.testing.assert_close(timm_name(x), legacy(x))
+
+
+@pytest.mark.parametrize("cca_schedule", ["learned", "cosine"])
+def test_device_and_dtype_reach_every_tensor(cca_schedule):
+    mlp = SchemeMlp(16, 64, groups=4, norm_layer=torch.nn.LayerNorm, cca_schedule=cca_schedule,
+                    device="meta", dtype=torch.float64)
+    tensors = dict(mlp.state_dict())
+    assert len(tensors) == 8
+    assert all(t.device.type == "meta" and t.dtype == torch.float64 for t in tensors.values())
+    # Built without memory, then materialised and initialised.
+    mlp.to_empty(device="cpu")
+    with torch.no_grad():
+        for t in mlp.state_dict().values():
+            t.fill_(float("nan"))
+    for m in mlp.modules():
+        if hasattr(m, "reset_parameters"):
+            m.reset_parameters()
+    assert all(torch.isfinite(t).all() for t in mlp.state_dict().values())
+    assert mlp.progress.item() == 0.0
+    x = torch.randn(2, 5, 16, dtype=torch.float64)
+    assert torch.isfinite(mlp.train()(x)).all() and 0 < mlp.cca_weight() < 1
+
+
+def test_block_diagonal_linear_device_and_dtype():
+    layer = BlockDiagonalLinear(8, 12, 4, device="meta", dtype=torch.float16)
+    assert {(p.device.type, p.dtype) for p in layer.parameters()} == {("meta", torch.float16)}
+
+
+@pytest.mark.parametrize("mlp_layer_args", [dict(), dict(scale_mlp_norm=True)])
+def test_scheme_mlp_in_timm_vision_transformer(mlp_layer_args):
+    """timm builds its Mlp with every argument of Mlp's signature (norm_layer, device, ...)."""
+    model = timm.create_model("vit_tiny_patch16_224", img_size=64, num_classes=5,
+                              mlp_layer=partial(SchemeMlp, groups=4), **mlp_layer_args)
+    mlps = [b.mlp for b in model.blocks]
+    assert all(isinstance(m, SchemeMlp) and m.groups == 4 and m.hidden_features == 768
+               for m in mlps)
+    assert all(m.has_norm == bool(mlp_layer_args) for m in mlps)
+    model.train()
+    out = model(torch.randn(2, 3, 64, 64))
+    assert out.shape == (2, 5)
+    out.logsumexp(-1).sum().backward()
+    missing = [n for n, p in model.named_parameters() if p.grad is None]
+    assert missing == []
+
+
+def test_scheme_mlp_in_timm_mlp_mixer():
+    """MLP-Mixer builds token and channel MLPs from mlp_layer: SCHEME takes both."""
+    model = timm.create_model("mixer_s16_224", img_size=64, num_classes=5,
+                              mlp_layer=partial(SchemeMlp, groups=4))
+    block = model.blocks[0]
+    assert isinstance(block.mlp_tokens, SchemeMlp) and block.mlp_tokens.in_features == 16
+    assert isinstance(block.mlp_channels, SchemeMlp) and block.mlp_channels.in_features == 512
+    out = model.train()(torch.randn(2, 3, 64, 64))
+    assert out.shape == (2, 5)
+    out.logsumexp(-1).sum().backward()
+    assert all(p.grad is not None for p in model.parameters())
 
 
 @pytest.mark.parametrize("channels_first", [False, True])
@@ -197,8 +363,25 @@ def test_fuse_mixing_matches_eval_output():
         (dict(in_features=10, hidden_features=40, groups=4), "in_features=10"),
         (dict(in_features=16, hidden_features=30, groups=4), "hidden_features=30"),
         (dict(in_features=16, out_features=8, groups=4), "out_features == in_features"),
-        (dict(in_features=16, groups=0), "groups must be a positive"),
-        (dict(in_features=16, cca_schedule="linear"), "cca_schedule"),
+        (dict(in_features=16, groups=0), "groups must be a positive integer, got 0"),
+        (dict(in_features=16, groups=2.5), "groups must be a positive integer, got 2.5"),
+        (dict(in_features=16, groups=True), "groups must be a positive integer, got True"),
+        (dict(in_features=16, cca_schedule="linear"),
+         "cca_schedule must be one of 'learned', 'cosine', got 'linear'"),
+        (dict(in_features=0), "in_features must be a positive integer, got 0"),
+        (dict(in_features=16.0), "in_features must be a positive integer, got 16.0"),
+        (dict(in_features=16, hidden_features=-8), "hidden_features must be a positive integer"),
+        (dict(in_features=16, out_features="16", cca=False), "out_features must be a positive"),
+        (dict(in_features=16, drop=1.5), r"drop must be a probability in \[0, 1\], got 1.5"),
+        (dict(in_features=16, drop=(0.1, -0.1)), r"drop\[1\] must be a probability"),
+        (dict(in_features=16, drop=(0.1,)), r"drop must be one value or a pair, got \(0.1,\)"),
+        (dict(in_features=16, bias="yes"), "bias must be True or False, got 'yes'"),
+        (dict(in_features=16, bias=(True, 0)), r"bias\[1\] must be True or False, got 0"),
+        (dict(in_features=16, cca=1), "cca must be True or False, got 1"),
+        (dict(in_features=16, use_conv="no"), "use_conv must be True or False"),
+        (dict(in_features=16, channels_first=None), "channels_first must be True or False"),
+        (dict(in_features=16, act_layer="gelu"), "act_layer must be a module class"),
+        (dict(in_features=16, norm_layer=0.1), r"norm_layer must be a module class .*\(or None\)"),
     ],
 )
 def test_scheme_mlp_construction_errors(kwargs, message):
@@ -213,6 +396,18 @@ def test_wrong_channel_count_is_a_clear_error():
         SchemeMlp(16, 32, groups=4, channels_first=True)(torch.randn(2, 12, 3, 3))
     with pytest.raises(ValueError, match="expected 6 input channels"):
         BlockDiagonalLinear(6, 6, 3)(torch.randn(4, 5))
+
+
+@pytest.mark.parametrize("args,message", [
+    ((6, 6, 0), "groups must be a positive integer, got 0"),
+    ((6, 6, 1.5), "groups must be a positive integer, got 1.5"),
+    ((0, 6), "in_features must be a positive integer, got 0"),
+    ((6, 6, 4), "in_features=6 is not divisible by groups=4"),
+    ((6, 6, 1, "no"), "bias must be True or False"),
+])
+def test_block_diagonal_linear_construction_errors(args, message):
+    with pytest.raises(ValueError, match=message):
+        BlockDiagonalLinear(*args)
 
 
 def test_progress_outside_unit_interval_is_rejected():

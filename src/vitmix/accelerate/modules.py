@@ -112,6 +112,11 @@ class AcceleratedSchemeMlp(SchemeMlp):
     activation would cross memory three times where the fused kernel writes it once.
     """
 
+    @staticmethod
+    def accepts(mlp: nn.Module) -> bool:
+        # The kernels have no hidden norm between fc1 and fc2.
+        return type(mlp) is SchemeMlp and type(getattr(mlp, "norm", nn.Identity())) is nn.Identity
+
     def _branch_kernel(self, a: torch.Tensor | None = None) -> RowKernel:
         """The MLP branch on (T, in) contiguous rows, times the scalar ``a`` when given."""
         g = self.groups

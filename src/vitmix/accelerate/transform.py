@@ -23,13 +23,13 @@ from .modules import (
 # Plain class -> its twin, for modules whose exact class is the plain one (a user's subclass
 # may compute something else and is left alone).
 _TWINS: dict[type, type] = {
-    SchemeMlp: AcceleratedSchemeMlp,
     MetaFormerBlock: AcceleratedMetaFormerBlock,
     GroupMixBlock: AcceleratedGroupMixBlock,
     GroupMixAttention: AcceleratedGroupMixAttention,
 }
 _PLAIN = {twin: plain for plain, twin in _TWINS.items()}
-_PLAIN.update({AcceleratedMlp: Mlp, AcceleratedLinear: nn.Linear})
+_PLAIN.update({AcceleratedMlp: Mlp, AcceleratedSchemeMlp: SchemeMlp,
+               AcceleratedLinear: nn.Linear})
 # The linear layers of these attention modules run faster as 1x1 convolution kernels.
 _ATTENTION = (SelfAttention, GroupMixAttention)
 
@@ -40,6 +40,8 @@ def _twin_of(module: nn.Module, parent: nn.Module | None) -> type | None:
         return _TWINS[kind]
     if AcceleratedMlp.accepts(module):
         return AcceleratedMlp
+    if AcceleratedSchemeMlp.accepts(module):
+        return AcceleratedSchemeMlp
     if kind is nn.Linear and isinstance(parent, _ATTENTION):
         return AcceleratedLinear
     return None

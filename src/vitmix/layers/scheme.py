@@ -1,7 +1,8 @@
 """SCHEME channel mixer: block-diagonal MLP plus a training-only channel covariance attention.
 
 Layout conventions: the MLP accepts channels-last input (..., C) such as (B, N, C) or (B, H, W, C),
-or channels-first (B, C, H, W) when built with ``channels_first=True``. Both are computed as
+or channels-first (B, C, H, W) when built with ``use_conv=True`` (timm's name) or
+``channels_first=True``. Both are computed as
 batched matmuls over the groups, laid out so that no activation is copied between fc1 and fc2;
 a (B, C, H, W) map stored channels_last is read in place by the channels-last kernels.
 Fused CPU inference kernels for these layers live in :mod:`vitmix.accelerate`.
@@ -14,15 +15,21 @@ from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
-from timm.layers import to_2tuple
 from torch import nn
+
+from .checks import (
+    check_bool,
+    check_callable,
+    check_choice,
+    check_pair,
+    check_positive_int,
+    check_probability,
+)
 
 __all__ = ["BlockDiagonalLinear", "ChannelCovarianceAttention", "SchemeMlp", "cosine_cca_weight"]
 
 
 def _check_divisible(name: str, value: int, groups: int) -> None:
-    if groups < 1:
-        raise ValueError(f"groups must be a positive integer, got {groups}")
     if value % groups != 0:
         raise ValueError(
             f"{name}={value} is not divisible by groups={groups}; "
@@ -37,16 +44,22 @@ class BlockDiagonalLinear(nn.Module):
     Parameters and MACs are those of a dense layer divided by G.
     """
 
-    def __init__(self, in_features: int, out_features: int, groups: int = 1, bias: bool = True):
+    def __init__(self, in_features: int, out_features: int, groups: int = 1, bias: bool = True,
+                 device: torch.device | str | None = None, dtype: torch.dtype | None = None):
         super().__init__()
+        in_features = check_positive_int("in_features", in_features)
+        out_features = check_positive_int("out_features", out_features)
+        groups = check_positive_int("groups", groups)
+        check_bool("bias", bias)
         _check_divisible("in_features", in_features, groups)
         _check_divisible("out_features", out_features, groups)
         self.in_features = in_features
         self.out_features = out_features
         self.groups = groups
+        dd = dict(device=device, dtype=dtype)
         block_shape = (groups, out_features // groups, in_features // groups)
-        self.weight = nn.Parameter(torch.empty(block_shape))
-        self.bias = nn.Parameter(torch.empty(out_features)) if bias else None
+        self.weight = nn.Parameter(torch.empty(block_shape, **dd))
+        self.bias = nn.Parameter(torch.empty(out_features, **dd)) if bias else None
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
@@ -188,6 +201,11 @@ class SchemeMlp(nn.Module):
     Training: ``a * BD-MLP(x) + (1 - a) * CCA(x)``. Eval: ``a * BD-MLP(x)``, exactly what the
     deployed module computes once :func:`vitmix.deploy` folds ``a`` into fc2.
 
+    The first arguments are timm's Mlp's, in its order, so ``mlp_layer=partial(SchemeMlp,
+    groups=4)`` works wherever timm builds an Mlp. ``norm_layer`` normalises the whole hidden
+    activation (all groups together) before fc2, as in timm. ``use_conv=True`` (timm's name)
+    and ``channels_first=True`` both mean (B, C, H, W) maps, else (..., C) tokens.
+
     ``cca_schedule="learned"``: (a, 1-a) is the softmax of two learnable logits, initialised from
     a standard normal as the authors do. ``"cosine"``: the logits are frozen at their initial
     values and 1-a follows a cosine from that start to exactly 0 as :meth:`set_progress` goes
@@ -200,18 +218,33 @@ class SchemeMlp(nn.Module):
         hidden_features: int | None = None,
         out_features: int | None = None,
         act_layer: Callable[..., nn.Module] = nn.GELU,
-        drop: float | tuple[float, float] = 0.0,
+        norm_layer: Callable[..., nn.Module] | None = None,
         bias: bool | tuple[bool, bool] = True,
+        drop: float | tuple[float, float] = 0.0,
+        use_conv: bool = False,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
+        *,
         groups: int = 1,
         cca: bool = True,
         cca_schedule: str = "learned",
         channels_first: bool = False,
     ):
         super().__init__()
-        out_features = out_features or in_features
-        hidden_features = hidden_features or in_features
-        if cca_schedule not in CCA_SCHEDULES:
-            raise ValueError(f"cca_schedule must be one of {CCA_SCHEDULES}, got {cca_schedule!r}")
+        in_features = check_positive_int("in_features", in_features)
+        hidden_features = in_features if hidden_features is None else check_positive_int(
+            "hidden_features", hidden_features)
+        out_features = in_features if out_features is None else check_positive_int(
+            "out_features", out_features)
+        check_callable("act_layer", act_layer)
+        check_callable("norm_layer", norm_layer, optional=True)
+        bias1, bias2 = check_pair("bias", bias, check_bool)
+        drop1, drop2 = check_pair("drop", drop, check_probability)
+        channels_first = check_bool("use_conv", use_conv) or check_bool(
+            "channels_first", channels_first)
+        groups = check_positive_int("groups", groups)
+        check_bool("cca", cca)
+        check_choice("cca_schedule", cca_schedule, CCA_SCHEDULES)
         if cca and out_features != in_features:
             raise ValueError(
                 f"CCA mixes the input channels into the output, so it needs "
@@ -228,26 +261,35 @@ class SchemeMlp(nn.Module):
         self.channels_first = channels_first
         self.cca_schedule = cca_schedule
 
-        bias1, bias2 = to_2tuple(bias)
-        drop1, drop2 = to_2tuple(drop)
-        self.fc1 = BlockDiagonalLinear(in_features, hidden_features, groups, bias=bias1)
+        dd = dict(device=device, dtype=dtype)
+        self.fc1 = BlockDiagonalLinear(in_features, hidden_features, groups, bias=bias1, **dd)
         self.act = act_layer()
         self.drop1 = nn.Dropout(drop1)
-        self.fc2 = BlockDiagonalLinear(hidden_features, out_features, groups, bias=bias2)
+        # No parameters unless a norm is asked for, so existing state dicts keep their keys.
+        self.norm = nn.Identity() if norm_layer is None else norm_layer(hidden_features, **dd)
+        self.fc2 = BlockDiagonalLinear(hidden_features, out_features, groups, bias=bias2, **dd)
         self.drop2 = nn.Dropout(drop2)
 
         if cca:
             self.cca = ChannelCovarianceAttention(scale=hidden_features**-0.5)
-            logits = torch.randn(2)
+            logits = torch.randn(2, **dd)
             if cca_schedule == "learned":
                 self.mix_logits = nn.Parameter(logits)
             else:
                 self.register_buffer("mix_logits", logits)
-            self.register_buffer("progress", torch.zeros(()))
+            self.register_buffer("progress", torch.zeros((), **dd))
         else:
             self.cca = None
             self.mix_logits = None
             self.progress = None
+
+    @torch.no_grad()
+    def reset_parameters(self) -> None:
+        """Initialise the mixing logits and the schedule's progress as the constructor does
+        (fc1, fc2 and the norm reset their own), e.g. after ``to_empty()``."""
+        if self.mix_logits is not None:
+            self.mix_logits.normal_()
+            self.progress.zero_()
 
     def extra_repr(self) -> str:
         cca = "none" if self.cca is None else self.cca_schedule
@@ -302,8 +344,20 @@ class SchemeMlp(nn.Module):
         self.progress = None
         return dropped
 
+    @property
+    def has_norm(self) -> bool:
+        return not isinstance(self.norm, nn.Identity)
+
+    def _norm_grouped(self, h: torch.Tensor, lead: torch.Size) -> torch.Tensor:
+        """The hidden norm on the grouped (G, M, hidden/G) activation: it normalises over the
+        whole hidden width, so it sees the (..., hidden) tokens a dense Mlp would give it."""
+        if not self.has_norm:
+            return h
+        tokens = self.fc1.from_grouped(h, lead)
+        return self.fc2.to_grouped(self.norm(tokens))
+
     def forward_mlp(self, x: torch.Tensor) -> torch.Tensor:
-        """The block-diagonal MLP branch alone: drop2(fc2(drop1(act(fc1(x)))))."""
+        """The block-diagonal MLP branch alone: drop2(fc2(norm(drop1(act(fc1(x))))))."""
         if self.channels_first:
             return self._mlp_channels_first(x)
         return self._mlp_channels_last(x)
@@ -311,15 +365,16 @@ class SchemeMlp(nn.Module):
     def _mlp_channels_last(self, x: torch.Tensor) -> torch.Tensor:
         lead = x.shape[:-1]
         h = self.fc1.forward_grouped(self.fc1.to_grouped(x))
-        h = self.drop1(self.act(h))
+        h = self._norm_grouped(self.drop1(self.act(h)), lead)
         y = self.fc2.forward_grouped(h)
         return self.drop2(self.fc2.from_grouped(y, lead))
 
     def _mlp_channels_first(self, x: torch.Tensor) -> torch.Tensor:
-        if _is_channels_last_memory(x):
+        if _is_channels_last_memory(x) and not self.has_norm:
             # (B, C, H, W) stored as (B, H, W, C): the channels-last kernels read it in place.
+            # Not with a hidden norm, which (as in timm's use_conv Mlp) takes (B, C, H, W) maps.
             return _channels_to_first(self._mlp_channels_last(_channels_to_last(x)))
-        h = self.drop1(self.act(self.fc1.forward_channels_first(x)))
+        h = self.norm(self.drop1(self.act(self.fc1.forward_channels_first(x))))
         return self.drop2(self.fc2.forward_channels_first(h))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

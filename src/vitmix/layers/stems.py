@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import torch
 from torch import nn
 
 STEMS = ("patch", "conv")
@@ -10,8 +11,10 @@ STEMS = ("patch", "conv")
 class PatchStem(nn.Conv2d):
     """PoolFormer's stem: one 7x7 convolution with stride 4 (overlapping 4x4 patches)."""
 
-    def __init__(self, in_chans: int, dim: int):
-        super().__init__(in_chans, dim, kernel_size=7, stride=4, padding=2)
+    def __init__(self, in_chans: int, dim: int, device: torch.device | str | None = None,
+                 dtype: torch.dtype | None = None):
+        super().__init__(in_chans, dim, kernel_size=7, stride=4, padding=2, device=device,
+                         dtype=dtype)
 
 
 class ConvStem(nn.Sequential):
@@ -28,24 +31,27 @@ class ConvStem(nn.Sequential):
     The convolutions before a BatchNorm have no bias: the norm's shift takes its place.
     """
 
-    def __init__(self, in_chans: int, dim: int):
+    def __init__(self, in_chans: int, dim: int, device: torch.device | str | None = None,
+                 dtype: torch.dtype | None = None):
         if dim < 2:
             raise ValueError(f"the conv stem needs a width of at least 2, got {dim}")
         hidden = dim // 2
+        dd = dict(device=device, dtype=dtype)
         super().__init__(
-            nn.Conv2d(in_chans, hidden, kernel_size=3, stride=1, padding=1, bias=False),
-            nn.BatchNorm2d(hidden),
+            nn.Conv2d(in_chans, hidden, kernel_size=3, stride=1, padding=1, bias=False, **dd),
+            nn.BatchNorm2d(hidden, **dd),
             nn.GELU(),
-            nn.Conv2d(hidden, dim, kernel_size=3, stride=2, padding=1, bias=False),
-            nn.BatchNorm2d(dim),
+            nn.Conv2d(hidden, dim, kernel_size=3, stride=2, padding=1, bias=False, **dd),
+            nn.BatchNorm2d(dim, **dd),
             nn.GELU(),
-            nn.Conv2d(dim, dim, kernel_size=3, stride=2, padding=1),
+            nn.Conv2d(dim, dim, kernel_size=3, stride=2, padding=1, **dd),
         )
 
 
-def make_stem(kind: str, in_chans: int, dim: int) -> nn.Module:
+def make_stem(kind: str, in_chans: int, dim: int, device: torch.device | str | None = None,
+              dtype: torch.dtype | None = None) -> nn.Module:
     if kind == "patch":
-        return PatchStem(in_chans, dim)
+        return PatchStem(in_chans, dim, device=device, dtype=dtype)
     if kind == "conv":
-        return ConvStem(in_chans, dim)
+        return ConvStem(in_chans, dim, device=device, dtype=dtype)
     raise ValueError(f"unknown stem {kind!r}; choose from {list(STEMS)}")

@@ -13,23 +13,35 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import torch
-from timm.layers import DropPath, Mlp, trunc_normal_
-from timm.models._builder import build_model_with_cfg
-from timm.models._registry import generate_default_cfgs, register_model
+from timm.layers import DropPath, calculate_drop_path_rates, trunc_normal_
+from timm.models import build_model_with_cfg, checkpoint_seq, generate_default_cfgs, register_model
 from torch import nn
 
+from ..layers.checks import (
+    check_bool,
+    check_choice,
+    check_non_negative_int,
+    check_positive_int,
+    check_probability,
+)
 from ..layers.group_mix import (
+    ATTN_MODES,
+    IMPLS,
     GroupMixAttention,
     SeparableConv2d,
     conv_memory_format,
     depthwise_conv_channels_last,
 )
-from ..layers.scheme import BlockDiagonalLinear, SchemeMlp
+from ..layers.scheme import BlockDiagonalLinear
 from .common import (
     PooledClassifierMixin,
+    build_on,
     check_global_pool,
     check_img_size,
     check_input,
+    check_scheme_args,
+    check_stage_sizes,
+    make_channel_mixer,
     reject_extra_kwargs,
 )
 
@@ -41,14 +53,16 @@ class ConvStem(nn.Module):
     It also checks the images, so the check runs in forward() and under features_only alike.
     """
 
-    def __init__(self, in_chans: int, dim: int):
+    def __init__(self, in_chans: int, dim: int, device: torch.device | str | None = None,
+                 dtype: torch.dtype | None = None):
         super().__init__()
+        dd = dict(device=device, dtype=dtype)
         self.in_chans = in_chans
-        self.conv1 = nn.Conv2d(in_chans, dim // 2, 3, stride=2, padding=1)
-        self.norm1 = nn.BatchNorm2d(dim // 2)
+        self.conv1 = nn.Conv2d(in_chans, dim // 2, 3, stride=2, padding=1, **dd)
+        self.norm1 = nn.BatchNorm2d(dim // 2, **dd)
         self.act1 = nn.Hardswish()
-        self.conv2 = nn.Conv2d(dim // 2, dim, 3, stride=2, padding=1)
-        self.norm2 = nn.BatchNorm2d(dim)
+        self.conv2 = nn.Conv2d(dim // 2, dim, 3, stride=2, padding=1, **dd)
+        self.norm2 = nn.BatchNorm2d(dim, **dd)
         self.act2 = nn.Hardswish()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -63,35 +77,35 @@ class ConvStem(nn.Module):
 class PatchEmbed(nn.Module):
     """Separable 3x3 conv (stride 1 before stage 1, 2 after), BatchNorm, Hardswish."""
 
-    def __init__(self, in_dim: int, dim: int, stride: int):
+    def __init__(self, in_dim: int, dim: int, stride: int,
+                 device: torch.device | str | None = None, dtype: torch.dtype | None = None):
         super().__init__()
-        self.conv = SeparableConv2d(in_dim, dim, 3, stride=stride)
-        self.norm = nn.BatchNorm2d(dim)
+        self.conv = build_on(device, dtype, lambda: SeparableConv2d(in_dim, dim, 3, stride=stride))
+        self.norm = nn.BatchNorm2d(dim, device=device, dtype=dtype)
         self.act = nn.Hardswish()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.act(self.norm(self.conv(x)))
 
 
-def make_mlp(dim: int, mlp_ratio: float, mlp_groups: int, cca: bool, drop: float) -> nn.Module:
-    hidden = int(dim * mlp_ratio)
-    if mlp_groups == 1 and not cca:
-        return Mlp(dim, hidden, act_layer=nn.GELU, drop=drop)
-    return SchemeMlp(dim, hidden, act_layer=nn.GELU, drop=drop, groups=mlp_groups, cca=cca)
-
-
 class GroupMixBlock(nn.Module):
     """x + dwconv(x) (position encoding); x + GMA(LN(x)); x + MLP(LN(x)), on (B, H, W, C)."""
 
     def __init__(self, dim: int, num_heads: int, mlp_ratio: float, mlp_groups: int, cca: bool,
-                 qkv_bias: bool, attn: str, impl: str, proj_drop: float, drop_path: float):
+                 cca_schedule: str, qkv_bias: bool, attn: str, impl: str, proj_drop: float,
+                 drop_path: float, device: torch.device | str | None = None,
+                 dtype: torch.dtype | None = None):
         super().__init__()
-        self.pos_conv = nn.Conv2d(dim, dim, 3, padding=1, groups=dim)
-        self.norm1 = nn.LayerNorm(dim, eps=1e-6)
-        self.attn = GroupMixAttention(dim, num_heads=num_heads, qkv_bias=qkv_bias, attn=attn,
-                                      impl=impl, proj_drop=proj_drop)
-        self.norm2 = nn.LayerNorm(dim, eps=1e-6)
-        self.mlp = make_mlp(dim, mlp_ratio, mlp_groups, cca, proj_drop)
+        dd = dict(device=device, dtype=dtype)
+        self.pos_conv = nn.Conv2d(dim, dim, 3, padding=1, groups=dim, **dd)
+        self.norm1 = nn.LayerNorm(dim, eps=1e-6, **dd)
+        self.attn = build_on(device, dtype, lambda: GroupMixAttention(
+            dim, num_heads=num_heads, qkv_bias=qkv_bias, attn=attn, impl=impl,
+            proj_drop=proj_drop))
+        self.norm2 = nn.LayerNorm(dim, eps=1e-6, **dd)
+        # On the block's (B, H, W, C) tokens; the dense baseline is timm's Mlp.
+        self.mlp = make_channel_mixer(dim, mlp_ratio, mlp_groups, cca, cca_schedule, proj_drop,
+                                      use_conv=False, **dd)
         self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -105,19 +119,20 @@ class GroupMixStage(nn.Module):
     """Patch embedding, then the blocks; (B, C_in, H, W) -> (B, C, H/s, W/s)."""
 
     def __init__(self, in_dim: int, dim: int, depth: int, stride: int, block_kwargs: dict,
-                 drop_path_rates: Sequence[float]):
+                 drop_path_rates: Sequence[float], device: torch.device | str | None = None,
+                 dtype: torch.dtype | None = None):
         super().__init__()
-        self.downsample = PatchEmbed(in_dim, dim, stride)
+        self.downsample = PatchEmbed(in_dim, dim, stride, device=device, dtype=dtype)
         self.blocks = nn.Sequential(*[
-            GroupMixBlock(dim, drop_path=drop_path_rates[i], **block_kwargs) for i in range(depth)
+            GroupMixBlock(dim, drop_path=drop_path_rates[i], **block_kwargs, device=device,
+                          dtype=dtype)
+            for i in range(depth)
         ])
         self.grad_checkpointing = False
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.downsample(x).permute(0, 2, 3, 1)
         if self.grad_checkpointing and not torch.jit.is_scripting():
-            from timm.models._manipulate import checkpoint_seq
-
             x = checkpoint_seq(self.blocks, x)
         else:
             x = self.blocks(x)
@@ -132,10 +147,13 @@ class GroupMixFormer(PooledClassifierMixin, nn.Module):
         num_heads: heads of every Group-Mix Attention (8 in all released models).
         attn: "factorized" (the release) or "softmax" (the paper's formulation).
         impl: "fast" or "reference" implementation of the attention (same function).
-        mlp_groups, cca: SCHEME's block-diagonal MLP with G groups and the CCA branch; the
-            dense timm Mlp when mlp_groups == 1 and cca is False.
+        mlp_groups, cca, cca_schedule: SCHEME's block-diagonal MLP with G groups (one value or
+            one per stage) and the CCA branch with its schedule (see SchemeMlp); the dense timm
+            Mlp where G == 1 and cca is False. The same arguments as MetaFormer's.
         drop_rate: dropout before the classifier; proj_drop_rate: after the attention
             projection and in the MLP; drop_path_rate: stochastic depth, linear over blocks.
+        device, dtype: where the parameters are made and their type; with device="meta",
+            ``to_empty(device=...)`` then :meth:`init_weights` gives a model ready to train.
     """
 
     def __init__(
@@ -150,56 +168,62 @@ class GroupMixFormer(PooledClassifierMixin, nn.Module):
         qkv_bias: bool = True,
         attn: str = "factorized",
         impl: str = "fast",
-        mlp_groups: int = 1,
+        mlp_groups: int | Sequence[int] = 1,
         cca: bool = False,
+        cca_schedule: str = "learned",
         drop_rate: float = 0.0,
         proj_drop_rate: float = 0.0,
         drop_path_rate: float = 0.0,
         global_pool: str = "avg",
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
         **kwargs,
     ):
         super().__init__()
         reject_extra_kwargs("GroupMixFormer", kwargs)
-        num_stages = len(depths)
-        if len(dims) != num_stages:
-            raise ValueError(f"dims and depths need one entry per stage, got {len(dims)} dims "
-                             f"and {len(depths)} depths")
-        if in_chans <= 0:
-            raise ValueError(f"in_chans must be positive, got {in_chans}")
+        num_classes = check_non_negative_int("num_classes", num_classes)
+        in_chans = check_positive_int("in_chans", in_chans)
+        num_stages = check_stage_sizes(depths, dims)
+        mlp_ratios, mlp_groups = check_scheme_args(num_stages, mlp_ratios, mlp_groups, cca,
+                                                   cca_schedule)
+        check_positive_int("num_heads", num_heads)
+        check_bool("qkv_bias", qkv_bias)
+        check_choice("attn", attn, ATTN_MODES)
+        check_choice("impl", impl, IMPLS)
+        for name, rate in (("drop_rate", drop_rate), ("proj_drop_rate", proj_drop_rate),
+                           ("drop_path_rate", drop_path_rate)):
+            check_probability(name, rate)
         check_global_pool(global_pool)
-        if isinstance(mlp_ratios, (int, float)):
-            mlp_ratios = [mlp_ratios] * num_stages
-        if len(mlp_ratios) != num_stages:
-            raise ValueError(f"expected {num_stages} mlp_ratios, got {list(mlp_ratios)}")
         self.img_size = check_img_size(img_size)
         self.num_classes = num_classes
         self.in_chans = in_chans
         self.global_pool = global_pool
         self.num_features = self.head_hidden_size = dims[-1]
         self.drop_rate = drop_rate
+        dd = dict(device=device, dtype=dtype)
 
-        self.stem = ConvStem(in_chans, dims[0])
-        total = sum(depths)
-        # Linear in the block index; plain floats so the model can be built on any device.
-        dpr = [drop_path_rate * i / max(total - 1, 1) for i in range(total)]
+        self.stem = ConvStem(in_chans, dims[0], **dd)
+        dpr = calculate_drop_path_rates(drop_path_rate, list(depths), stagewise=True)
         stages, self.feature_info = [], []
-        prev_dim, reduction, cursor = dims[0], 4, 0
+        prev_dim, reduction = dims[0], 4
         for i in range(num_stages):
             stride = 1 if i == 0 else 2
             reduction *= stride
             block_kwargs = dict(num_heads=num_heads, mlp_ratio=mlp_ratios[i],
-                                mlp_groups=mlp_groups, cca=cca, qkv_bias=qkv_bias, attn=attn,
-                                impl=impl, proj_drop=proj_drop_rate)
+                                mlp_groups=mlp_groups[i], cca=cca, cca_schedule=cca_schedule,
+                                qkv_bias=qkv_bias, attn=attn, impl=impl,
+                                proj_drop=proj_drop_rate)
             stages.append(GroupMixStage(prev_dim, dims[i], depths[i], stride, block_kwargs,
-                                        dpr[cursor:cursor + depths[i]]))
+                                        dpr[i], **dd))
             self.feature_info.append(dict(num_chs=dims[i], reduction=reduction,
                                           module=f"stages.{i}"))
-            prev_dim, cursor = dims[i], cursor + depths[i]
+            prev_dim = dims[i]
         self.stages = nn.Sequential(*stages)
 
-        self.norm = nn.BatchNorm2d(self.num_features)
+        self.norm = nn.BatchNorm2d(self.num_features, **dd)
         self.head_drop = nn.Dropout(drop_rate)
-        self.head = nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
+        self.head = (nn.Linear(self.num_features, num_classes, **dd) if num_classes > 0
+                     else nn.Identity())
         self.apply(self._init_weights)
 
     @staticmethod

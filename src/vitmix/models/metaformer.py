@@ -11,55 +11,57 @@ from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
-from timm.layers import DropPath, GroupNorm1, Mlp, trunc_normal_
-from timm.models._builder import build_model_with_cfg
-from timm.models._registry import generate_default_cfgs, register_model
+from timm.layers import (
+    DropPath,
+    GroupNorm1,
+    LayerScale2d,
+    calculate_drop_path_rates,
+    trunc_normal_,
+)
+from timm.models import build_model_with_cfg, checkpoint_seq, generate_default_cfgs, register_model
 from torch import nn
 
-from ..layers.scheme import BlockDiagonalLinear, SchemeMlp
+from ..layers.checks import (
+    check_non_negative_int,
+    check_number,
+    check_per_stage,
+    check_positive_int,
+    check_probability,
+)
+from ..layers.scheme import BlockDiagonalLinear
 from ..layers.stems import make_stem
 from ..layers.token_mixers import TOKEN_MIXERS
 from .common import (
     PooledClassifierMixin,
+    build_on,
     check_global_pool,
     check_img_size,
     check_input,
+    check_scheme_args,
+    check_stage_sizes,
+    make_channel_mixer,
     reject_extra_kwargs,
 )
 
 __all__ = ["MetaFormer", "MetaFormerBlock", "MetaFormerStage"]
 
-class LayerScale2d(nn.Module):
-    def __init__(self, dim: int, init_value: float):
-        super().__init__()
-        self.gamma = nn.Parameter(init_value * torch.ones(dim))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x * self.gamma.view(1, -1, 1, 1)
-
-
-def make_channel_mixer(dim: int, mlp_ratio: float, groups: int, cca: bool, cca_schedule: str,
-                       drop: float) -> nn.Module:
-    hidden = int(mlp_ratio * dim)
-    if groups == 1 and not cca:
-        # The dense baseline: timm's own MLP on 1x1 convolutions, so schemify() can replace it.
-        return Mlp(dim, hidden, act_layer=nn.GELU, drop=drop, use_conv=True)
-    return SchemeMlp(dim, hidden, act_layer=nn.GELU, drop=drop, groups=groups, cca=cca,
-                     cca_schedule=cca_schedule, channels_first=True)
-
-
 class MetaFormerBlock(nn.Module):
     def __init__(self, dim: int, token_mixer: str, mlp_ratio: float, mlp_groups: int, cca: bool,
                  cca_schedule: str, drop: float, drop_path: float, layer_scale_init: float,
-                 head_dim: int):
+                 head_dim: int, device: torch.device | str | None = None,
+                 dtype: torch.dtype | None = None):
         super().__init__()
-        self.norm1 = GroupNorm1(dim)
-        self.token_mixer = TOKEN_MIXERS[token_mixer](dim, head_dim=head_dim, proj_drop=drop)
-        self.ls1 = LayerScale2d(dim, layer_scale_init)
+        dd = dict(device=device, dtype=dtype)
+        self.norm1 = GroupNorm1(dim, **dd)
+        self.token_mixer = build_on(device, dtype, lambda: TOKEN_MIXERS[token_mixer](
+            dim, head_dim=head_dim, proj_drop=drop))
+        self.ls1 = LayerScale2d(dim, init_values=layer_scale_init, **dd)
         self.drop_path1 = DropPath(drop_path) if drop_path > 0 else nn.Identity()
-        self.norm2 = GroupNorm1(dim)
-        self.mlp = make_channel_mixer(dim, mlp_ratio, mlp_groups, cca, cca_schedule, drop)
-        self.ls2 = LayerScale2d(dim, layer_scale_init)
+        self.norm2 = GroupNorm1(dim, **dd)
+        # On the block's (B, C, H, W) maps; the dense baseline is timm's Mlp on 1x1 convs.
+        self.mlp = make_channel_mixer(dim, mlp_ratio, mlp_groups, cca, cca_schedule, drop,
+                                      use_conv=True, **dd)
+        self.ls2 = LayerScale2d(dim, init_values=layer_scale_init, **dd)
         self.drop_path2 = DropPath(drop_path) if drop_path > 0 else nn.Identity()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -72,22 +74,30 @@ class MetaFormerStage(nn.Module):
 
     def __init__(self, dim: int, depth: int, downsample: nn.Module,
                  pos_embed_size: tuple[int, int] | None, block_kwargs: dict,
-                 drop_path_rates: Sequence[float], input_chans: int | None = None):
+                 drop_path_rates: Sequence[float], input_chans: int | None = None,
+                 device: torch.device | str | None = None, dtype: torch.dtype | None = None):
         super().__init__()
         # The first stage checks the images, so forward() and features_only both reject a bad
         # input before any work.
         self.input_chans = input_chans
         self.downsample = downsample
         if pos_embed_size is not None:
-            self.pos_embed = nn.Parameter(torch.zeros(1, dim, *pos_embed_size))
-            trunc_normal_(self.pos_embed, std=0.02)
+            self.pos_embed = nn.Parameter(torch.empty(1, dim, *pos_embed_size, device=device,
+                                                      dtype=dtype))
         else:
             self.pos_embed = None
+        self.reset_parameters()
         self.blocks = nn.Sequential(*[
-            MetaFormerBlock(dim, drop_path=drop_path_rates[i], **block_kwargs)
+            MetaFormerBlock(dim, drop_path=drop_path_rates[i], **block_kwargs, device=device,
+                            dtype=dtype)
             for i in range(depth)
         ])
         self.grad_checkpointing = False
+
+    @torch.no_grad()
+    def reset_parameters(self) -> None:
+        if self.pos_embed is not None:
+            trunc_normal_(self.pos_embed, std=0.02)
 
     def resized_pos_embed(self, size: tuple[int, int]) -> torch.Tensor:
         if self.pos_embed.shape[-2:] == size:
@@ -101,8 +111,6 @@ class MetaFormerStage(nn.Module):
         if self.pos_embed is not None:
             x = x + self.resized_pos_embed(tuple(x.shape[-2:]))
         if self.grad_checkpointing and not torch.jit.is_scripting():
-            from timm.models._manipulate import checkpoint_seq
-
             return checkpoint_seq(self.blocks, x)
         return self.blocks(x)
 
@@ -112,13 +120,16 @@ class MetaFormer(PooledClassifierMixin, nn.Module):
 
     Args:
         depths, dims: blocks and width per stage.
-        token_mixers: per stage, one of "identity", "pool", "attn", "sepconv".
-        mlp_ratios: per-stage expansion E of the channel mixer.
-        mlp_groups: per-stage groups G; G > 1 (or cca=True) makes the mixer a SchemeMlp.
-        cca, cca_schedule: the SCHEME training-only branch (see SchemeMlp).
+        token_mixers: per stage (or one for all), "identity", "pool", "attn" or "sepconv".
+        mlp_ratios: expansion E of the channel mixer, one value or one per stage.
+        mlp_groups: groups G, one value or one per stage; G > 1 (or cca=True) makes the mixer
+            a SchemeMlp, else it is timm's Mlp.
+        cca, cca_schedule: the SCHEME training-only branch (see SchemeMlp), in every stage.
         pos_embed_stage: index of the stage that adds a learned position embedding, or None.
         stem: "patch" (PoolFormer's 7x7 stride-4 convolution) or "conv" (three 3x3
             convolutions with BatchNorm; better on small images, see layers.stems.ConvStem).
+        device, dtype: where the parameters are made and their type; with device="meta",
+            ``to_empty(device=...)`` then :meth:`init_weights` gives a model ready to train.
     """
 
     stem_pattern = r"^stages\.0\.downsample"
@@ -143,38 +154,46 @@ class MetaFormer(PooledClassifierMixin, nn.Module):
         drop_path_rate: float = 0.0,
         global_pool: str = "avg",
         stem: str = "patch",
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
         **kwargs,
     ):
         super().__init__()
         reject_extra_kwargs("MetaFormer", kwargs)
-        num_stages = len(depths)
-        if not (len(dims) == len(token_mixers) == num_stages):
-            raise ValueError(f"depths, dims and token_mixers need one entry per stage, got "
-                             f"{len(depths)}, {len(dims)} and {len(token_mixers)}")
-        for mixer in token_mixers:
-            if mixer not in TOKEN_MIXERS:
-                raise ValueError(
-                    f"unknown token mixer {mixer!r}; choose from {sorted(TOKEN_MIXERS)}"
-                )
+        num_classes = check_non_negative_int("num_classes", num_classes)
+        in_chans = check_positive_int("in_chans", in_chans)
+        num_stages = check_stage_sizes(depths, dims)
+        token_mixers = check_per_stage("token_mixers", token_mixers, num_stages, _check_mixer)
+        mlp_ratios, mlp_groups = check_scheme_args(num_stages, mlp_ratios, mlp_groups, cca,
+                                                   cca_schedule)
+        if pos_embed_stage is not None and (isinstance(pos_embed_stage, bool) or pos_embed_stage
+                                            not in range(num_stages)):
+            raise ValueError(f"pos_embed_stage must be None or a stage index from 0 to "
+                             f"{num_stages - 1}, got {pos_embed_stage!r}")
+        check_positive_int("head_dim", head_dim)
+        check_number("layer_scale_init", layer_scale_init)
+        for name, rate in (("drop_rate", drop_rate), ("proj_drop_rate", proj_drop_rate),
+                           ("drop_path_rate", drop_path_rate)):
+            check_probability(name, rate)
         check_global_pool(global_pool)
-        mlp_ratios = _per_stage(mlp_ratios, num_stages)
-        mlp_groups = _per_stage(mlp_groups, num_stages)
         self.img_size = check_img_size(img_size)
         self.num_classes = num_classes
         self.in_chans = in_chans
         self.global_pool = global_pool
         self.num_features = self.head_hidden_size = dims[-1]
         self.drop_rate = drop_rate
+        dd = dict(device=device, dtype=dtype)
 
-        dpr = torch.linspace(0, drop_path_rate, sum(depths)).tolist()
+        dpr = calculate_drop_path_rates(drop_path_rate, list(depths), stagewise=True)
         stages, self.feature_info = [], []
-        prev_dim, reduction, cursor = in_chans, 1, 0
+        prev_dim, reduction = in_chans, 1
         for i in range(num_stages):
             if i == 0:
-                downsample = make_stem(stem, in_chans, dims[0])
+                downsample = make_stem(stem, in_chans, dims[0], **dd)
                 reduction = 4
             else:
-                downsample = nn.Conv2d(prev_dim, dims[i], kernel_size=3, stride=2, padding=1)
+                downsample = nn.Conv2d(prev_dim, dims[i], kernel_size=3, stride=2, padding=1,
+                                       **dd)
                 reduction *= 2
             pos_size = None
             if pos_embed_stage == i:
@@ -185,16 +204,17 @@ class MetaFormer(PooledClassifierMixin, nn.Module):
                 layer_scale_init=layer_scale_init, head_dim=head_dim,
             )
             stages.append(MetaFormerStage(dims[i], depths[i], downsample, pos_size, block_kwargs,
-                                          dpr[cursor:cursor + depths[i]],
-                                          input_chans=in_chans if i == 0 else None))
+                                          dpr[i], input_chans=in_chans if i == 0 else None,
+                                          **dd))
             self.feature_info.append(dict(num_chs=dims[i], reduction=reduction,
                                           module=f"stages.{i}"))
-            prev_dim, cursor = dims[i], cursor + depths[i]
+            prev_dim = dims[i]
         self.stages = nn.Sequential(*stages)
 
-        self.norm = GroupNorm1(self.num_features)
+        self.norm = GroupNorm1(self.num_features, **dd)
         self.head_drop = nn.Dropout(drop_rate)
-        self.head = nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
+        self.head = (nn.Linear(self.num_features, num_classes, **dd) if num_classes > 0
+                     else nn.Identity())
         self.apply(self._init_weights)
 
     @staticmethod
@@ -208,16 +228,18 @@ class MetaFormer(PooledClassifierMixin, nn.Module):
     def no_weight_decay(self) -> set[str]:
         return {name for name, _ in self.named_parameters() if name.endswith("pos_embed")}
 
+    def forward_stem(self, x: torch.Tensor) -> torch.Tensor:
+        # The stem is the first stage's downsampling, where the images are checked.
+        return x
+
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         return self.stages(x)
 
 
-def _per_stage(value, num_stages: int) -> list:
-    if isinstance(value, (int, float)):
-        return [value] * num_stages
-    value = list(value)
-    if len(value) != num_stages:
-        raise ValueError(f"expected {num_stages} per-stage values, got {value}")
+def _check_mixer(name: str, value: str) -> str:
+    if value not in TOKEN_MIXERS:
+        raise ValueError(f"{name} must be one of {', '.join(map(repr, sorted(TOKEN_MIXERS)))}, "
+                         f"got {value!r}")
     return value
 
 
