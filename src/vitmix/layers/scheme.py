@@ -26,6 +26,7 @@ from .checks import (
     check_choice,
     check_pair,
     check_positive_int,
+    check_positive_number,
     check_probability,
 )
 from .onednn import fused_inference_allowed
@@ -132,6 +133,9 @@ class ChannelCovarianceAttention(nn.Module):
 
     def __init__(self, scale: float | None = None, normalize_tokens: bool = False):
         super().__init__()
+        if scale is not None:
+            check_positive_number("scale", scale)
+        check_bool("normalize_tokens", normalize_tokens)
         self.scale = scale
         self.normalize_tokens = normalize_tokens
 
