@@ -195,6 +195,10 @@ def test_training_step_and_impls_agree():
     (dict(dims=(20, 40, 45, 80)), "num_heads 8"),
     (dict(dims=(20, 40, 40)), "one entry per stage"),
     (dict(global_pool="max"), "'max'"),
+    (dict(num_heads=0), "num_heads must be a positive integer, got 0"),
+    (dict(attn="linear"), "attn must be one of 'factorized', 'softmax', got 'linear'"),
+    (dict(impl="slow"), "impl must be one of 'fast', 'reference', got 'slow'"),
+    (dict(qkv_bias="yes"), "qkv_bias must be True or False, got 'yes'"),
 ])
 def test_bad_construction_raises(kwargs, needle):
     with pytest.raises(ValueError, match=needle):

@@ -180,3 +180,22 @@ def test_features_only_rejects_bad_input_too():
     model = timm.create_model("schemeformer_ppaa_t_e8_g4", features_only=True)
     with pytest.raises(ValueError, match="input size 64x40 is not supported"):
         model(torch.randn(1, 3, 64, 40))
+
+
+@pytest.mark.parametrize("kwargs,message", [
+    (dict(token_mixers=("pool", "conv", "attn", "attn")),
+     r"token_mixers\[1\] must be one of 'attn', 'identity', 'pool', 'sepconv', got 'conv'"),
+    (dict(token_mixers=("pool", "attn")), "token_mixers needs one value or one entry per stage"),
+    (dict(pos_embed_stage=4), "pos_embed_stage must be None or a stage index from 0 to 3, got 4"),
+    (dict(pos_embed_stage=True), "pos_embed_stage must be None or a stage index"),
+    (dict(head_dim=0), "head_dim must be a positive integer, got 0"),
+    (dict(layer_scale_init="1e-5"), "layer_scale_init must be a number, got '1e-5'"),
+])
+def test_bad_metaformer_arguments(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        timm.create_model("metaformer_ppaa_t", **kwargs)
+
+
+def test_one_token_mixer_for_every_stage():
+    model = timm.create_model("metaformer_ppaa_t", token_mixers="pool", pos_embed_stage=None)
+    assert {type(b.token_mixer).__name__ for s in model.stages for b in s.blocks} == {"Pooling"}

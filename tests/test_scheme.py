@@ -99,6 +99,16 @@ def test_cca_channels_first_matches_channels_last():
     torch.testing.assert_close(cca.forward_channels_first(x), expected)
 
 
+@pytest.mark.parametrize("kwargs,message", [
+    (dict(scale=0), "scale must be a positive number, got 0"),
+    (dict(scale="auto"), "scale must be a positive number, got 'auto'"),
+    (dict(normalize_tokens=1), "normalize_tokens must be True or False, got 1"),
+])
+def test_cca_construction_errors(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        ChannelCovarianceAttention(**kwargs)
+
+
 def test_cca_has_no_parameters():
     assert sum(p.numel() for p in ChannelCovarianceAttention().parameters()) == 0
 

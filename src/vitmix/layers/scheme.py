@@ -23,6 +23,7 @@ from .checks import (
     check_choice,
     check_pair,
     check_positive_int,
+    check_positive_number,
     check_probability,
 )
 
@@ -128,6 +129,9 @@ class ChannelCovarianceAttention(nn.Module):
 
     def __init__(self, scale: float | None = None, normalize_tokens: bool = False):
         super().__init__()
+        if scale is not None:
+            check_positive_number("scale", scale)
+        check_bool("normalize_tokens", normalize_tokens)
         self.scale = scale
         self.normalize_tokens = normalize_tokens
 

@@ -255,10 +255,11 @@ class GroupMixFormer(PooledClassifierMixin, nn.Module):
 
 
 def _create(variant: str, pretrained: bool = False, **kwargs) -> GroupMixFormer:
+    """The registered variant, its sizes from MODEL_SPECS, any of them overridden by kwargs."""
     return build_model_with_cfg(
         GroupMixFormer, variant, pretrained,
         feature_cfg=dict(flatten_sequential=True, out_indices=(0, 1, 2, 3)),
-        **kwargs,
+        **dict(MODEL_SPECS[variant], **kwargs),
     )
 
 
@@ -278,40 +279,71 @@ ARCHS = {
     "b": ((200, 240, 320, 480), (8, 8, 12, 8), (2, 2, 4, 4)),
     "l": ((240, 320, 360, 480), (8, 10, 30, 10), (4, 4, 2, 2)),
 }
-SCHEME_ARCHS = ("m", "t")
-SCHEME_E, SCHEME_G = 8, 4
+# The authors' MLPs replaced by SCHEME's: E=8, G=4, with CCA.
+SCHEME_MLP = dict(mlp_ratios=8, mlp_groups=4, cca=True)
 
 
-def model_specs() -> dict[str, dict]:
-    """Every registered GroupMixFormer variant with its constructor arguments."""
-    specs = {}
-    for arch, (dims, depths, ratios) in ARCHS.items():
-        specs[f"groupmixformer_{arch}"] = dict(dims=dims, depths=depths, mlp_ratios=ratios)
-    for arch in SCHEME_ARCHS:
-        dims, depths, _ = ARCHS[arch]
-        specs[f"groupmixformer_{arch}_scheme_e{SCHEME_E}_g{SCHEME_G}"] = dict(
-            dims=dims, depths=depths, mlp_ratios=SCHEME_E, mlp_groups=SCHEME_G, cca=True)
-    return specs
+def _size(arch: str) -> dict:
+    dims, depths, mlp_ratios = ARCHS[arch]
+    return dict(dims=dims, depths=depths, mlp_ratios=mlp_ratios)
 
 
-MODEL_SPECS = model_specs()
+# Every registered variant with its constructor arguments (official_weights matches converted
+# checkpoints against these).
+MODEL_SPECS = {
+    "groupmixformer_m": _size("m"),
+    "groupmixformer_t": _size("t"),
+    "groupmixformer_s": _size("s"),
+    "groupmixformer_b": _size("b"),
+    "groupmixformer_l": _size("l"),
+    "groupmixformer_m_scheme_e8_g4": dict(_size("m"), **SCHEME_MLP),
+    "groupmixformer_t_scheme_e8_g4": dict(_size("t"), **SCHEME_MLP),
+}
 default_cfgs = generate_default_cfgs({name: _cfg() for name in MODEL_SPECS})
 
 
-def _make_entrypoint(name: str, spec: dict):
-    def entrypoint(pretrained: bool = False, **kwargs) -> GroupMixFormer:
-        args = dict(spec)
-        args.update(kwargs)
-        return _create(name, pretrained=pretrained, **args)
-
-    entrypoint.__name__ = entrypoint.__qualname__ = name
-    entrypoint.__module__ = __name__
-    arch = name.split("_")[1].upper()
-    mlp = (f"SchemeMlp E={spec['mlp_ratios']}, G={spec['mlp_groups']}" if spec.get("cca")
-           else "dense MLP")
-    entrypoint.__doc__ = f"{name}: GroupMixFormer-{arch}, {mlp}."
-    return entrypoint
+@register_model
+def groupmixformer_m(pretrained: bool = False, **kwargs) -> GroupMixFormer:
+    """GroupMixFormer-M, the authors' MLPs: 5.73M params, 1.35G MACs at 224; 79.6% ImageNet-1K
+    top-1 (published)."""
+    return _create("groupmixformer_m", pretrained, **kwargs)
 
 
-for _name, _spec in MODEL_SPECS.items():
-    globals()[_name] = register_model(_make_entrypoint(_name, _spec))
+@register_model
+def groupmixformer_t(pretrained: bool = False, **kwargs) -> GroupMixFormer:
+    """GroupMixFormer-T, the authors' MLPs: 10.95M params, 3.72G MACs at 224; 82.6% ImageNet-1K
+    top-1 (published)."""
+    return _create("groupmixformer_t", pretrained, **kwargs)
+
+
+@register_model
+def groupmixformer_s(pretrained: bool = False, **kwargs) -> GroupMixFormer:
+    """GroupMixFormer-S, the authors' MLPs: 22.42M params, 5.16G MACs at 224; 83.4% ImageNet-1K
+    top-1 (published)."""
+    return _create("groupmixformer_s", pretrained, **kwargs)
+
+
+@register_model
+def groupmixformer_b(pretrained: bool = False, **kwargs) -> GroupMixFormer:
+    """GroupMixFormer-B, the authors' MLPs: 45.83M params, 17.55G MACs at 224; 84.7% ImageNet-1K
+    top-1 (published)."""
+    return _create("groupmixformer_b", pretrained, **kwargs)
+
+
+@register_model
+def groupmixformer_l(pretrained: bool = False, **kwargs) -> GroupMixFormer:
+    """GroupMixFormer-L, the authors' MLPs: 71.83M params, 38.25G MACs at 224; 85.0% ImageNet-1K
+    top-1 (published)."""
+    return _create("groupmixformer_l", pretrained, **kwargs)
+
+
+@register_model
+def groupmixformer_m_scheme_e8_g4(pretrained: bool = False, **kwargs) -> GroupMixFormer:
+    """GroupMixFormer-M with SCHEME's MLP in every block: BD-MLP E=8, G=4, and CCA."""
+    return _create("groupmixformer_m_scheme_e8_g4", pretrained, **kwargs)
+
+
+@register_model
+def groupmixformer_t_scheme_e8_g4(pretrained: bool = False, **kwargs) -> GroupMixFormer:
+    """GroupMixFormer-T with SCHEME's MLP in every block: BD-MLP E=8, G=4, and CCA."""
+    return _create("groupmixformer_t_scheme_e8_g4", pretrained, **kwargs)

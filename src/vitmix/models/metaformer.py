@@ -260,54 +260,216 @@ def _cfg(input_size: int = 224, **kwargs) -> dict:
     )
 
 
-# Macro designs: name -> (depths, dims, default input size).
+# Macro designs: name -> (depths, dims, default input size). "t" is a small design for small
+# images; s12, s24 and s36 are PoolFormer's.
 ARCHS = {
     "t": ((2, 2, 4, 2), (32, 64, 128, 256), 64),
     "s12": ((2, 2, 6, 2), (64, 128, 320, 512), 224),
     "s24": ((4, 4, 12, 4), (64, 128, 320, 512), 224),
     "s36": ((6, 6, 18, 6), (64, 128, 320, 512), 224),
 }
-# (E, G) pairs of the SCHEMEformer variants; (4, 1) is the dense baseline.
-SCHEME_VARIANTS = ((4, 2), (8, 2), (8, 4), (8, 8), (16, 8))
 PPAA = ("pool", "pool", "attn", "attn")
 
 
-def model_specs() -> dict[str, dict]:
-    """Every registered MetaFormer variant with its constructor arguments."""
-    specs = {}
-    for arch, (depths, dims, size) in ARCHS.items():
-        base = dict(depths=depths, dims=dims, token_mixers=PPAA, img_size=size)
-        specs[f"metaformer_ppaa_{arch}"] = dict(base, mlp_ratios=4, mlp_groups=1, cca=False)
-        for e, g in SCHEME_VARIANTS:
-            specs[f"schemeformer_ppaa_{arch}_e{e}_g{g}"] = dict(
-                base, mlp_ratios=e, mlp_groups=g, cca=True
-            )
-    return specs
+def _ppaa(arch: str, **kwargs) -> dict:
+    """The PPAA design (pooling in stages 1-2, attention in 3-4) at one macro size."""
+    depths, dims, img_size = ARCHS[arch]
+    return dict(depths=depths, dims=dims, token_mixers=PPAA, img_size=img_size, **kwargs)
 
 
-MODEL_SPECS = model_specs()
 default_cfgs = generate_default_cfgs({
-    name: _cfg(input_size=spec["img_size"]) for name, spec in MODEL_SPECS.items()
+    "metaformer_ppaa_t": _cfg(input_size=64),
+    "schemeformer_ppaa_t_e4_g2": _cfg(input_size=64),
+    "schemeformer_ppaa_t_e8_g2": _cfg(input_size=64),
+    "schemeformer_ppaa_t_e8_g4": _cfg(input_size=64),
+    "schemeformer_ppaa_t_e8_g8": _cfg(input_size=64),
+    "schemeformer_ppaa_t_e16_g8": _cfg(input_size=64),
+    "metaformer_ppaa_s12": _cfg(),
+    "schemeformer_ppaa_s12_e4_g2": _cfg(),
+    "schemeformer_ppaa_s12_e8_g2": _cfg(),
+    "schemeformer_ppaa_s12_e8_g4": _cfg(),
+    "schemeformer_ppaa_s12_e8_g8": _cfg(),
+    "schemeformer_ppaa_s12_e16_g8": _cfg(),
+    "metaformer_ppaa_s24": _cfg(),
+    "schemeformer_ppaa_s24_e4_g2": _cfg(),
+    "schemeformer_ppaa_s24_e8_g2": _cfg(),
+    "schemeformer_ppaa_s24_e8_g4": _cfg(),
+    "schemeformer_ppaa_s24_e8_g8": _cfg(),
+    "schemeformer_ppaa_s24_e16_g8": _cfg(),
+    "metaformer_ppaa_s36": _cfg(),
+    "schemeformer_ppaa_s36_e4_g2": _cfg(),
+    "schemeformer_ppaa_s36_e8_g2": _cfg(),
+    "schemeformer_ppaa_s36_e8_g4": _cfg(),
+    "schemeformer_ppaa_s36_e8_g8": _cfg(),
+    "schemeformer_ppaa_s36_e16_g8": _cfg(),
 })
 
 
-def _make_entrypoint(name: str, spec: dict):
-    def entrypoint(pretrained: bool = False, **kwargs) -> MetaFormer:
-        args = dict(spec)
-        args.update(kwargs)
-        return _create(name, pretrained=pretrained, **args)
-
-    entrypoint.__name__ = name
-    entrypoint.__qualname__ = name
-    entrypoint.__module__ = __name__
-    arch = name.split("_")[2]
-    entrypoint.__doc__ = (
-        f"{name}: MetaFormer PPAA-{arch.upper()}, channel mixer E={spec['mlp_ratios']}, "
-        f"G={spec['mlp_groups']}{', with CCA' if spec['cca'] else ', dense'}."
-    )
-    return entrypoint
+@register_model
+def metaformer_ppaa_t(pretrained: bool = False, **kwargs) -> MetaFormer:
+    """MetaFormer PPAA-T, dense MLP (timm's Mlp) with E=4; 64x64 input by default."""
+    model_args = _ppaa("t", mlp_ratios=4, mlp_groups=1, cca=False)
+    return _create("metaformer_ppaa_t", pretrained, **dict(model_args, **kwargs))
 
 
-for _name, _spec in MODEL_SPECS.items():
-    globals()[_name] = register_model(_make_entrypoint(_name, _spec))
+@register_model
+def schemeformer_ppaa_t_e4_g2(pretrained: bool = False, **kwargs) -> MetaFormer:
+    """SCHEMEformer PPAA-T, BD-MLP with E=4, G=2, and CCA; 64x64 input by default."""
+    model_args = _ppaa("t", mlp_ratios=4, mlp_groups=2, cca=True)
+    return _create("schemeformer_ppaa_t_e4_g2", pretrained, **dict(model_args, **kwargs))
 
+
+@register_model
+def schemeformer_ppaa_t_e8_g2(pretrained: bool = False, **kwargs) -> MetaFormer:
+    """SCHEMEformer PPAA-T, BD-MLP with E=8, G=2, and CCA; 64x64 input by default."""
+    model_args = _ppaa("t", mlp_ratios=8, mlp_groups=2, cca=True)
+    return _create("schemeformer_ppaa_t_e8_g2", pretrained, **dict(model_args, **kwargs))
+
+
+@register_model
+def schemeformer_ppaa_t_e8_g4(pretrained: bool = False, **kwargs) -> MetaFormer:
+    """SCHEMEformer PPAA-T, BD-MLP with E=8, G=4, and CCA; 64x64 input by default."""
+    model_args = _ppaa("t", mlp_ratios=8, mlp_groups=4, cca=True)
+    return _create("schemeformer_ppaa_t_e8_g4", pretrained, **dict(model_args, **kwargs))
+
+
+@register_model
+def schemeformer_ppaa_t_e8_g8(pretrained: bool = False, **kwargs) -> MetaFormer:
+    """SCHEMEformer PPAA-T, BD-MLP with E=8, G=8, and CCA; 64x64 input by default."""
+    model_args = _ppaa("t", mlp_ratios=8, mlp_groups=8, cca=True)
+    return _create("schemeformer_ppaa_t_e8_g8", pretrained, **dict(model_args, **kwargs))
+
+
+@register_model
+def schemeformer_ppaa_t_e16_g8(pretrained: bool = False, **kwargs) -> MetaFormer:
+    """SCHEMEformer PPAA-T, BD-MLP with E=16, G=8, and CCA; 64x64 input by default."""
+    model_args = _ppaa("t", mlp_ratios=16, mlp_groups=8, cca=True)
+    return _create("schemeformer_ppaa_t_e16_g8", pretrained, **dict(model_args, **kwargs))
+
+
+@register_model
+def metaformer_ppaa_s12(pretrained: bool = False, **kwargs) -> MetaFormer:
+    """MetaFormer PPAA-S12, dense MLP (timm's Mlp) with E=4: 16.54M params, 2.56G MACs at 224;
+    81.0% ImageNet-1K top-1 (published)."""
+    model_args = _ppaa("s12", mlp_ratios=4, mlp_groups=1, cca=False)
+    return _create("metaformer_ppaa_s12", pretrained, **dict(model_args, **kwargs))
+
+
+@register_model
+def schemeformer_ppaa_s12_e4_g2(pretrained: bool = False, **kwargs) -> MetaFormer:
+    """SCHEMEformer PPAA-S12, BD-MLP with E=4, G=2, and CCA: 11.82M params, 1.77G MACs at 224."""
+    model_args = _ppaa("s12", mlp_ratios=4, mlp_groups=2, cca=True)
+    return _create("schemeformer_ppaa_s12_e4_g2", pretrained, **dict(model_args, **kwargs))
+
+
+@register_model
+def schemeformer_ppaa_s12_e8_g2(pretrained: bool = False, **kwargs) -> MetaFormer:
+    """SCHEMEformer PPAA-S12, BD-MLP with E=8, G=2, and CCA: 16.55M params, 2.56G MACs at 224."""
+    model_args = _ppaa("s12", mlp_ratios=8, mlp_groups=2, cca=True)
+    return _create("schemeformer_ppaa_s12_e8_g2", pretrained, **dict(model_args, **kwargs))
+
+
+@register_model
+def schemeformer_ppaa_s12_e8_g4(pretrained: bool = False, **kwargs) -> MetaFormer:
+    """SCHEMEformer PPAA-S12, BD-MLP with E=8, G=4, and CCA: 11.83M params, 1.77G MACs at 224;
+    79.7% ImageNet-1K top-1 (published)."""
+    model_args = _ppaa("s12", mlp_ratios=8, mlp_groups=4, cca=True)
+    return _create("schemeformer_ppaa_s12_e8_g4", pretrained, **dict(model_args, **kwargs))
+
+
+@register_model
+def schemeformer_ppaa_s12_e8_g8(pretrained: bool = False, **kwargs) -> MetaFormer:
+    """SCHEMEformer PPAA-S12, BD-MLP with E=8, G=8, and CCA: 9.47M params, 1.37G MACs at 224."""
+    model_args = _ppaa("s12", mlp_ratios=8, mlp_groups=8, cca=True)
+    return _create("schemeformer_ppaa_s12_e8_g8", pretrained, **dict(model_args, **kwargs))
+
+
+@register_model
+def schemeformer_ppaa_s12_e16_g8(pretrained: bool = False, **kwargs) -> MetaFormer:
+    """SCHEMEformer PPAA-S12, BD-MLP with E=16, G=8, and CCA: 11.86M params, 1.77G MACs at 224."""
+    model_args = _ppaa("s12", mlp_ratios=16, mlp_groups=8, cca=True)
+    return _create("schemeformer_ppaa_s12_e16_g8", pretrained, **dict(model_args, **kwargs))
+
+
+@register_model
+def metaformer_ppaa_s24(pretrained: bool = False, **kwargs) -> MetaFormer:
+    """MetaFormer PPAA-S24, dense MLP (timm's Mlp) with E=4: 30.57M params, 4.89G MACs at 224."""
+    model_args = _ppaa("s24", mlp_ratios=4, mlp_groups=1, cca=False)
+    return _create("metaformer_ppaa_s24", pretrained, **dict(model_args, **kwargs))
+
+
+@register_model
+def schemeformer_ppaa_s24_e4_g2(pretrained: bool = False, **kwargs) -> MetaFormer:
+    """SCHEMEformer PPAA-S24, BD-MLP with E=4, G=2, and CCA."""
+    model_args = _ppaa("s24", mlp_ratios=4, mlp_groups=2, cca=True)
+    return _create("schemeformer_ppaa_s24_e4_g2", pretrained, **dict(model_args, **kwargs))
+
+
+@register_model
+def schemeformer_ppaa_s24_e8_g2(pretrained: bool = False, **kwargs) -> MetaFormer:
+    """SCHEMEformer PPAA-S24, BD-MLP with E=8, G=2, and CCA."""
+    model_args = _ppaa("s24", mlp_ratios=8, mlp_groups=2, cca=True)
+    return _create("schemeformer_ppaa_s24_e8_g2", pretrained, **dict(model_args, **kwargs))
+
+
+@register_model
+def schemeformer_ppaa_s24_e8_g4(pretrained: bool = False, **kwargs) -> MetaFormer:
+    """SCHEMEformer PPAA-S24, BD-MLP with E=8, G=4, and CCA: 21.16M params, 3.31G MACs at 224."""
+    model_args = _ppaa("s24", mlp_ratios=8, mlp_groups=4, cca=True)
+    return _create("schemeformer_ppaa_s24_e8_g4", pretrained, **dict(model_args, **kwargs))
+
+
+@register_model
+def schemeformer_ppaa_s24_e8_g8(pretrained: bool = False, **kwargs) -> MetaFormer:
+    """SCHEMEformer PPAA-S24, BD-MLP with E=8, G=8, and CCA."""
+    model_args = _ppaa("s24", mlp_ratios=8, mlp_groups=8, cca=True)
+    return _create("schemeformer_ppaa_s24_e8_g8", pretrained, **dict(model_args, **kwargs))
+
+
+@register_model
+def schemeformer_ppaa_s24_e16_g8(pretrained: bool = False, **kwargs) -> MetaFormer:
+    """SCHEMEformer PPAA-S24, BD-MLP with E=16, G=8, and CCA."""
+    model_args = _ppaa("s24", mlp_ratios=16, mlp_groups=8, cca=True)
+    return _create("schemeformer_ppaa_s24_e16_g8", pretrained, **dict(model_args, **kwargs))
+
+
+@register_model
+def metaformer_ppaa_s36(pretrained: bool = False, **kwargs) -> MetaFormer:
+    """MetaFormer PPAA-S36, dense MLP (timm's Mlp) with E=4: 44.60M params, 7.21G MACs at 224."""
+    model_args = _ppaa("s36", mlp_ratios=4, mlp_groups=1, cca=False)
+    return _create("metaformer_ppaa_s36", pretrained, **dict(model_args, **kwargs))
+
+
+@register_model
+def schemeformer_ppaa_s36_e4_g2(pretrained: bool = False, **kwargs) -> MetaFormer:
+    """SCHEMEformer PPAA-S36, BD-MLP with E=4, G=2, and CCA."""
+    model_args = _ppaa("s36", mlp_ratios=4, mlp_groups=2, cca=True)
+    return _create("schemeformer_ppaa_s36_e4_g2", pretrained, **dict(model_args, **kwargs))
+
+
+@register_model
+def schemeformer_ppaa_s36_e8_g2(pretrained: bool = False, **kwargs) -> MetaFormer:
+    """SCHEMEformer PPAA-S36, BD-MLP with E=8, G=2, and CCA."""
+    model_args = _ppaa("s36", mlp_ratios=8, mlp_groups=2, cca=True)
+    return _create("schemeformer_ppaa_s36_e8_g2", pretrained, **dict(model_args, **kwargs))
+
+
+@register_model
+def schemeformer_ppaa_s36_e8_g4(pretrained: bool = False, **kwargs) -> MetaFormer:
+    """SCHEMEformer PPAA-S36, BD-MLP with E=8, G=4, and CCA: 30.48M params, 4.84G MACs at 224."""
+    model_args = _ppaa("s36", mlp_ratios=8, mlp_groups=4, cca=True)
+    return _create("schemeformer_ppaa_s36_e8_g4", pretrained, **dict(model_args, **kwargs))
+
+
+@register_model
+def schemeformer_ppaa_s36_e8_g8(pretrained: bool = False, **kwargs) -> MetaFormer:
+    """SCHEMEformer PPAA-S36, BD-MLP with E=8, G=8, and CCA."""
+    model_args = _ppaa("s36", mlp_ratios=8, mlp_groups=8, cca=True)
+    return _create("schemeformer_ppaa_s36_e8_g8", pretrained, **dict(model_args, **kwargs))
+
+
+@register_model
+def schemeformer_ppaa_s36_e16_g8(pretrained: bool = False, **kwargs) -> MetaFormer:
+    """SCHEMEformer PPAA-S36, BD-MLP with E=16, G=8, and CCA."""
+    model_args = _ppaa("s36", mlp_ratios=16, mlp_groups=8, cca=True)
+    return _create("schemeformer_ppaa_s36_e16_g8", pretrained, **dict(model_args, **kwargs))
