@@ -4,7 +4,7 @@ Registered with timm as ``groupmixformer_{m,t,s,b,l}`` (the authors' five sizes)
 ``groupmixformer_{m,t}_scheme_e8_g4`` (their MLPs replaced by SCHEME's SchemeMlp, E=8, G=4).
 Inside a stage the blocks work on channels-last maps (B, H, W, C); stages take and return
 channels-first maps, so ``features_only=True`` yields the usual (B, C, H, W) pyramid at strides
-4, 8, 16 and 32. Key names differ from the release; :func:`vitmix.convert.from_official` maps
+4, 8, 16 and 32. Key names differ from the release; :func:`vitmix.checkpoints.from_official` maps
 the authors' checkpoints onto these models.
 """
 
