@@ -92,8 +92,8 @@ class GroupMixBlock(nn.Module):
     """x + dwconv(x) (position encoding); x + GMA(LN(x)); x + MLP(LN(x)), on (B, H, W, C)."""
 
     def __init__(self, dim: int, num_heads: int, mlp_ratio: float, mlp_groups: int, cca: bool,
-                 cca_schedule: str, qkv_bias: bool, attn: str, impl: str, proj_drop: float,
-                 drop_path: float, device: torch.device | str | None = None,
+                 qkv_bias: bool, attn: str, impl: str, proj_drop: float, drop_path: float,
+                 cca_schedule: str = "learned", device: torch.device | str | None = None,
                  dtype: torch.dtype | None = None):
         super().__init__()
         dd = dict(device=device, dtype=dtype)
