@@ -139,10 +139,15 @@ def in_row_chunks(fn: Callable[[torch.Tensor], torch.Tensor], tokens: torch.Tens
 RowKernel = tuple[Callable[[torch.Tensor], torch.Tensor], int]
 
 
+def channels_to_last(x: torch.Tensor) -> torch.Tensor:
+    """(B, C, *spatial) as a (B, *spatial, C) view."""
+    return x.permute(0, *range(2, x.dim()), 1)
+
+
 def token_rows(x: torch.Tensor, channels_first: bool) -> torch.Tensor:
     """(B, C, *spatial) maps or (..., C) tokens as (T, C) rows: a view where channels are
     innermost in memory, else a copy."""
-    last = x.permute(0, *range(2, x.dim()), 1) if channels_first else x
+    last = channels_to_last(x) if channels_first else x
     return last.reshape(-1, last.shape[-1])
 
 
@@ -154,8 +159,8 @@ def apply_row_kernel(kernel: RowKernel, x: torch.Tensor, out_width: int,
     if not channels_first:
         y = in_row_chunks(fn, token_rows(x, False), out_width, hidden)
         return y.view(*x.shape[:-1], out_width)
-    last = x.permute(0, *range(2, x.dim()), 1)
-    y = in_row_chunks(fn, token_rows(x, True), out_width, hidden)
+    last = channels_to_last(x)
+    y = in_row_chunks(fn, last.reshape(-1, last.shape[-1]), out_width, hidden)
     y = y.view(*last.shape[:-1], out_width).permute(0, x.dim() - 1, *range(1, x.dim() - 1))
     return y if last.is_contiguous() else y.contiguous()
 
@@ -168,7 +173,7 @@ def add_rows_(residual: torch.Tensor, kernel: RowKernel, x: torch.Tensor,
     Compared with the plain expression this skips writing the MLP's output, scaling it and adding
     it as three passes over the whole activation. The caller must own ``residual``.
     """
-    target = residual.permute(0, *range(2, residual.dim()), 1) if channels_first else residual
+    target = channels_to_last(residual) if channels_first else residual
     if residual.shape != x.shape or residual.dtype != x.dtype or not target.is_contiguous():
         return None
     fn, hidden = kernel

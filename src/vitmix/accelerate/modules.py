@@ -179,10 +179,13 @@ class AcceleratedMetaFormerBlock(MetaFormerBlock):
     """
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        kernel = None if self.training else row_kernel_of(self.mlp)
+        # The cheap checks first: the MLP's kernel is only looked up when it can be used.
         gamma1, gamma2 = _layer_scale(self.ls1), _layer_scale(self.ls2)
-        if (kernel is None or gamma1 is None or gamma2 is None
+        if (self.training or gamma1 is None or gamma2 is None
                 or not kernels.inference_allowed(x, self.norm1.weight)):
+            return super().forward(x)
+        kernel = row_kernel_of(self.mlp)
+        if kernel is None:
             return super().forward(x)
         t = self.norm1(x)
         if type(self.token_mixer) is Pooling:
@@ -199,8 +202,9 @@ class AcceleratedGroupMixBlock(GroupMixBlock):
     """The MLP branch added chunk by chunk into the residual stream (x is the block's own)."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        kernel = None if self.training else row_kernel_of(self.mlp)
-        if kernel is None or not kernels.inference_allowed(x, self.norm2.weight):
+        kernel = (None if self.training or not kernels.inference_allowed(x, self.norm2.weight)
+                  else row_kernel_of(self.mlp))
+        if kernel is None:
             return super().forward(x)
         x = x + depthwise_conv_channels_last(x, self.pos_conv.weight, self.pos_conv.bias)
         x = x + self.attn(self.norm1(x))
