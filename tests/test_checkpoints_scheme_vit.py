@@ -1,6 +1,7 @@
 """The authors' SCHEME checkpoints (scheme_vit): conversion, strict loading, the release's eval
-function against a float64 re-creation written on the release's key names, errors."""
+function against a float64 re-creation written on the release's key names, errors, CLI."""
 
+import json
 import re
 from pathlib import Path
 
@@ -9,9 +10,11 @@ import pytest
 import timm
 import torch
 import torch.nn.functional as F
+from safetensors import safe_open
 
 import vitmix
-from vitmix.checkpoints import convert_schemeformer, from_official
+from vitmix.checkpoints import convert_schemeformer, from_official, read_model
+from vitmix.cli import main as cli_main
 from vitmix.layers import SchemeMlp
 
 # The key names and shapes of the release's checkpoints, one "key (shape)" a line.
@@ -361,3 +364,58 @@ def test_a_converted_state_dict_is_recognised():
     converted = convert_schemeformer(official).state
     with pytest.raises(ValueError, match="it looks converted already: load it directly"):
         convert_schemeformer(converted)
+
+
+CLI_LAYOUT = dict(dims=(32, 64, 64, 64), depths=(1, 1, 1, 1), pos_size=(2, 2),
+                  ratios=(8,) * 4, groups=(4,) * 4, cca=True, num_classes=2)
+
+
+def release_checkpoint(path: Path, seed: int = 5) -> dict:
+    """A release-format checkpoint file as timm's train script writes it; returns the tensors."""
+    official = random_state(release_layout(**CLI_LAYOUT), seed=seed)
+    torch.save({"state_dict": official, "epoch": 3}, path)
+    return official
+
+
+def test_cli_import_weights_writes_a_file_that_names_its_model(tmp_path, capsys):
+    src, out = tmp_path / "scheme.pth", tmp_path / "scheme.safetensors"
+    official = release_checkpoint(src)
+
+    # Grouped MLPs: the command asks whether they shuffled, in one line, before writing.
+    assert cli_main(["import-weights", str(src), str(out), "--arch", "schemeformer"]) == 2
+    assert "--channel-shuffle" in capsys.readouterr().err and not out.exists()
+
+    assert cli_main(["import-weights", str(src), str(out), "--arch", "schemeformer",
+                     "--channel-shuffle"]) == 0
+    printed = capsys.readouterr().out
+    assert "model: metaformer_ppaa_s12" in printed and "release's eval function" in printed
+    with safe_open(str(out), framework="pt") as f:
+        meta = f.metadata()
+    assert meta["model"] == "metaformer_ppaa_s12" and meta["deployed"] == "0"
+    kwargs = json.loads(meta["model_kwargs"])
+    assert kwargs["channel_shuffle"] is True and kwargs["mlp_groups"] == [4] * 4
+    assert (kwargs["img_size"], kwargs["num_classes"], kwargs["in_chans"]) == (32, 2, 3)
+
+    # The loader `vitmix eval` uses: the file names its model and arguments.
+    model = read_model(out, meta["model"]).build()
+    x = torch.randn(2, 3, 32, 32)
+    expected = release_eval_forward({k: v.double() for k, v in official.items()}, x.double(),
+                                    True)
+    with torch.no_grad():
+        got = model.eval()(x).double()
+    assert (got - expected).abs().max().item() < 1e-4 * expected.abs().max().item()
+
+    # The deprecated alias forwards the new options.
+    old = tmp_path / "old.safetensors"
+    assert cli_main(["convert", str(src), str(old), "--arch", "schemeformer",
+                     "--channel-shuffle"]) == 0
+    assert "deprecated" in capsys.readouterr().err
+    with safe_open(str(old), framework="pt") as f:
+        assert f.metadata()["model_kwargs"] == meta["model_kwargs"]
+
+    # .pth output holds the tensors only, and says so.
+    as_pth = tmp_path / "scheme_out.pth"
+    assert cli_main(["import-weights", str(src), str(as_pth), "--arch", "schemeformer",
+                     "--no-channel-shuffle"]) == 0
+    assert "holds the tensors only" in capsys.readouterr().out
+    assert torch.load(as_pth, weights_only=True).keys() == model.state_dict().keys()
