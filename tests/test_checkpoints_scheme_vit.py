@@ -10,10 +10,11 @@ import pytest
 import timm
 import torch
 import torch.nn.functional as F
+from PIL import Image
 from safetensors import safe_open
 
 import vitmix
-from vitmix.checkpoints import convert_schemeformer, from_official, read_model
+from vitmix.checkpoints import convert_schemeformer, from_official, read_model, save_weights
 from vitmix.cli import main as cli_main
 from vitmix.layers import SchemeMlp
 
@@ -419,3 +420,35 @@ def test_cli_import_weights_writes_a_file_that_names_its_model(tmp_path, capsys)
                      "--no-channel-shuffle"]) == 0
     assert "holds the tensors only" in capsys.readouterr().out
     assert torch.load(as_pth, weights_only=True).keys() == model.state_dict().keys()
+
+
+def image_tree(root: Path, classes=("a", "b"), per_class=2, size=32) -> Path:
+    """train/ and val/ of random RGB PNGs (the ImageFolder reader wants both)."""
+    rng = np.random.default_rng(0)
+    for split in ("train", "val"):
+        for name in classes:
+            (root / split / name).mkdir(parents=True)
+            for i in range(per_class):
+                pixels = rng.integers(0, 256, (size, size, 3), dtype=np.uint8)
+                Image.fromarray(pixels).save(root / split / name / f"{i}.png")
+    return root
+
+
+def test_vitmix_eval_needs_only_the_converted_checkpoint(tmp_path, capsys):
+    src, out = tmp_path / "scheme.pth", tmp_path / "scheme.safetensors"
+    release_checkpoint(src)
+    assert cli_main(["import-weights", str(src), str(out), "--arch", "schemeformer",
+                     "--channel-shuffle"]) == 0
+    capsys.readouterr()
+    tree = image_tree(tmp_path / "data")
+    assert cli_main(["eval", "--checkpoint", str(out), "--data", str(tree), "--workers", "0",
+                     "--device", "cpu", "--out", str(tmp_path / "eval")]) == 0
+    assert "metaformer_ppaa_s12 on" in capsys.readouterr().out
+    assert json.loads((tmp_path / "eval" / "scheme_eval.json").read_text())["count"] == 4
+
+
+def test_eval_without_model_on_a_file_that_names_none(tmp_path, capsys):
+    bare = tmp_path / "bare.safetensors"
+    save_weights({"x": torch.zeros(1)}, bare, metadata={"format": "pt"})
+    assert cli_main(["eval", "--checkpoint", str(bare)]) == 2
+    assert "does not name its model; pass --model NAME" in capsys.readouterr().err

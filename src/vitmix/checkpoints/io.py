@@ -24,7 +24,7 @@ from .. import surgery
 from ..factory import build_model, check_model_name
 
 __all__ = ["SavedModel", "atomic_write", "check_state_dict", "load_checkpoint", "load_model",
-           "load_weights", "read_model", "save_checkpoint", "save_weights"]
+           "load_weights", "read_model", "save_checkpoint", "save_weights", "saved_model_name"]
 
 
 def _fsync(path: str | Path, flags: int) -> None:
@@ -109,6 +109,23 @@ def load_weights(path: str | Path) -> tuple[dict, dict]:
     metadata = {"model": ckpt["model_name"], "model_kwargs": json.dumps(ckpt["model_kwargs"]),
                 "deployed": "0"}
     return state, metadata
+
+
+def saved_model_name(path: str | Path) -> str:
+    """The timm model name a checkpoint was saved with (a run's files, and the .safetensors
+    `vitmix import-weights` writes for SCHEME checkpoints); ValueError when it names none."""
+    path = Path(path)
+    if path.suffix == ".safetensors" and path.is_file():
+        try:  # the header alone: the weights are read once, later
+            with safe_open(str(path), framework="pt") as f:
+                name = (f.metadata() or {}).get("model")
+        except (SafetensorError, OSError, ValueError) as err:
+            raise ValueError(f"checkpoint {path} is damaged or not safetensors ({err})") from None
+    else:
+        name = load_weights(path)[1].get("model")
+    if not name:
+        raise ValueError(f"checkpoint {path} does not name its model; pass --model NAME")
+    return name
 
 
 def check_state_dict(model: nn.Module, state: dict, model_name: str, source: str | Path,
