@@ -1,6 +1,7 @@
 """The authors' SCHEME checkpoints (scheme_vit): conversion, strict loading, the release's eval
 function against a float64 re-creation written on the release's key names, errors, CLI."""
 
+import argparse
 import json
 import re
 from pathlib import Path
@@ -372,9 +373,13 @@ CLI_LAYOUT = dict(dims=(32, 64, 64, 64), depths=(1, 1, 1, 1), pos_size=(2, 2),
 
 
 def release_checkpoint(path: Path, seed: int = 5) -> dict:
-    """A release-format checkpoint file as timm's train script writes it; returns the tensors."""
+    """A release-format checkpoint file as timm's train script writes it (its arguments as an
+    argparse.Namespace beside the weights); returns the tensors."""
     official = random_state(release_layout(**CLI_LAYOUT), seed=seed)
-    torch.save({"state_dict": official, "epoch": 3}, path)
+    torch.save({"epoch": 3, "arch": "shufflegrouporgattnmlpformer_ppaa_s12_224",
+                "state_dict": official, "version": 2, "metric": 12.5,
+                "args": argparse.Namespace(model="shufflegrouporgattnmlpformer_ppaa_s12_224",
+                                           lr=1e-3, sched="cosine")}, path)
     return official
 
 

@@ -64,7 +64,10 @@ def _check_paths(args: argparse.Namespace) -> None:
 
 def _load(path: Path) -> dict:
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        # timm's train script (the SCHEME release's models are timm models) saves its argparse
+        # arguments beside the weights: allowed, still without running any pickled code.
+        with torch.serialization.safe_globals([argparse.Namespace]):
+            return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # a damaged or foreign file: say which, in one line
         raise ValueError(f"cannot read {path} as a PyTorch checkpoint: {err}") from err
 
