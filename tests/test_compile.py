@@ -34,8 +34,10 @@ def train_step(model, params: torch.nn.Module, x: torch.Tensor) -> tuple[torch.T
     return out.detach(), {n: p.grad.clone() for n, p in params.named_parameters()}
 
 
-def check_train_and_deployed(backend: str) -> None:
+def check_train_and_deployed(backend: str, accelerated: bool = False) -> None:
     eager = tiny_model().train()
+    if accelerated:  # eager trains through the lean functions, the compiled copy plainly
+        vitmix.accelerate(eager)
     compiled_src = copy.deepcopy(eager)
     compiled = torch.compile(compiled_src, backend=backend, fullgraph=True)
     x = torch.randn(2, 3, 32, 32)
@@ -55,6 +57,10 @@ def check_train_and_deployed(backend: str) -> None:
 
 def test_compile_traces_whole_graph_in_training_and_deployed():
     check_train_and_deployed("aot_eager")
+
+
+def test_compile_traces_an_accelerated_model_whole_and_matches_its_eager_lean_path():
+    check_train_and_deployed("aot_eager", accelerated=True)
 
 
 @pytest.mark.slow

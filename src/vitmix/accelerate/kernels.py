@@ -41,14 +41,20 @@ def inference_allowed(x: torch.Tensor, *weights: torch.Tensor | None) -> bool:
     """
     if x.device.type != "cpu" or x.dtype != torch.float32 or not HAS_FUSED_CONV:
         return False
-    if _get_current_dispatch_mode is None or not is_enabled():
+    if not is_enabled():
         return False
     if torch.is_grad_enabled() and (x.requires_grad or any(
             w is not None and w.requires_grad for w in weights)):
         return False
-    return not (torch.jit.is_scripting() or torch.jit.is_tracing()
-                or torch.compiler.is_compiling() or torch.onnx.is_in_onnx_export()
-                or _get_current_dispatch_mode() is not None)
+    return eager_mode()
+
+
+def eager_mode() -> bool:
+    """Not scripting, tracing, compiling, exporting or under a dispatch mode (FLOP counting,
+    fake tensors): the accelerated paths run only then, so those tools see the plain ops."""
+    return not (_get_current_dispatch_mode is None or torch.jit.is_scripting()
+                or torch.jit.is_tracing() or torch.compiler.is_compiling()
+                or torch.onnx.is_in_onnx_export() or _get_current_dispatch_mode() is not None)
 
 
 def chunk_rows(hidden_width: int, element_size: int = 4) -> int:
@@ -142,6 +148,22 @@ RowKernel = tuple[Callable[[torch.Tensor], torch.Tensor], int]
 def channels_to_last(x: torch.Tensor) -> torch.Tensor:
     """(B, C, *spatial) as a (B, *spatial, C) view."""
     return x.permute(0, *range(2, x.dim()), 1)
+
+
+def rows_and_back(x: torch.Tensor, channels_first: bool
+                  ) -> tuple[torch.Tensor, Callable[[torch.Tensor], torch.Tensor]]:
+    """``x`` ((B, C, *spatial) maps when ``channels_first``, else (..., C) tokens) as (T, C)
+    rows, and the function that takes (T, C') rows back to ``x``'s shape convention and memory
+    layout. The rows are a view where channels are innermost in memory, else a copy."""
+    if not channels_first:
+        return x.reshape(-1, x.shape[-1]), lambda y: y.view(*x.shape[:-1], y.shape[-1])
+    last = channels_to_last(x)
+
+    def back(y: torch.Tensor) -> torch.Tensor:
+        y = y.view(*last.shape[:-1], y.shape[-1]).permute(0, x.dim() - 1, *range(1, x.dim() - 1))
+        return y if last.is_contiguous() else y.contiguous()
+
+    return last.reshape(-1, last.shape[-1]), back
 
 
 def token_rows(x: torch.Tensor, channels_first: bool) -> torch.Tensor:

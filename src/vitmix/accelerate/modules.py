@@ -1,12 +1,14 @@
 """Accelerated twins of vitmix's layers and blocks, and of timm's Mlp.
 
 Each twin is a subclass of the plain module that :func:`vitmix.accelerate.accelerate` assigns as
-the module's class: the module keeps its parameters, buffers, state-dict keys and hooks, and its
-forward takes the fused kernels only when :func:`kernels.inference_allowed`; everything else
-(training, autograd, torch.compile, export, FLOP counting, other devices and dtypes, the switch
-off) runs the plain forward. Weights the kernels derive from the parameters (a folded mixing
-weight, per-group chunks, folded BatchNorm) are computed once and kept until a parameter or
-buffer they come from changes.
+the module's class: the module keeps its parameters, buffers, state-dict keys and hooks, and
+computes the same function. Its forward takes the fused inference kernels only when
+:func:`kernels.inference_allowed` (eager float32 CPU inference), and the MLPs and linear layers
+take the memory-lean training functions of :mod:`.training` when
+:func:`training.training_allowed` (eager, autograd recording); everything else (torch.compile,
+export, FLOP counting, the switch off) runs the plain forward. Weights the inference kernels
+derive from the parameters (a folded mixing weight, per-group chunks, folded BatchNorm) are
+computed once and kept until a parameter or buffer they come from changes.
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ from ..layers.scheme import SchemeMlp
 from ..layers.token_mixers import Pooling
 from ..models.groupmixformer import GroupMixBlock
 from ..models.metaformer import MetaFormerBlock
-from . import kernels
+from . import kernels, training
 from .kernels import RowKernel
 
 # Groups with at most this many input channels run as G dense fc1 -> fc2 chains, each on a copy
@@ -65,12 +67,32 @@ def row_kernel_of(mlp: nn.Module) -> RowKernel | None:
     return kernel() if kernel is not None else None
 
 
+def _lean_activation(act: nn.Module, drop1: nn.Module) -> training.ActivationRule | None:
+    """The activation rule when the memory-lean training functions can run this MLP: an
+    activation they know how to differentiate and plain dropout after it."""
+    if type(drop1) not in (nn.Dropout, nn.Identity):
+        return None
+    return training.activation_rule(act)
+
+
+def _dropout_p(drop: nn.Module) -> float:
+    return drop.p if type(drop) is nn.Dropout and drop.training else 0.0
+
+
+def _as_groups(weight: torch.Tensor) -> torch.Tensor:
+    """A dense (out, in) or (out, in, 1, 1) weight as the (1, out, in) block-diagonal form."""
+    return weight.view(1, weight.shape[0], weight.shape[1])
+
+
 class AcceleratedLinear(nn.Linear):
-    """nn.Linear through oneDNN's 1x1 convolution kernel (the attention layers' qkv and proj)."""
+    """nn.Linear through oneDNN (the attention layers' qkv and proj): the 1x1 convolution kernel
+    in inference, oneDNN's matrix product in training."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if kernels.inference_allowed(x, self.weight):
             return kernels.linear(x, self.weight, self.bias)
+        if training.training_allowed(x, self.weight, self.bias):
+            return training.linear(x, self.weight, self.bias)
         return super().forward(x)
 
 
@@ -92,11 +114,19 @@ class AcceleratedMlp(Mlp):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         channels_first = type(self.fc1) is nn.Conv2d
-        if ((channels_first and x.dim() != 4)
-                or not kernels.inference_allowed(x, self.fc1.weight)):
+        if channels_first and x.dim() != 4:
             return super().forward(x)
-        return kernels.apply_row_kernel(self.row_kernel(), x, self.fc2.weight.shape[0],
-                                        channels_first)
+        if kernels.inference_allowed(x, self.fc1.weight):
+            return kernels.apply_row_kernel(self.row_kernel(), x, self.fc2.weight.shape[0],
+                                            channels_first)
+        act = _lean_activation(self.act, self.drop1)
+        if act is None or not training.training_allowed(x, self.fc1.weight):
+            return super().forward(x)
+        rows, back = kernels.rows_and_back(x, channels_first)
+        y = training.block_diagonal_mlp(
+            rows, _as_groups(self.fc1.weight), self.fc1.bias, _as_groups(self.fc2.weight),
+            self.fc2.bias, act, _dropout_p(self.drop1), getattr(self, "store_hidden", False))
+        return back(self.drop2(y))
 
 
 def _group_chunks(bias: torch.Tensor | None, groups: int) -> list[torch.Tensor | None]:
@@ -155,6 +185,36 @@ class AcceleratedSchemeMlp(SchemeMlp):
 
     def row_kernel(self) -> RowKernel | None:
         return derived(self, self._kernels)[1]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        act = _lean_activation(self.act, self.drop1)
+        if (act is None or (self.channels_first and x.dim() < 3)
+                or not training.training_allowed(x, self.fc1.weight)):
+            return super().forward(x)
+        return self._lean_forward(x, act)
+
+    def _lean_forward(self, x: torch.Tensor, act: training.ActivationRule) -> torch.Tensor:
+        """The memory-lean training path: the mixing weight a folded into fc2 (a * (W2 h + b2)
+        = (a W2) h + a b2, so autograd finds a's gradient through the weights) and CCA added
+        into the MLP's output by one function."""
+        where = "dimension 1 (channels first)" if self.channels_first else "the last dimension"
+        self.fc1._check_channels(x.shape[1] if self.channels_first else x.shape[-1], where)
+        rows, back = kernels.rows_and_back(x, self.channels_first)
+        w2, b2 = self.fc2.weight, self.fc2.bias
+        if self.cca is not None:
+            a, cca_w = self.mix_weights()
+            w2, b2 = a * w2, None if b2 is None else a * b2
+        y = training.block_diagonal_mlp(rows, self.fc1.weight, self.fc1.bias, w2, b2, act,
+                                        _dropout_p(self.drop1),
+                                        getattr(self, "store_hidden", False))
+        y = self.drop2(y)
+        if self.cca is not None and self.training:
+            batch, channels = x.shape[0], rows.shape[-1]
+            tokens = rows.view(batch, -1, channels)
+            scale = self.cca.logit_scale(channels, tokens.shape[1])
+            y = training.covariance_mix(tokens, y.view(batch, -1, channels), cca_w,
+                                        scale).view(-1, channels)
+        return back(y)
 
     def forward_mlp(self, x: torch.Tensor) -> torch.Tensor:
         if not kernels.inference_allowed(x, self.fc1.weight):

@@ -30,7 +30,8 @@ _TWINS: dict[type, type] = {
 _PLAIN = {twin: plain for plain, twin in _TWINS.items()}
 _PLAIN.update({AcceleratedMlp: Mlp, AcceleratedSchemeMlp: SchemeMlp,
                AcceleratedLinear: nn.Linear})
-# The linear layers of these attention modules run faster as 1x1 convolution kernels.
+_MLP_TWINS = (AcceleratedMlp, AcceleratedSchemeMlp)
+# The linear layers of these attention modules run faster through oneDNN.
 _ATTENTION = (SelfAttention, GroupMixAttention)
 
 
@@ -47,22 +48,28 @@ def _twin_of(module: nn.Module, parent: nn.Module | None) -> type | None:
     return None
 
 
-def accelerate(model: nn.Module) -> nn.Module:
-    """Give ``model`` the fused CPU inference kernels, in place, and return it.
+def accelerate(model: nn.Module, store_hidden: bool = False) -> nn.Module:
+    """Give ``model`` vitmix's fast paths, in place, and return it.
 
     The modules that have an accelerated twin become it: the same parameters, buffers,
-    state-dict keys and hooks, and the same function. The twins take their kernels only in eager
-    float32 CPU inference with the switch on (``VITMIX_ACCELERATE``, :func:`set_enabled`);
-    training, autograd, torch.compile, export and FLOP counting see the plain forward.
-    :func:`restore` undoes it.
+    state-dict keys and hooks, and the same function. With the switch on (``VITMIX_ACCELERATE``,
+    :func:`set_enabled`) the twins take the fused kernels in eager float32 CPU inference and
+    the memory-lean training functions (MLPs, CCA, linear layers) when autograd records in eager
+    mode, on any device; torch.compile, export and FLOP counting see the plain forward.
+    ``store_hidden=True`` makes the MLPs keep their hidden activation for backward instead of
+    recomputing it: faster where memory is plentiful. :func:`restore` undoes it.
     """
     if not isinstance(model, nn.Module):
         raise TypeError(f"accelerate expects a torch.nn.Module, got {type(model).__name__}")
+    if not isinstance(store_hidden, bool):
+        raise TypeError(f"store_hidden must be True or False, got {store_hidden!r}")
     parents = {id(child): parent for parent in model.modules() for child in parent.children()}
     for module in model.modules():
         twin = _twin_of(module, parents.get(id(module)))
         if twin is not None:
             module.__class__ = twin
+            if twin in _MLP_TWINS:
+                module.store_hidden = store_hidden
     return model
 
 
@@ -73,6 +80,7 @@ def restore(model: nn.Module) -> nn.Module:
         if plain is not None:
             module.__class__ = plain
             forget_derived(module)
+            module.__dict__.pop("store_hidden", None)
     return model
 
 

@@ -32,6 +32,8 @@ HELP = {
     "channels_last": "keep images and weights in NHWC memory format (faster on CPU and GPU)",
     "compile": "compile the training forward with this torch.compile backend, e.g. inductor "
                "(about a minute of compiling first)",
+    "accelerate": "vitmix.accelerate's fast paths: memory-lean training of the MLPs, CCA and "
+                  "linear layers, fused CPU evaluation kernels (--no-accelerate: plain layers)",
     "auto_augment": "timm RandAugment string ('none' turns it off)",
     "re_prob": "random-erasing probability",
     "color_jitter": "brightness/contrast/saturation jitter strength (0 turns it off)",

@@ -143,12 +143,14 @@ class ChannelCovarianceAttention(nn.Module):
         """(B, N, C) -> the (B, C, C) attention matrix A."""
         return self._attention_from_features(tokens.transpose(1, 2))
 
+    def logit_scale(self, channels: int, tokens: int) -> float:
+        """The factor on X^T X for C channels and N tokens per sample."""
+        scale = channels**-0.5 if self.scale is None else self.scale
+        return scale / tokens if self.normalize_tokens else scale
+
     def _attention_from_features(self, feats: torch.Tensor) -> torch.Tensor:
         """A from X^T, (B, C, N) -> (B, C, C)."""
-        c, n = feats.shape[1:]
-        scale = c**-0.5 if self.scale is None else self.scale
-        if self.normalize_tokens:
-            scale = scale / n
+        scale = self.logit_scale(*feats.shape[1:])
         # The scale rides in the matmul's alpha rather than a pass over the B x C x C product,
         # which outweighs the matmul itself where few tokens remain (0.64x the time of a
         # forward and backward at 1 token and 256 channels, measured in one process).

@@ -45,6 +45,9 @@ class TrainConfig:
     amp: str = "auto"  # auto: bf16 (or fp16) on CUDA, off on CPU
     channels_last: bool = True  # NHWC memory: much faster for convs and SchemeMlp on CPU
     compile: str | None = None  # a torch.compile backend ("inductor") for the training forward
+    # vitmix.accelerate on the trained model: memory-lean training functions for the MLPs, CCA
+    # and linear layers in eager mode, fused kernels for float32 CPU evaluation.
+    accelerate: bool = True
     # Augmentation and regularisation (timm's).
     auto_augment: str | None = "rand-m6-mstd0.5-inc1"
     re_prob: float = 0.25

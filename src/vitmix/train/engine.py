@@ -30,6 +30,7 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, DistributedSampler
 from tqdm import tqdm
 
+from ..accelerate import accelerate
 from ..checkpoints.io import check_state_dict, load_checkpoint, save_checkpoint, save_weights
 from ..complexity import count_macs, count_params
 from ..data import AugmentSettings, build_transforms, load_splits
@@ -140,6 +141,8 @@ class _Run:
         self.model = model.to(self.device)
         if config.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
+        if config.accelerate:
+            accelerate(self.model)
         self.ema = (ModelEmaV3(self.model, decay=config.ema_decay, use_warmup=config.ema_warmup)
                     if config.ema else None)
         self.train_model = (DistributedDataParallel(self.model, device_ids=None if

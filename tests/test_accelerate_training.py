@@ -1,0 +1,356 @@
+"""vitmix.accelerate in training: the memory-lean autograd functions against float64 references
+and gradcheck, and the accelerated twins against the plain layers they replace."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import timm
+import torch
+from timm.layers import Mlp
+from torch import nn
+from torch.utils.flop_counter import FlopCounterMode
+
+from references import reference_mlp
+from vitmix.accelerate import accelerate, restore, set_enabled, training
+from vitmix.layers import SchemeMlp
+
+F64 = torch.float64
+
+
+# ---- float64 references, written the slow and obvious way ------------------------------------
+
+
+def reference_cca_mix(tokens: torch.Tensor, y: torch.Tensor, weight: torch.Tensor,
+                      scale: float) -> torch.Tensor:
+    """y + weight * X softmax(scale X^T X)^T, one sample at a time, in float64."""
+    out = []
+    for x, yb in zip(tokens.double(), y.double(), strict=True):
+        logits = scale * (x.t() @ x)
+        attn = torch.exp(logits - logits.max(-1, keepdim=True).values)
+        attn = attn / attn.sum(-1, keepdim=True)
+        out.append(yb + weight.double() * (x @ attn.t()))
+    return torch.stack(out)
+
+
+def block_weights(groups: int, cin: int, hidden: int, cout: int, bias: bool, dtype=F64):
+    torch.manual_seed(0)
+    w1 = torch.randn(groups, hidden, cin, dtype=dtype, requires_grad=True)
+    w2 = torch.randn(groups, cout, hidden, dtype=dtype, requires_grad=True)
+    b1 = torch.randn(groups * hidden, dtype=dtype, requires_grad=True) if bias else None
+    b2 = torch.randn(groups * cout, dtype=dtype, requires_grad=True) if bias else None
+    return w1, b1, w2, b2
+
+
+@pytest.fixture
+def small_chunks(monkeypatch):
+    """Chunks of a few rows and samples, so every loop runs several times with a short tail."""
+    monkeypatch.setattr(training, "TRAIN_CHUNK_BYTES", 5 * 8 * 8)   # 64 rows minimum
+    monkeypatch.setattr(training, "_hidden_chunk_rows", lambda hidden, size: 8)
+    monkeypatch.setattr(training, "CCA_CHUNK_BYTES", 2 * 8 * 8 * 4)
+
+
+ACTIVATIONS = [nn.GELU(), nn.GELU(approximate="tanh"), nn.ReLU(), nn.SiLU(), nn.Hardswish(),
+               nn.Identity()]
+
+
+# ---- the block-diagonal MLP function --------------------------------------------------------
+
+
+@pytest.mark.parametrize("groups", [1, 2, 3])
+@pytest.mark.parametrize("act", ACTIVATIONS, ids=lambda a: repr(a))
+def test_mlp_function_gradcheck_and_float64_forward(small_chunks, groups, act):
+    rule = training.activation_rule(act)
+    x = torch.randn(37, 4 * groups, dtype=F64, requires_grad=True)
+    w1, b1, w2, b2 = block_weights(groups, 4, 5, 3, bias=True)
+    fn = lambda *a: training.block_diagonal_mlp(*a, act=rule)  # noqa: E731
+    assert torch.autograd.gradcheck(fn, (x, w1, b1, w2, b2))
+    mlp = SchemeMlp(4 * groups, 5 * groups, 3 * groups, groups=groups, cca=False).double()
+    with torch.no_grad():
+        for layer, w, b in ((mlp.fc1, w1, b1), (mlp.fc2, w2, b2)):
+            layer.weight.copy_(w)
+            layer.bias.copy_(b)
+    torch.testing.assert_close(fn(x, w1, b1, w2, b2), reference_mlp(mlp, x.detach(), act))
+
+
+@pytest.mark.parametrize("store_hidden", [False, True])
+def test_mlp_function_without_biases_and_with_stored_hidden(small_chunks, store_hidden):
+    x = torch.randn(21, 6, dtype=F64, requires_grad=True)
+    w1, _, w2, _ = block_weights(2, 3, 4, 3, bias=False)
+    rule = training.activation_rule(nn.GELU())
+    def fn(rows, fc1, fc2):
+        return training.block_diagonal_mlp(rows, fc1, None, fc2, None, rule,
+                                           store_hidden=store_hidden)
+
+    assert torch.autograd.gradcheck(fn, (x, w1, w2))
+
+
+def test_mlp_function_dropout_replays_its_masks_in_backward(small_chunks):
+    x = torch.randn(40, 6, dtype=F64, requires_grad=True)
+    w1, b1, w2, b2 = block_weights(2, 3, 8, 3, bias=True)
+    rule = training.activation_rule(nn.GELU())
+
+    def fn(*args):
+        torch.manual_seed(7)  # the same masks on every call gradcheck makes
+        return training.block_diagonal_mlp(*args, act=rule, drop=0.4)
+
+    assert torch.autograd.gradcheck(fn, (x, w1, b1, w2, b2))
+    no_drop = training.block_diagonal_mlp(x, w1, b1, w2, b2, rule)
+    assert not torch.allclose(fn(x, w1, b1, w2, b2), no_drop)
+    # Forward draws as many numbers as the masks need, and backward leaves the stream alone.
+    torch.manual_seed(3)
+    fn_out = training.block_diagonal_mlp(x, w1, b1, w2, b2, rule, drop=0.4)
+    after_forward = torch.get_rng_state()
+    fn_out.sum().backward()
+    assert torch.equal(torch.get_rng_state(), after_forward)
+
+
+def test_activation_with_parameters_is_not_taken():
+    assert training.activation_rule(nn.PReLU()) is None
+
+
+# ---- CCA and the mixing ---------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("per_sample", [True, False])
+def test_covariance_mix_gradcheck_and_float64_formula(small_chunks, monkeypatch, per_sample):
+    monkeypatch.setattr(training, "CCA_PER_SAMPLE_MIN_TOKENS", 1 if per_sample else 10**9)
+    tokens = torch.randn(5, 3, 4, dtype=F64, requires_grad=True)
+    y = torch.randn(5, 3, 4, dtype=F64, requires_grad=True)
+    weight = torch.tensor(0.3, dtype=F64, requires_grad=True)
+    fn = lambda t, yy, w: training.covariance_mix(t, yy, w, 0.7)  # noqa: E731
+    assert torch.autograd.gradcheck(fn, (tokens, y, weight))
+    torch.testing.assert_close(fn(tokens, y, weight),
+                               reference_cca_mix(tokens.detach(), y.detach(), weight, 0.7))
+
+
+@pytest.mark.parametrize("per_sample", [True, False])
+def test_covariance_mix_in_float32_through_onednn(monkeypatch, per_sample):
+    monkeypatch.setattr(training, "CCA_PER_SAMPLE_MIN_TOKENS", 1 if per_sample else 10**9)
+    tokens, y = torch.randn(3, 20, 16), torch.randn(3, 20, 16)
+    got = training.covariance_mix(tokens, y, torch.tensor(0.6), 0.25)
+    torch.testing.assert_close(got.double(), reference_cca_mix(tokens, y, torch.tensor(0.6), 0.25),
+                               rtol=1e-5, atol=1e-5)
+
+
+# ---- products, linear layers ---------------------------------------------------------------
+
+
+def test_matmul_t_reads_strided_operands_and_fuses_activation_and_addition():
+    rows = torch.randn(30, 12)
+    a = rows[:, 4:8]                       # a column slice, as the groups are
+    gelu = training.activation_rule(nn.GELU())
+    w2 = torch.randn(8, 4)
+    want = torch.nn.functional.gelu(a.double() @ w2.double().t())
+    torch.testing.assert_close(training.matmul_t(a, w2, act=gelu).double(), want, rtol=1e-5,
+                               atol=1e-5)
+    add = torch.randn(30, 8)
+    torch.testing.assert_close(training.matmul_t(a, w2, add=add).double(),
+                               a.double() @ w2.double().t() + add.double(), rtol=1e-5, atol=1e-5)
+    grad_rows = torch.randn(30, 6)  # transposed operands, as the weight gradients take them
+    torch.testing.assert_close(training.matmul_t(a.t(), grad_rows.t()).double(),
+                               a.double().t() @ grad_rows.double(), rtol=1e-5, atol=1e-5)
+    w_t = torch.randn(4, 8).t()
+    torch.testing.assert_close(training.matmul_t(a, w_t).double(),
+                               a.double() @ w_t.double().t(), rtol=1e-5, atol=1e-5)
+
+
+def test_linear_function_gradcheck_and_float32():
+    x = torch.randn(3, 5, 6, dtype=F64, requires_grad=True)
+    w = torch.randn(4, 6, dtype=F64, requires_grad=True)
+    b = torch.randn(4, dtype=F64, requires_grad=True)
+    assert torch.autograd.gradcheck(training.linear, (x, w, b))
+    assert torch.autograd.gradcheck(lambda xx, ww: training.linear(xx, ww, None), (x, w))
+    x32 = x.detach().float()
+    torch.testing.assert_close(training.linear(x32, w.detach().float(), b.detach().float())
+                               .double(), x.detach() @ w.detach().t() + b.detach(), rtol=1e-5,
+                               atol=1e-5)
+
+
+# ---- the twins against the plain modules ------------------------------------------------------
+
+
+def _step(module: nn.Module, x: torch.Tensor, seed: int = 5):
+    module.zero_grad(set_to_none=True)
+    x = x.clone().requires_grad_()
+    torch.manual_seed(seed)
+    out = module(x)
+    # A fixed random projection: a constant one would cancel in the BatchNorms' backward.
+    out.backward(torch.randn(out.shape, generator=torch.Generator().manual_seed(1)))
+    grads = {"input": x.grad}
+    grads.update({n: p.grad for n, p in module.named_parameters() if p.grad is not None})
+    return out.detach(), grads
+
+
+def assert_same_training_step(plain: nn.Module, x: torch.Tensor, rtol=1e-4, atol=1e-5):
+    lean = accelerate(copy.deepcopy(plain))
+    want_out, want = _step(plain, x)
+    got_out, got = _step(lean, x)
+    torch.testing.assert_close(got_out, want_out, rtol=rtol, atol=atol)
+    assert got.keys() == want.keys()
+    # Each gradient against its own scale, or a hundredth of the largest where it is near zero
+    # (the pooling mixer's pool(x) - x leaves norm1's bias almost no gradient).
+    largest = max(g.abs().max() for g in want.values())
+    for name in want:
+        scale = torch.maximum(want[name].abs().max(), largest / 100)
+        torch.testing.assert_close(got[name] / scale, want[name] / scale, rtol=rtol, atol=atol,
+                                   msg=name)
+    return got_out
+
+
+@pytest.fixture
+def lean_calls(monkeypatch) -> list:
+    calls = []
+    for name in ("block_diagonal_mlp", "covariance_mix", "linear"):
+        original = getattr(training, name)
+
+        def spy(*args, _name=name, _original=original, **kwargs):
+            calls.append(_name)
+            return _original(*args, **kwargs)
+
+        monkeypatch.setattr(training, name, spy)
+    return calls
+
+
+LAYOUTS = [
+    ("tokens", False, (3, 11, 24)),
+    ("maps", True, (2, 24, 5, 3)),
+    ("maps_channels_last", True, (2, 24, 5, 3)),
+]
+
+
+@pytest.mark.parametrize("schedule", ["learned", "cosine", None])
+@pytest.mark.parametrize("layout,channels_first,shape", LAYOUTS, ids=[lay[0] for lay in LAYOUTS])
+def test_scheme_mlp_twin_trains_as_the_plain_module(lean_calls, schedule, layout,
+                                                    channels_first, shape):
+    torch.manual_seed(0)
+    mlp = SchemeMlp(24, 192, groups=4, cca=schedule is not None,
+                    cca_schedule=schedule or "learned", channels_first=channels_first).train()
+    if schedule == "cosine":
+        mlp.set_progress(0.3)
+    x = torch.randn(*shape)
+    if layout == "maps_channels_last":
+        x = x.contiguous(memory_format=torch.channels_last)
+    out = assert_same_training_step(mlp, x)
+    assert out.stride() == mlp(x).stride()  # the same memory layout as the plain path
+    expected = ["block_diagonal_mlp"] + (["covariance_mix"] if schedule else [])
+    assert lean_calls == expected
+
+
+def test_scheme_mlp_twin_with_dropout_draws_fresh_masks_and_backpropagates_through_them():
+    torch.manual_seed(0)
+    mlp = accelerate(SchemeMlp(4, 8, groups=2, drop=0.5).double().train())
+    x = torch.randn(2, 3, 4, dtype=F64, requires_grad=True)
+
+    def fn(inp):
+        torch.manual_seed(11)
+        return mlp(inp)
+
+    assert torch.autograd.gradcheck(fn, (x,))
+    assert not torch.equal(mlp(x), mlp(x))  # new masks each step
+    mlp.eval()
+    torch.testing.assert_close(mlp(x), mlp(x))
+
+
+@pytest.mark.parametrize("use_conv", [False, True])
+def test_timm_mlp_twin_trains_as_timm_mlp(lean_calls, use_conv):
+    torch.manual_seed(0)
+    mlp = Mlp(16, 64, use_conv=use_conv).train()
+    x = torch.randn(2, 16, 4, 4).contiguous(memory_format=torch.channels_last) if use_conv \
+        else torch.randn(2, 9, 16)
+    assert_same_training_step(mlp, x)
+    assert lean_calls == ["block_diagonal_mlp"]
+
+
+def test_plain_path_where_the_functions_do_not_apply(lean_calls):
+    x = torch.randn(2, 5, 8)
+    with_norm = SchemeMlp(8, 16, groups=2, norm_layer=nn.LayerNorm).train()
+    prelu = SchemeMlp(8, 16, groups=2, act_layer=nn.PReLU).train()
+    for mlp in (with_norm, prelu):
+        assert_same_training_step(mlp, x)
+    assert lean_calls == []
+    lean = accelerate(SchemeMlp(8, 16, groups=2).train())
+    with torch.no_grad():  # nothing to save for backward
+        lean(x)
+    set_enabled(False)
+    try:
+        lean(x).sum().backward()
+    finally:
+        set_enabled(None)
+    with FlopCounterMode(display=False):
+        lean(x).sum().backward()
+    assert lean_calls == []
+    lean(x).sum().backward()
+    assert lean_calls == ["block_diagonal_mlp", "covariance_mix"]
+
+
+def _saved_bytes(module: nn.Module, x: torch.Tensor) -> int:
+    params = {p.untyped_storage().data_ptr() for p in module.parameters()}
+    saved = {}
+
+    def pack(t):
+        storage = t.untyped_storage()
+        if storage.data_ptr() not in params:
+            saved[storage.data_ptr()] = storage.nbytes()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        module(x)
+    return sum(saved.values())
+
+
+def test_lean_path_keeps_no_hidden_activation_unless_asked():
+    torch.manual_seed(0)
+    mlp = SchemeMlp(32, 256, groups=4).train()
+    x = torch.randn(4, 64, 32, requires_grad=True)
+    hidden_bytes = 4 * 64 * 256 * 4
+    plain = _saved_bytes(mlp, x)
+    assert plain > 2 * hidden_bytes  # the hidden activation before and after GELU
+    lean = _saved_bytes(accelerate(copy.deepcopy(mlp)), x)
+    # The input and fc2's weight and bias times a (the mixing weight folded in), a and 1 - a:
+    # nothing E times wider.
+    lean_expected = (x.numel() + mlp.fc2.weight.numel() + mlp.fc2.bias.numel() + 2) * 4
+    assert lean == lean_expected
+    stored = _saved_bytes(accelerate(copy.deepcopy(mlp), store_hidden=True), x)
+    assert stored == lean_expected + hidden_bytes
+    stored_model = accelerate(copy.deepcopy(mlp), store_hidden=True)
+    assert_same_training_step(stored_model, x.detach())
+    assert "store_hidden" not in vars(restore(stored_model))
+
+
+def test_bfloat16_autocast_matches_the_plain_autocast_path():
+    torch.manual_seed(0)
+    mlp = SchemeMlp(32, 128, groups=2).train()
+    lean = accelerate(copy.deepcopy(mlp))
+    x = torch.randn(2, 16, 32)
+    results = []
+    for module in (mlp, lean):
+        inp = x.clone().requires_grad_()
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            out = module(inp)
+        out.float().square().mean().backward()
+        results.append((out, inp.grad, module.fc1.weight.grad, module.mix_logits.grad))
+    (want, *want_grads), (got, *got_grads) = results
+    assert got.dtype == want.dtype == torch.bfloat16
+    torch.testing.assert_close(got.float(), want.float(), rtol=3e-2, atol=3e-2)
+    for g_got, g_want in zip(got_grads, want_grads, strict=True):
+        assert g_got.dtype == g_want.dtype
+        scale = g_want.abs().max()
+        torch.testing.assert_close(g_got / scale, g_want / scale, rtol=5e-2, atol=5e-2)
+
+
+@pytest.mark.parametrize("name", ["metaformer_ppaa_t", "schemeformer_ppaa_t_e8_g2",
+                                  "groupmixformer_t_scheme_e8_g4"])
+def test_whole_models_train_as_the_plain_models(lean_calls, name):
+    torch.manual_seed(0)
+    kwargs = dict(depths=(1, 1, 1, 1)) if name.startswith("groupmix") else {}
+    model = timm.create_model(name, num_classes=5, img_size=32, **kwargs).train()
+    with torch.no_grad():  # LayerScale's 1e-5 start would hide the blocks' branches
+        for pname, p in model.named_parameters():
+            if pname.endswith("gamma"):
+                p.normal_()
+    x = torch.randn(2, 3, 32, 32).contiguous(memory_format=torch.channels_last)
+    assert_same_training_step(model.to(memory_format=torch.channels_last), x, rtol=1e-3,
+                              atol=1e-4)
+    assert "block_diagonal_mlp" in lean_calls
