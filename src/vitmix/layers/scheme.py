@@ -124,7 +124,7 @@ class ChannelCovarianceAttention(nn.Module):
 
     For x of shape (B, ..., C) seen as X of shape (B, N, C): A = softmax(X^T X * scale) over its
     last axis (a C x C matrix per sample) and the output is X A^T, shaped like x. Each output
-    channel is a convex combination of the input channels.
+    channel is a convex combination of the input channels. A (B, C) input is one token (N = 1).
     """
 
     def __init__(self, scale: float | None = None, normalize_tokens: bool = False):
@@ -156,11 +156,11 @@ class ChannelCovarianceAttention(nn.Module):
         return torch.softmax(cov, dim=-1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if x.dim() < 3:
+        if x.dim() < 2:
             raise ValueError(
-                f"ChannelCovarianceAttention expects (B, ..., C) with at least one token axis, "
-                f"got shape {tuple(x.shape)}"
+                f"ChannelCovarianceAttention expects (B, ..., C), got shape {tuple(x.shape)}"
             )
+        # (B, C) is one token per sample, as for timm's Mlp, which takes it in any mode.
         tokens = x.reshape(x.shape[0], -1, x.shape[-1])
         out = torch.bmm(tokens, self.attention(tokens).transpose(1, 2))
         return out.reshape(x.shape)
@@ -382,10 +382,15 @@ class SchemeMlp(nn.Module):
         return self.drop2(self.fc2.forward_channels_first(h))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # The same inputs in every mode: the CCA branch of training needs a batch axis, so the
+        # eval path (which could do without) refuses a lone token too.
         if self.channels_first and x.dim() < 3:
             raise ValueError(
                 f"SchemeMlp(channels_first=True) expects (B, C, ...), got {tuple(x.shape)}"
             )
+        if x.dim() < 2:
+            raise ValueError(f"SchemeMlp expects (B, ..., C) with a batch axis, got shape "
+                             f"{tuple(x.shape)}")
         y = self.forward_mlp(x)
         if self.cca is None:
             return y
