@@ -5,9 +5,12 @@ benchmarks and export share it), and the authors' released ones, converted by
 from .io import (
     SavedModel,
     atomic_write,
+    atomic_write_text,
+    check_file,
     check_state_dict,
     load_checkpoint,
     load_model,
+    load_torch_file,
     load_weights,
     read_model,
     save_checkpoint,
@@ -15,6 +18,7 @@ from .io import (
 )
 from .official import ARCHS, describe_groupmixformer, from_official, unwrap_state_dict
 
-__all__ = ["ARCHS", "SavedModel", "atomic_write", "check_state_dict", "describe_groupmixformer",
-           "from_official", "load_checkpoint", "load_model", "load_weights", "read_model",
-           "save_checkpoint", "save_weights", "unwrap_state_dict"]
+__all__ = ["ARCHS", "SavedModel", "atomic_write", "atomic_write_text", "check_file",
+           "check_state_dict", "describe_groupmixformer", "from_official", "load_checkpoint",
+           "load_model", "load_torch_file", "load_weights", "read_model", "save_checkpoint",
+           "save_weights", "unwrap_state_dict"]

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import torch
 
-from ..checkpoints.io import atomic_write, save_weights
+from ..checkpoints.io import atomic_write, check_file, load_torch_file, save_weights
 from ..checkpoints.official import ARCHS, describe_groupmixformer, from_official
 
 NAME = "import-weights"
@@ -40,21 +40,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _check_paths(args: argparse.Namespace) -> None:
-    if not args.input.is_file():
-        raise FileNotFoundError(f"checkpoint {args.input} does not exist")
+    check_file(args.input)
     if args.output.suffix not in OUTPUT_SUFFIXES:
         raise ValueError(f"output {args.output} must end in one of {', '.join(OUTPUT_SUFFIXES)}")
+    if args.output.is_dir():
+        raise ValueError(f"output {args.output} is a folder; give the path of the file to write")
     if args.output.exists() and not args.force:
         raise ValueError(f"output {args.output} exists; pass --force to overwrite it")
     if not args.output.resolve().parent.is_dir():
         raise FileNotFoundError(f"output folder {args.output.resolve().parent} does not exist")
-
-
-def _load(path: Path) -> dict:
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # a damaged or foreign file: say which, in one line
-        raise ValueError(f"cannot read {path} as a PyTorch checkpoint: {err}") from err
 
 
 def _save(state: dict[str, torch.Tensor], path: Path) -> None:
@@ -66,7 +60,7 @@ def _save(state: dict[str, torch.Tensor], path: Path) -> None:
 
 def run(args: argparse.Namespace) -> int:
     _check_paths(args)
-    state = from_official(_load(args.input), arch=args.arch)
+    state = from_official(load_torch_file(args.input), arch=args.arch)
     info = describe_groupmixformer(state)
     _save(state, args.output)
     model = info["model"] or "no registered variant (build GroupMixFormer with these sizes)"
