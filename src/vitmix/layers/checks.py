@@ -47,10 +47,16 @@ def optional(rule: Rule) -> Rule:
     return Rule(f"{rule.allowed} or None", lambda v: v is None or rule.test(v))
 
 
+def _same_kind(value: Any, choice: Any) -> bool:
+    # True == 1, but True is no choice among (1, 3); nor is 1.0.
+    if isinstance(value, bool) != isinstance(choice, bool):
+        return False
+    return isinstance(value, type(choice))
+
+
 def one_of(*choices: Any) -> Rule:
-    # Compared with the type too: True == 1, but True is no choice among (1, 3).
     return Rule(f"one of {', '.join(map(repr, choices))}",
-                lambda v: any(isinstance(v, type(c)) and v == c for c in choices))
+                lambda v: any(_same_kind(v, c) and v == c for c in choices))
 
 
 def number_in(low: float, high: float, *, high_open: bool = False) -> Rule:
