@@ -90,7 +90,7 @@ def test_export_reports_its_difference_and_rejects_a_wrong_model(tmp_path):
     # passed its check.
     old = tmp_path / "m.onnx"
     before = old.read_bytes()
-    with pytest.raises(ValueError, match="m.onnx exists; pass --force"):
+    with pytest.raises(ValueError, match="m.onnx exists; pass overwrite=True to replace it"):
         export_model(model, old, "onnx", img_size=32, in_chans=1)
     with pytest.raises(ValueError, match="differs from PyTorch"):
         export_model(BatchDependent(), old, "onnx", img_size=8, overwrite=True)
@@ -106,7 +106,7 @@ def test_cli_export_replaces_a_file_only_with_force(checkpoint, tmp_path, capsys
     args = ["export", "--model", MODEL, "--checkpoint", str(path), "--format", "torchscript",
             str(out)]
     assert main(args) == 2
-    assert f"{out} exists; pass --force" in capsys.readouterr().err
+    assert f"{out} exists; pass --force to replace it" in capsys.readouterr().err
     assert out.read_bytes() == b"someone's file"
     assert main([*args, "--force"]) == 0
     assert torch.jit.load(str(out))(torch.randn(1, 1, 32, 32)).shape == (1, 7)

@@ -44,16 +44,16 @@ class ExportReport:
                 f"(tolerance {self.tolerance:g})")
 
 
-def check_export_path(out: Path, overwrite: bool) -> None:
+def check_export_path(out: Path, overwrite: bool, how: str = "overwrite=True") -> None:
     """The file an export would write: its folder exists, and it is no folder itself, nor an
-    existing file unless ``overwrite``."""
+    existing file unless ``overwrite`` (``how`` says how to ask for that)."""
     parent = out.parent if str(out.parent) else Path(".")
     if not parent.is_dir():
         raise FileNotFoundError(f"the folder {parent} for {out} does not exist")
     if out.is_dir():
         raise ValueError(f"{out} is a folder; give the path of the file to write")
     if out.exists() and not check_bool("overwrite", overwrite):
-        raise ValueError(f"{out} exists; pass --force (overwrite=True) to replace it")
+        raise ValueError(f"{out} exists; pass {how} to replace it")
 
 
 def _check_args(fmt: str, out: Path, img_size: int | tuple[int, int], in_chans: int,

@@ -44,7 +44,7 @@ def run(args: argparse.Namespace) -> int:
         if value is not None:
             POSITIVE_INT.check(flag, value)
     NON_NEGATIVE_NUMBER.check("--tolerance", args.tolerance)
-    check_export_path(Path(args.out), args.force)
+    check_export_path(Path(args.out), args.force, how="--force")
     model, kwargs = load_model(args.model, args.checkpoint, img_size=args.img_size,
                                in_chans=args.in_chans, deploy=True)
     report = export_model(model, args.out, args.format, img_size=kwargs["img_size"],
