@@ -240,6 +240,9 @@ def test_resume_errors_name_the_run_folder_and_never_suggest_flags(image_tree, t
     assert not (tmp_path / "payload_ran").exists()
     assert cli.main(["train", "--resume", str(run / "last.pth")]) == 2
     assert "is a file, not a run folder" in capsys.readouterr().err
+    assert cli.main(["train", "--resume", str(run), "--epochs", "3"]) == 2
+    assert ("--resume continues a run with its saved config.yaml; drop ['epochs']"
+            in capsys.readouterr().err)
 
 
 def test_images_found_damaged_while_loading_are_counted_in_the_log_and_report(
