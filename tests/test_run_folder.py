@@ -138,6 +138,21 @@ def test_a_run_that_stops_before_its_first_checkpoint_leaves_nothing(image_tree,
     assert not (tmp_path / "new").exists()  # no config.yaml of a run that never was
 
 
+def test_ctrl_c_while_a_resume_starts_leaves_the_run_as_it_was(image_tree, tmp_path,
+                                                                monkeypatch):
+    run = tmp_path / "run"
+    quiet_fit(tiny_config(image_tree, run, epochs=1))
+    before = files_of(run)
+
+    def interrupted(self, ckpt, source):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(engine._Run, "restore", interrupted)
+    with pytest.raises(TrainingInterrupted, match=f"^continue with: vitmix train --resume {run}$"):
+        quiet_fit(resume=run)
+    assert files_of(run) == before
+
+
 def test_out_must_be_a_folder_that_can_be_made(image_tree, tmp_path, capsys):
     (tmp_path / "file").write_text("x")
     for out, message in ((tmp_path / "file", "file is a file; give a folder"),

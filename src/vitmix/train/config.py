@@ -17,6 +17,7 @@ from typing import Any
 
 import yaml
 
+from ..checkpoints.io import atomic_write_text
 from ..layers.checks import (
     BOOL,
     KEYWORDS,
@@ -178,10 +179,7 @@ class TrainConfig:
         return out
 
     def save(self, path: str | Path) -> None:
-        from ..checkpoints.io import atomic_write
-
-        text = yaml.safe_dump(self.to_dict(), sort_keys=False)
-        atomic_write(path, lambda tmp: Path(tmp).write_text(text))
+        atomic_write_text(path, yaml.safe_dump(self.to_dict(), sort_keys=False))
 
     @classmethod
     def from_dict(cls, values: dict) -> TrainConfig:

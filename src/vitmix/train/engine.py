@@ -48,6 +48,7 @@ from ..data.fashion_mnist import FashionMNIST
 from ..data.tensor_loader import TensorAugment, TensorBatchLoader
 from ..data.transforms import default_norm
 from ..factory import build_model, check_model_name
+from ..layers.checks import check_bool
 from ..layers.scheme import SchemeMlp
 from ..surgery import deploy
 from .config import TrainConfig
@@ -307,9 +308,7 @@ class _Run:
         self.saved_epoch = self.epoch
 
     def resume_hint(self) -> str:
-        """What a stopped run can be continued from, in words."""
-        if self.saved_epoch == 0:
-            return "no checkpoint was written yet, so there is nothing to resume"
+        """What a run stopped after its first checkpoint continues from, and how."""
         return (f"the last checkpoint, {self.run_dir / 'last.pth'}, holds epoch "
                 f"{self.saved_epoch}/{self.config.epochs}; continue with: vitmix train "
                 f"--resume {self.run_dir}")
@@ -544,6 +543,7 @@ def fit(config: TrainConfig | None = None, resume: str | Path | None = None,
     ``<folder>.previous``; they move back if the new run stops before its first checkpoint,
     and are deleted when it finishes. A folder in use by another live process is refused.
     """
+    check_bool("overwrite", overwrite)
     if resume is not None:
         run_dir = Path(resume)
         saved = _check_resumable(run_dir)
@@ -604,7 +604,12 @@ def fit(config: TrainConfig | None = None, resume: str | Path | None = None,
         finished = True
         return result
     except KeyboardInterrupt:
-        hint = run.resume_hint() if run is not None else "nothing was trained yet"
+        if run is not None and run.saved_epoch > 0:
+            hint = run.resume_hint()
+        elif resume is not None:  # stopped before this process trained: the run is as it was
+            hint = f"continue with: vitmix train --resume {run_dir}"
+        else:
+            hint = "no checkpoint was written yet, so there is nothing to resume"
         raise TrainingInterrupted(hint) from None
     finally:
         if lock is not None:
