@@ -201,6 +201,13 @@ def test_a_full_disk_stops_the_run_in_one_line_and_keeps_the_last_checkpoint(
     assert sorted(p.name for p in run.iterdir()) == ["best.pth", "config.yaml", "last.pth",
                                                      "metrics.csv"]
 
+    # Full at the first checkpoint: config.yaml was written, last.pth not; neither stays.
+    monkeypatch.setattr(io.torch, "save", lambda obj, f: disk_full_in_epoch_two(
+        dict(obj, epoch=obj["epoch"] + 1), f))
+    assert cli.main(["train", *tiny_args(image_tree, tmp_path / "first")]) == 4
+    assert "first/last.pth: No space left on device" in capsys.readouterr().err
+    assert not (tmp_path / "first").exists()
+
 
 def test_one_process_holds_a_run_and_a_killed_ones_leftovers_go(image_tree, tmp_path, capsys):
     run = tmp_path / "run"

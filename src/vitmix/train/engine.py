@@ -614,7 +614,9 @@ def fit(config: TrainConfig | None = None, resume: str | Path | None = None,
     finally:
         if lock is not None:
             if not finished:
-                _tidy_after_failure(run_dir, previous if moved_aside else None)
+                _tidy_after_failure(run_dir, previous if moved_aside else None,
+                                    wrote_config=resume is None and run is not None
+                                    and run.config_saved)
             lock.release()
             if created and not finished:
                 with contextlib.suppress(OSError):  # only when nothing is left in it
@@ -622,8 +624,11 @@ def fit(config: TrainConfig | None = None, resume: str | Path | None = None,
         ctx.close()
 
 
-def _tidy_after_failure(run_dir: Path, previous: PreviousRun | None) -> None:
+def _tidy_after_failure(run_dir: Path, previous: PreviousRun | None, wrote_config: bool) -> None:
     """A run that stopped before its first checkpoint gives the folder back as it found it."""
+    if wrote_config and not (run_dir / "last.pth").exists():
+        # Its first save failed half-way: no config.yaml may claim a run that cannot resume.
+        (run_dir / "config.yaml").unlink(missing_ok=True)
     if previous is None:
         return
     if not (run_dir / "last.pth").exists() and previous.restore():
