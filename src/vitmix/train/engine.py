@@ -580,24 +580,7 @@ def fit(config: TrainConfig | None = None, resume: str | Path | None = None,
             log(f"the run that was in {run_dir} is now in {previous.path}; it is deleted when "
                 f"this run finishes")
         ctx.barrier()
-        log(f"{config.model}: {run.params / 1e6:.3f}M params, {run.macs / 1e6:.1f}M MACs "
-            f"@{config.img_size}; {len(run.data.train)} train / {len(run.data.val)} val images"
-            f"{f', {run.data.skipped} unreadable skipped' if run.data.skipped else ''}; "
-            f"{ctx.world_size} process(es) on {ctx.device}; lr {run.lr:.3g}")
-        while run.epoch < config.epochs:
-            row = run.run_epoch()
-            cca = [v for k, v in row.items() if k.startswith("cca/")]
-            cca_text = f" cca max {max(cca):.3f}" if cca else ""
-            ema_text = f" ema {row['ema_top1']:.2f}" if "ema_top1" in row else ""
-            log(f"epoch {run.epoch}/{config.epochs}: loss {row['train_loss']:.4f} "
-                f"val top-1 {row['val_top1']:.2f}{ema_text}{cca_text} "
-                f"({row['epoch_seconds']:.0f}s, {row['train_images_per_s']:.0f} img/s)")
-            if on_epoch_end is not None:
-                on_epoch_end(row)
-        result = run.finish()
-        if result.summary["skipped_at_load"]:
-            log(f"{result.summary['skipped_at_load']} images passed the header check but could "
-                f"not be read while loading; each was replaced by the next image")
+        result = _train_to_the_end(run, log, on_epoch_end)
         if moved_aside:
             previous.discard()
             moved_aside = False
@@ -622,6 +605,30 @@ def fit(config: TrainConfig | None = None, resume: str | Path | None = None,
                 with contextlib.suppress(OSError):  # only when nothing is left in it
                     run_dir.rmdir()
         ctx.close()
+
+
+def _train_to_the_end(run: _Run, log: Callable[[str], None],
+                      on_epoch_end: Callable[[dict], None] | None) -> FitResult:
+    config, ctx = run.config, run.ctx
+    log(f"{config.model}: {run.params / 1e6:.3f}M params, {run.macs / 1e6:.1f}M MACs "
+        f"@{config.img_size}; {len(run.data.train)} train / {len(run.data.val)} val images"
+        f"{f', {run.data.skipped} unreadable skipped' if run.data.skipped else ''}; "
+        f"{ctx.world_size} process(es) on {ctx.device}; lr {run.lr:.3g}")
+    while run.epoch < config.epochs:
+        row = run.run_epoch()
+        cca = [v for k, v in row.items() if k.startswith("cca/")]
+        cca_text = f" cca max {max(cca):.3f}" if cca else ""
+        ema_text = f" ema {row['ema_top1']:.2f}" if "ema_top1" in row else ""
+        log(f"epoch {run.epoch}/{config.epochs}: loss {row['train_loss']:.4f} "
+            f"val top-1 {row['val_top1']:.2f}{ema_text}{cca_text} "
+            f"({row['epoch_seconds']:.0f}s, {row['train_images_per_s']:.0f} img/s)")
+        if on_epoch_end is not None:
+            on_epoch_end(row)
+    result = run.finish()
+    if result.summary["skipped_at_load"]:
+        log(f"{result.summary['skipped_at_load']} images passed the header check but could "
+            f"not be read while loading; each was replaced by the next image")
+    return result
 
 
 def _tidy_after_failure(run_dir: Path, previous: PreviousRun | None, wrote_config: bool) -> None:
