@@ -11,7 +11,7 @@ from pathlib import Path
 
 import torch
 
-from ..checkpoints.io import atomic_write, check_file, load_torch_file, save_weights
+from ..checkpoints.io import check_file, load_torch_file, save_checkpoint, save_weights
 from ..checkpoints.official import ARCHS, describe_groupmixformer, from_official
 
 NAME = "import-weights"
@@ -55,7 +55,7 @@ def _save(state: dict[str, torch.Tensor], path: Path) -> None:
     if path.suffix == ".safetensors":
         save_weights(state, path, metadata={"format": "pt", "source": f"vitmix {NAME}"})
     else:
-        atomic_write(path, lambda tmp: torch.save(state, tmp))
+        save_checkpoint(state, path)  # atomically, and a full disk is an OSError
 
 
 def run(args: argparse.Namespace) -> int:

@@ -52,6 +52,7 @@ def evaluate_checkpoint(model_name: str, checkpoint: str | Path, data: str = "fa
     without images gets None (no accuracy) in ``per_class_top1``.
     """
     _check_arguments(model_name, img_size, in_chans, batch_size, workers, device, tta, out_dir)
+    dev = resolve_device(device, 0)  # cuda asked for on a machine without: before any reading
     checkpoint = Path(checkpoint)
     saved = read_model(checkpoint, model_name)  # checks the file before any data is read
     kwargs = dict(saved.kwargs)
@@ -69,7 +70,6 @@ def evaluate_checkpoint(model_name: str, checkpoint: str | Path, data: str = "fa
         raise ValueError(f"checkpoint {checkpoint} classifies {kwargs['num_classes']} classes, "
                          f"the data {data} has {num_classes}")
     model = accelerate(saved.build(kwargs))  # fused CPU inference kernels, the same function
-    dev = resolve_device(device, 0)
     model.to(dev, memory_format=torch.channels_last).eval()
     loader = DataLoader(split.val, batch_size=batch_size, num_workers=workers,
                         pin_memory=dev.type == "cuda")
