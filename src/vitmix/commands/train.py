@@ -88,7 +88,9 @@ def register(subparsers) -> None:
     p.add_argument("--config", help="YAML file with TrainConfig keys (a run's config.yaml works)")
     p.add_argument("--resume", metavar="RUN_DIR", help="continue the killed run in RUN_DIR")
     p.add_argument("--overwrite", action="store_true",
-                   help="replace an earlier run in the --out folder instead of refusing")
+                   help="replace an earlier run in the --out folder instead of refusing (it "
+                        "is set aside in OUT.previous once the new run has started, and "
+                        "deleted when the new run finishes)")
     p.add_argument("--out", dest="out_dir", default=argparse.SUPPRESS, help=HELP["out_dir"])
     hints = typing.get_type_hints(TrainConfig)
     defaults = TrainConfig()
