@@ -17,6 +17,7 @@ from tiny_runs import PYTHON, child_env, quiet_fit, tiny_args, tiny_config
 from vitmix import cli
 from vitmix.checkpoints.io import load_checkpoint
 from vitmix.train import TrainingInterrupted, engine
+from vitmix.train.run_folder import remove_stale_temporaries
 
 pytestmark = pytest.mark.filterwarnings("ignore:.*unreadable:UserWarning")
 
@@ -245,3 +246,15 @@ def test_ctrl_c_stops_with_exit_code_130_and_says_how_to_resume(image_tree, tmp_
         f"continue with: vitmix train --resume {run}")
     assert "Traceback" not in err
     assert not (run / ".vitmix.lock").exists()
+
+
+def test_only_the_temporaries_of_dead_writers_are_removed(tmp_path):
+    finished = subprocess.Popen(["true"])
+    finished.wait()  # reaped: its pid names no process
+    dead = tmp_path / f".last.pth.{finished.pid}.0123abcd.tmp"
+    alive = tmp_path / f".model_deployed_eval.json.{os.getpid()}.89abcdef.tmp"
+    mine = tmp_path / ".notes.tmp"  # not a name vitmix writes
+    for path in (dead, alive, mine):
+        path.write_text("x")
+    assert remove_stale_temporaries(tmp_path) == [dead]
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([alive.name, mine.name])

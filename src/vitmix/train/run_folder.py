@@ -33,8 +33,8 @@ RUN_FILES = ("config.yaml", "metrics.csv", "last.pth", "best.pth", "model_deploy
              "confusion.png")
 # What `vitmix eval` writes beside a run's checkpoints: stale once the run is replaced.
 _EVAL_OUTPUT = re.compile(r"^(last|best|model_deployed)_(eval\.json|confusion\.png)$")
-# The temporary name checkpoints.io.atomic_write gives a file while writing it.
-_TEMPORARY = re.compile(r"^\..+\.\d+\.[0-9a-f]{8}\.tmp$")
+# The temporary name checkpoints.io.atomic_write gives a file while writing it (with its pid).
+_TEMPORARY = re.compile(r"^\..+\.(\d+)\.[0-9a-f]{8}\.tmp$")
 
 
 class RunBusy(ValueError):
@@ -58,15 +58,29 @@ def holds_run(run_dir: Path) -> bool:
     return bool(_run_entries(run_dir))
 
 
-def remove_stale_temporaries(run_dir: Path) -> list[Path]:
-    """Delete the half-written temporary files of a process killed while saving.
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process
+        return True
+    return True
 
-    Only for the holder of the run's lock: no other process can be writing them then.
+
+def remove_stale_temporaries(run_dir: Path) -> list[Path]:
+    """Delete the half-written temporary files of processes killed while saving.
+
+    For the holder of the run's lock, so no other training writes them; a file whose writer is
+    still alive (a `vitmix eval` writing its eval.json beside the checkpoints) is left alone.
     """
-    stale = [p for p in run_dir.iterdir() if _TEMPORARY.match(p.name) and p.is_file()]
-    for path in stale:
-        path.unlink(missing_ok=True)
-    return stale
+    stale = []
+    for path in run_dir.iterdir():
+        found = _TEMPORARY.match(path.name)
+        if found and path.is_file() and not _alive(int(found.group(1))):
+            path.unlink(missing_ok=True)
+            stale.append(path)
+    return sorted(stale)
 
 
 class RunLock:
