@@ -18,6 +18,7 @@ from typing import Any
 import yaml
 
 from ..checkpoints.io import atomic_write_text
+from ..data.image_folder import VERIFY_MODES
 from ..layers.checks import (
     BOOL,
     KEYWORDS,
@@ -39,7 +40,6 @@ AMP_MODES = ("auto", "off", "bf16", "fp16")
 LOADERS = ("dataloader", "tensor")
 FINAL_WEIGHTS = ("ema", "model")
 DEVICES = ("auto", "cpu", "cuda")
-VERIFY_MODES = ("decode", "header")
 
 
 def _is_crop_scale(value: Any) -> bool:
