@@ -2,13 +2,15 @@
 path wherever they do not apply."""
 
 import pytest
+import timm
 import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
+import vitmix  # noqa: F401  (registers the models)
 from references import reference_mlp
 from vitmix.accelerate import accelerate, kernels
-from vitmix.accelerate.modules import PER_GROUP_KERNELS_MAX_WIDTH
+from vitmix.accelerate.modules import PER_GROUP_KERNELS_MAX_WIDTH, AcceleratedSchemeMlp
 from vitmix.layers import SchemeMlp
 
 pytestmark = pytest.mark.skipif(not kernels.HAS_FUSED_CONV, reason="no oneDNN in this torch")
@@ -118,6 +120,29 @@ def test_plain_path_whenever_the_fused_one_does_not_apply(fused_calls):
         with FlopCounterMode(display=False):  # FLOP counting must see the plain ops
             mlp.float()(x)
     assert fused_calls == []
+
+
+def test_channel_shuffle_keeps_the_plain_path(fused_calls):
+    # The fused kernels know no shuffle: a shuffling SchemeMlp must stay plain, and correct.
+    mlp = SchemeMlp(24, 96, groups=4, channel_shuffle=True).eval()
+    assert not AcceleratedSchemeMlp.accepts(mlp)
+    assert type(accelerate(mlp)) is SchemeMlp
+    x = torch.randn(2, 9, 24)
+    with torch.no_grad():
+        torch.testing.assert_close(mlp(x).double(), mlp.double()(x.double()),
+                                   rtol=1e-5, atol=1e-6)
+    assert fused_calls == []
+
+
+def test_channel_shuffle_keeps_the_plain_path_in_an_accelerated_model():
+    model = timm.create_model("schemeformer_ppaa_t_e8_g4", channel_shuffle=True).eval()
+    images = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        expected = model(images)
+        got = accelerate(model)(images)
+    mlps = [m for m in model.modules() if isinstance(m, SchemeMlp)]
+    assert mlps and all(type(m) is SchemeMlp and m.channel_shuffle for m in mlps)
+    torch.testing.assert_close(got, expected)
 
 
 def test_flop_counting_sees_every_mac_of_an_inference_call():

@@ -20,8 +20,8 @@ def test_import_registers_models_with_timm():
 
 def test_names_are_naturally_ordered():
     names = vitmix_model_names("schemeformer_ppaa_s12_*")
-    assert names == [f"schemeformer_ppaa_s12_e{e}_g{g}"
-                     for e, g in ((4, 2), (8, 2), (8, 4), (8, 8), (16, 8))]
+    assert names == [f"schemeformer_ppaa_s12_e{e}_g{g}{suffix}" for e, g, suffix in (
+        (4, 2, ""), (8, 2, ""), (8, 4, ""), (8, 4, "_shuffle"), (8, 8, ""), (16, 8, ""))]
 
 
 def test_table_rows_match_the_model():

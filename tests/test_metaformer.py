@@ -14,6 +14,7 @@ REFERENCE = [
     ("schemeformer_ppaa_s12_e4_g2", 11.82, 1.77),
     ("schemeformer_ppaa_s12_e8_g2", 16.55, 2.56),
     ("schemeformer_ppaa_s12_e8_g4", 11.83, 1.77),
+    ("schemeformer_ppaa_s12_e8_g4_shuffle", 11.83, 1.77),
     ("schemeformer_ppaa_s12_e8_g8", 9.47, 1.37),
     ("schemeformer_ppaa_s12_e16_g8", 11.86, 1.77),
     ("metaformer_ppaa_s24", 30.57, 4.89),
@@ -49,6 +50,27 @@ def test_scheme_variant_structure():
     assert all(m.has_cca for m in mlps)
     dense = timm.create_model("metaformer_ppaa_s12")
     assert not any(isinstance(m, SchemeMlp) for m in dense.modules())
+
+
+def test_shuffle_variant_has_the_authors_shapes_and_shuffles():
+    model = timm.create_model("schemeformer_ppaa_s12_e8_g4_shuffle", device="meta")
+    plain = timm.create_model("schemeformer_ppaa_s12_e8_g4", device="meta")
+    assert {k: v.shape for k, v in model.state_dict().items()} == {
+        k: v.shape for k, v in plain.state_dict().items()}
+    # The release's shufflegrouporgattnmlpformer_ppaa_s12_224 has 11,830,336 parameters (its
+    # mixing logits, weight_soft, included).
+    assert count_params(model) == 11_830_336
+    mlps = [m for m in model.modules() if isinstance(m, SchemeMlp)]
+    assert len(mlps) == 12 and all(m.channel_shuffle and m.shuffles for m in mlps)
+    assert not any(m.channel_shuffle for m in plain.modules() if isinstance(m, SchemeMlp))
+
+
+@pytest.mark.parametrize("name", ["schemeformer_ppaa_t_e8_g4", "groupmixformer_m_scheme_e8_g4"])
+def test_channel_shuffle_is_a_model_argument(name):
+    model = timm.create_model(name, channel_shuffle=True, device="meta")
+    assert all(m.channel_shuffle for m in model.modules() if isinstance(m, SchemeMlp))
+    with pytest.raises(ValueError, match="channel_shuffle must be True or False, got 'yes'"):
+        timm.create_model(name, channel_shuffle="yes", device="meta")
 
 
 @pytest.mark.parametrize("img_size", [32, 64, 96, 224])

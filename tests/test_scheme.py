@@ -13,7 +13,7 @@ from timm.layers import LayerNorm2d, Mlp
 from references import dense_block_diagonal, reference_layer_norm, reference_mlp
 from vitmix.accelerate import accelerate
 from vitmix.layers import BlockDiagonalLinear, ChannelCovarianceAttention, SchemeMlp
-from vitmix.layers.scheme import cosine_cca_weight
+from vitmix.layers.scheme import cosine_cca_weight, shuffle_channels
 
 
 def reference_cca(x: torch.Tensor, scale: float, normalize_tokens: bool = False) -> torch.Tensor:
@@ -157,7 +157,7 @@ def test_scheme_mlp_signature_starts_with_timm_mlps():
     # SCHEME's own arguments come after, by keyword only.
     assert [(p.name, p.kind) for p in ours[len(timm_params):]] == [
         (name, inspect.Parameter.KEYWORD_ONLY)
-        for name in ("groups", "cca", "cca_schedule", "channels_first")]
+        for name in ("groups", "cca", "cca_schedule", "channels_first", "channel_shuffle")]
 
 
 def _copy_dense_into_scheme(dense: Mlp, scheme: SchemeMlp) -> None:
@@ -391,6 +391,8 @@ def test_fuse_mixing_matches_eval_output():
         (dict(in_features=16, cca=1), "cca must be True or False, got 1"),
         (dict(in_features=16, use_conv="no"), "use_conv must be True or False"),
         (dict(in_features=16, channels_first=None), "channels_first must be True or False"),
+        (dict(in_features=16, channel_shuffle="yes"),
+         "channel_shuffle must be True or False, got 'yes'"),
         (dict(in_features=16, act_layer="gelu"), "act_layer must be a module class"),
         (dict(in_features=16, norm_layer=0.1), r"norm_layer must be a module class .*\(or None\)"),
     ],
@@ -426,23 +428,101 @@ def test_progress_outside_unit_interval_is_rejected():
         SchemeMlp(8, 16, cca_schedule="cosine").set_progress(1.5)
 
 
-def test_a_batch_of_single_tokens_works_in_training_and_in_eval_alike():
-    """(B, C), as timm's Mlp takes it: one token per sample, in every mode. The CCA of one
-    token, written out: A[i, j] = softmax_j(x_i x_j s), output_i = sum_j A[i, j] x_j."""
+@pytest.mark.parametrize("shape", [(5, 8), (8,)], ids=["batch_of_tokens", "lone_token"])
+def test_single_tokens_work_in_training_and_in_eval_alike(shape):
+    """(B, C) and (C,), as timm's Mlp takes them, in every mode: one token per sample. The CCA
+    of one token, written out: A[i, j] = softmax_j(x_i x_j s), output_i = sum_j A[i, j] x_j."""
     torch.manual_seed(0)
     mlp = SchemeMlp(8, 32, groups=2)
-    x = torch.randn(5, 8)
+    x = torch.randn(shape)
     a, cca_w = (float(w.detach()) for w in mlp.mix_weights())
     scale = 32**-0.5
-    xd = x.double()
+    xd = x.double().reshape(-1, 8)
     attn = torch.softmax(xd[:, :, None] * xd[:, None, :] * scale, dim=-1)
-    cca = torch.einsum("bij,bj->bi", attn, xd)
+    cca = torch.einsum("bij,bj->bi", attn, xd).reshape(shape)
     mlp_out = reference_mlp(mlp, x)
     torch.testing.assert_close(mlp.train()(x).double(), a * mlp_out + cca_w * cca,
                                rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(mlp.eval()(x).double(), a * mlp_out, rtol=1e-5, atol=1e-6)
-    # A lone token (no batch axis) is refused the same way in both modes, deployed too.
-    for module in (mlp.train(), mlp.eval(), accelerate(copy.deepcopy(mlp)).eval()):
-        with pytest.raises(ValueError, match=r"SchemeMlp expects \(B, ..., C\) with a batch "
-                           r"axis, got shape \(8,\)"):
-            module(torch.randn(8))
+    deployed = accelerate(copy.deepcopy(mlp)).eval()
+    with torch.no_grad():
+        torch.testing.assert_close(deployed(x).double(), a * mlp_out, rtol=1e-5, atol=1e-6)
+
+
+# ------------------------------------------------------------- the authors' channel shuffle
+
+def reference_shuffled_mlp(mlp, tokens: torch.Tensor) -> torch.Tensor:
+    """(..., C) tokens through fc1, GELU, ShuffleNet's channel shuffle, fc2, in float64: hidden
+    channel o after the shuffle is channel (o % G) * (hidden / G) + o // G before it."""
+    groups, hidden = mlp.groups, mlp.hidden_features
+    per_group = hidden // groups
+    order = [(o % groups) * per_group + o // groups for o in range(hidden)]
+    w1 = dense_block_diagonal(mlp.fc1.weight.detach().double())
+    w2 = dense_block_diagonal(mlp.fc2.weight.detach().double())
+    h = torch.nn.functional.gelu(tokens.double() @ w1.T + mlp.fc1.bias.detach().double())
+    return h[..., order] @ w2.T + mlp.fc2.bias.detach().double()
+
+
+@pytest.mark.parametrize("groups", [2, 4])
+@pytest.mark.parametrize("layout", ["tokens", "maps_last", "maps_first", "maps_first_nhwc"])
+@pytest.mark.parametrize("training", [False, True])
+def test_channel_shuffle_matches_reference(groups, layout, training):
+    channels_first = layout.startswith("maps_first")
+    mlp = SchemeMlp(16, 96, groups=groups, channel_shuffle=True,
+                    channels_first=channels_first).double().train(training)
+    shape = (2, 7, 16) if layout == "tokens" else (2, 3, 5, 16)
+    tokens = torch.randn(*shape, dtype=torch.float64)
+    a, cca_w = torch.softmax(mlp.mix_logits.detach(), 0)
+    expected = a * reference_shuffled_mlp(mlp, tokens)
+    if training:
+        expected = expected + cca_w * reference_cca(tokens, 96**-0.5)
+    x = tokens
+    if channels_first:
+        x = tokens.permute(0, 3, 1, 2)
+        x = x.contiguous() if layout == "maps_first" else x.contiguous(
+            memory_format=torch.channels_last)
+        expected = expected.permute(0, 3, 1, 2)
+    torch.testing.assert_close(mlp(x), expected)
+
+
+def test_shuffle_channels_is_shufflenets():
+    x = torch.arange(12.0).view(1, 12, 1, 1)
+    assert shuffle_channels(x, 3, dim=1).flatten().tolist() == [0, 4, 8, 1, 5, 9, 2, 6, 10, 3,
+                                                                 7, 11]
+    torch.testing.assert_close(shuffle_channels(x.view(1, 12), 3, dim=-1),
+                               shuffle_channels(x, 3, dim=1).view(1, 12))
+
+
+def test_channel_shuffle_mixes_groups_and_cannot_fold_into_fc2():
+    # Without the shuffle, output group 0 reads input group 0 only (block diagonal); with it,
+    # every output group reads every input group, so no permutation of fc2's (or fc1's) block
+    # diagonal weight computes it: the shuffled MLP is a different function class.
+    torch.manual_seed(0)
+    plain = SchemeMlp(8, 32, groups=4, cca=False).double()
+    shuffled = SchemeMlp(8, 32, groups=4, cca=False, channel_shuffle=True).double()
+    shuffled.load_state_dict(plain.state_dict())
+    x = torch.randn(8, dtype=torch.float64)
+    blocks = [torch.autograd.functional.jacobian(m, x).view(4, 2, 4, 2).abs().sum((1, 3))
+              for m in (plain, shuffled)]
+    assert torch.equal(blocks[0] > 0, torch.eye(4, dtype=torch.bool))
+    assert bool((blocks[1] > 0).all())
+
+
+def test_channel_shuffle_keeps_state_dict_and_one_group_is_identity():
+    torch.manual_seed(2)
+    plain = SchemeMlp(16, 64, groups=1).double().eval()
+    shuffled = SchemeMlp(16, 64, groups=1, channel_shuffle=True).double().eval()
+    assert shuffled.state_dict().keys() == plain.state_dict().keys()
+    shuffled.load_state_dict(plain.state_dict())
+    x = torch.randn(2, 5, 16, dtype=torch.float64)
+    torch.testing.assert_close(shuffled(x), plain(x))
+    assert not shuffled.shuffles
+    assert "channel_shuffle=True" in repr(SchemeMlp(16, 64, groups=4, channel_shuffle=True))
+
+
+def test_channel_shuffle_survives_fuse_mixing():
+    mlp = SchemeMlp(16, 64, groups=4, channel_shuffle=True).eval()
+    x = torch.randn(2, 10, 16)
+    expected = mlp(x)
+    mlp.fuse_mixing()
+    torch.testing.assert_close(mlp(x), expected, atol=1e-6, rtol=1e-5)

@@ -259,6 +259,9 @@ METAFORMER_DEFAULTS = {
     ("metaformer" if not mlp else "schemeformer") + f"_ppaa_{arch}{mlp}": (*sizes, *mixer)
     for arch, sizes in METAFORMER_ARCHS.items() for mlp, mixer in METAFORMER_MLPS.items()
 }
+# The authors' release's shuffle model: the shapes of _e8_g4, the hidden channels shuffled.
+METAFORMER_DEFAULTS["schemeformer_ppaa_s12_e8_g4_shuffle"] = METAFORMER_DEFAULTS[
+    "schemeformer_ppaa_s12_e8_g4"]
 GROUPMIXFORMER_DEFAULTS = {  # name: (dims, depths, mlp ratios, groups, cca)
     "groupmixformer_m": ((40, 80, 160, 160), (3, 3, 12, 4), (4, 4, 4, 4), 1, False),
     "groupmixformer_t": ((80, 160, 200, 240), (4, 4, 12, 4), (4, 4, 4, 4), 1, False),
@@ -273,7 +276,7 @@ GROUPMIXFORMER_DEFAULTS = {  # name: (dims, depths, mlp ratios, groups, cca)
 def test_exactly_these_names_are_registered():
     names = set(timm.list_models(["metaformer_*", "schemeformer_*", "groupmixformer_*"]))
     assert names == set(METAFORMER_DEFAULTS) | set(GROUPMIXFORMER_DEFAULTS)
-    assert len(names) == 31
+    assert len(names) == 32
 
 
 def _mlp_layout(block) -> tuple[float, int, bool]:
@@ -300,6 +303,8 @@ def test_registered_metaformer_defaults(name):
     blocks = [b for s in model.stages for b in s.blocks]
     assert {_mlp_layout(b) for b in blocks} == {(ratio, groups, cca)}
     assert {m.cca_schedule for m in model.modules() if isinstance(m, SchemeMlp)} <= {"learned"}
+    assert {m.channel_shuffle for m in model.modules() if isinstance(m, SchemeMlp)} <= {
+        name.endswith("_shuffle")}
     assert isinstance(model.stages[0].downsample, torch.nn.Conv2d)  # the patch stem
     assert model.stages[0].downsample.kernel_size == (7, 7)
 

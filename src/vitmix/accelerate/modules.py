@@ -114,8 +114,9 @@ class AcceleratedSchemeMlp(SchemeMlp):
 
     @staticmethod
     def accepts(mlp: nn.Module) -> bool:
-        # The kernels have no hidden norm between fc1 and fc2.
-        return type(mlp) is SchemeMlp and type(getattr(mlp, "norm", nn.Identity())) is nn.Identity
+        # The kernels have no hidden norm and no channel shuffle between fc1 and fc2.
+        return (type(mlp) is SchemeMlp and type(getattr(mlp, "norm", nn.Identity())) is nn.Identity
+                and not getattr(mlp, "channel_shuffle", False))
 
     def _branch_kernel(self, a: torch.Tensor | None = None) -> RowKernel:
         """The MLP branch on (T, in) contiguous rows, times the scalar ``a`` when given."""

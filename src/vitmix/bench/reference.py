@@ -8,6 +8,7 @@ REFERENCE_FIGURES: dict[str, dict[str, float]] = {
     "schemeformer_ppaa_s12_e4_g2": dict(params=11.82, macs=1.77),
     "schemeformer_ppaa_s12_e8_g2": dict(params=16.55, macs=2.56),
     "schemeformer_ppaa_s12_e8_g4": dict(params=11.83, macs=1.77, top1=79.7),
+    "schemeformer_ppaa_s12_e8_g4_shuffle": dict(params=11.83, macs=1.77),
     "schemeformer_ppaa_s12_e8_g8": dict(params=9.47, macs=1.37),
     "schemeformer_ppaa_s12_e16_g8": dict(params=11.86, macs=1.77),
     "metaformer_ppaa_s24": dict(params=30.57, macs=4.89),

@@ -14,7 +14,7 @@ import json
 import os
 import re
 import secrets
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -29,7 +29,7 @@ from ..factory import build_model, check_model_name
 
 __all__ = ["SavedModel", "atomic_write", "atomic_write_text", "check_file", "check_state_dict",
            "load_checkpoint", "load_model", "load_torch_file", "load_weights", "read_model",
-           "save_checkpoint", "save_weights"]
+           "save_checkpoint", "save_weights", "saved_model_name"]
 
 
 def _fsync(path: str | Path, flags: int) -> None:
@@ -128,15 +128,16 @@ def _legacy_numpy_globals() -> list:
             type(np.dtype(np.uint32))]  # the key's dtype: its class, since NumPy 1.25
 
 
-def load_torch_file(path: str | Path, what: str = "checkpoint") -> object:
+def load_torch_file(path: str | Path, what: str = "checkpoint", allowed: Sequence = ()) -> object:
     """torch.load with ``weights_only=True``: tensors and plain values only, so a file holding
-    a pickled object (which could run code while it is read) is refused, not run.
+    a pickled object (which could run code while it is read) is refused, not run. ``allowed``
+    adds classes that are plain data too (argparse.Namespace, for timm's train script).
 
     ValueError with one line naming the file and the reason when it cannot be read.
     """
     path = check_file(path, what)
     try:
-        with torch.serialization.safe_globals(_legacy_numpy_globals()):
+        with torch.serialization.safe_globals([*_legacy_numpy_globals(), *allowed]):
             return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # torch raises many kinds for a truncated or foreign file
         text = str(err)
@@ -190,6 +191,23 @@ def load_weights(path: str | Path) -> tuple[dict, dict]:
     if ckpt.get("classes") is not None:
         metadata["classes"] = json.dumps(ckpt["classes"])
     return state, metadata
+
+
+def saved_model_name(path: str | Path) -> str:
+    """The timm model name a checkpoint was saved with (a run's files, and the .safetensors
+    `vitmix import-weights` writes for SCHEME checkpoints); ValueError when it names none."""
+    path = Path(path)
+    if path.suffix == ".safetensors" and path.is_file():
+        try:  # the header alone: the weights are read once, later
+            with safe_open(str(path), framework="pt") as f:
+                name = (f.metadata() or {}).get("model")
+        except (SafetensorError, OSError, ValueError) as err:
+            raise ValueError(f"checkpoint {path} is damaged or not safetensors ({err})") from None
+    else:
+        name = load_weights(path)[1].get("model")
+    if not name:
+        raise ValueError(f"checkpoint {path} does not name its model; pass --model NAME")
+    return name
 
 
 def check_state_dict(model: nn.Module, state: dict, model_name: str, source: str | Path,

@@ -4,6 +4,10 @@
 release (github.com/AILab-CVC/GroupMixFormer) to ours; tensors are passed through unchanged, so
 a converted model computes what the released one computes. The release's SyncBatchNorm layers
 hold ordinary BatchNorm keys and land in our BatchNorm2d layers.
+
+``from_official(state_dict, arch="schemeformer", channel_shuffle=...)`` converts the SCHEME
+release's (scheme_vit) MetaFormer checkpoints; :mod:`.scheme_vit` says how, and
+:func:`.scheme_vit.convert_schemeformer` also names the model they load into.
 """
 
 from __future__ import annotations
@@ -12,6 +16,9 @@ import re
 from collections.abc import Mapping
 
 import torch
+
+from .scheme_vit import convert_schemeformer
+from .state_dicts import unwrap_state_dict
 
 __all__ = ["ARCHS", "describe_groupmixformer", "from_official", "unwrap_state_dict"]
 
@@ -47,28 +54,7 @@ _GROUPMIXFORMER_RULES = [
 _TENSOR_NAME = r"(?P<tensor>weight|bias|running_mean|running_var|num_batches_tracked)"
 _COMPILED = [(re.compile(p + _TENSOR_NAME), r + r"\g<tensor>") for p, r in _GROUPMIXFORMER_RULES]
 
-ARCHS = ("groupmixformer",)
-
-
-def unwrap_state_dict(checkpoint: Mapping) -> dict[str, torch.Tensor]:
-    """The state dict inside a checkpoint: bare, or under "model" / "state_dict"; DDP's
-    "module." prefix removed."""
-    if not isinstance(checkpoint, Mapping):
-        raise ValueError(f"expected a state dict (a mapping of names to tensors), got "
-                         f"{type(checkpoint).__name__}")
-    for wrapper in ("model", "state_dict"):
-        if isinstance(checkpoint.get(wrapper), Mapping):
-            checkpoint = checkpoint[wrapper]
-            break
-    state = {}
-    for key, value in checkpoint.items():
-        if not isinstance(value, torch.Tensor):
-            raise ValueError(f"checkpoint entry {key!r} is a {type(value).__name__}, not a tensor; "
-                             f"is this a model state dict?")
-        state[key.removeprefix("module.")] = value
-    if not state:
-        raise ValueError("the checkpoint holds no tensors")
-    return state
+ARCHS = ("groupmixformer", "schemeformer")
 
 
 def _rename_groupmixformer(key: str) -> str | None:
@@ -78,19 +64,33 @@ def _rename_groupmixformer(key: str) -> str | None:
     return None
 
 
-def from_official(state_dict: Mapping, arch: str = "groupmixformer") -> dict[str, torch.Tensor]:
-    """Rename a released checkpoint's keys to those of the matching vitmix model.
+def from_official(state_dict: Mapping, arch: str = "groupmixformer", *,
+                  channel_shuffle: bool | None = None) -> dict[str, torch.Tensor]:
+    """Convert a released checkpoint's keys (and, where needed, tensors) to the matching vitmix
+    model's.
 
     Args:
         state_dict: the authors' state dict, bare or wrapped as {"model": ...}.
-        arch: the model family; only "groupmixformer" so far.
+        arch: the model family: "groupmixformer" (the GroupMixFormer release) or
+            "schemeformer" (the SCHEME release, scheme_vit).
+        channel_shuffle: "schemeformer" only: whether the release's MLPs shuffled their hidden
+            channels (True for its shufflegrouporgattnmlpformer_* models); required when its
+            MLPs are grouped, since the weights cannot tell.
 
-    Returns a new dict with the same tensors, ready for ``load_state_dict(strict=True)`` of the
-    vitmix model of the same size (see :func:`describe_groupmixformer`). Raises ValueError
-    naming the keys it does not recognise.
+    Returns a new dict ready for ``load_state_dict(strict=True)`` of the vitmix model of the
+    same size (see :func:`describe_groupmixformer`, and
+    :func:`.scheme_vit.convert_schemeformer`, which names the model). GroupMixFormer tensors
+    pass unchanged; SCHEME's grouped convolutions are reshaped and fc2 is divided by the mixing
+    weight, so that vitmix's eval mode computes the release's. Raises ValueError naming the
+    keys it does not recognise.
     """
     if arch not in ARCHS:
         raise ValueError(f"unknown arch {arch!r}; supported: {', '.join(ARCHS)}")
+    if arch == "schemeformer":
+        return convert_schemeformer(state_dict, channel_shuffle=channel_shuffle).state
+    if channel_shuffle is not None:
+        raise ValueError(f"channel_shuffle is an option of arch 'schemeformer', not {arch!r}; "
+                         f"leave it out")
     state = unwrap_state_dict(state_dict)
     converted, unknown = {}, []
     for key, value in state.items():

@@ -13,7 +13,10 @@ def register(subparsers) -> None:
         description="Evaluate a trained model: a run's model_deployed.safetensors, or its "
                     "last.pth / best.pth (their EMA weights when the run kept an EMA).",
     )
-    p.add_argument("--model", required=True, help="timm model name the checkpoint was saved from")
+    p.add_argument("--model", default=None,
+                   help="timm model name the checkpoint was saved from (default: the name the "
+                        "checkpoint holds, as vitmix's runs and `vitmix import-weights "
+                        "--arch schemeformer` write it)")
     p.add_argument("--checkpoint", required=True, help=".safetensors or .pth checkpoint")
     p.add_argument("--data", default="fashion-mnist",
                    help="'fashion-mnist' (its test split) or a folder with val/<class>/<image> "
@@ -38,9 +41,12 @@ def register(subparsers) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from ..checkpoints.io import saved_model_name
     from ..train.evaluation_job import evaluate_checkpoint
     from ..train.report import format_top1
 
+    if args.model is None:
+        args.model = saved_model_name(args.checkpoint)
     result = evaluate_checkpoint(
         model_name=args.model, checkpoint=args.checkpoint, data=args.data,
         img_size=args.img_size, in_chans=args.in_chans, batch_size=args.batch_size,

@@ -7,32 +7,44 @@ deploy or export, which convert models too. `vitmix convert` still runs it until
 from __future__ import annotations
 
 import argparse
+import json
 from pathlib import Path
 
 import torch
 
 from ..checkpoints.io import check_file, load_torch_file, save_checkpoint, save_weights
 from ..checkpoints.official import ARCHS, describe_groupmixformer, from_official
+from ..checkpoints.scheme_vit import SchemeformerImport, convert_schemeformer
 
 NAME = "import-weights"
 OUTPUT_SUFFIXES = (".safetensors", ".pth", ".pt")
-DESCRIPTION = ("Rename the keys of an authors' released checkpoint (bare state dict or "
-               "{'model': ...}) to those of the vitmix model, and save it as safetensors "
-               "(or .pth). Load the result with timm.create_model(name, checkpoint_path=OUT) "
-               "or pretrained_cfg_overlay=dict(file=OUT).")
+DESCRIPTION = ("Convert an authors' released checkpoint (bare state dict or {'model': ...}) "
+               "to the keys of the vitmix model, and save it as safetensors (or .pth). Load "
+               "the result with timm.create_model(name, checkpoint_path=OUT) or "
+               "pretrained_cfg_overlay=dict(file=OUT); a SCHEME (--arch schemeformer) "
+               ".safetensors names its model, so `vitmix eval --checkpoint OUT` needs no "
+               "--model.")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("input", type=Path, help="the released checkpoint (.pth)")
     parser.add_argument("output", type=Path, help="where to write (.safetensors, .pth or .pt)")
     parser.add_argument("--arch", default="groupmixformer", choices=ARCHS,
-                        help="model family of the checkpoint (default: groupmixformer)")
+                        help="model family of the checkpoint: groupmixformer (the GroupMixFormer "
+                             "release) or schemeformer (the SCHEME release, scheme_vit) "
+                             "(default: groupmixformer)")
+    parser.add_argument("--channel-shuffle", action=argparse.BooleanOptionalAction,
+                        default=None,
+                        help="schemeformer: the release's MLPs shuffled their hidden channels "
+                             "(--channel-shuffle for its shufflegrouporgattnmlpformer_* models, "
+                             "--no-channel-shuffle for GroupLiteAttMlp); required when the MLPs "
+                             "are grouped, since the weights cannot tell")
     parser.add_argument("--force", action="store_true", help="overwrite OUTPUT if it exists")
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
-        NAME, help="convert an authors' released checkpoint (GroupMixFormer) to vitmix keys",
+        NAME, help="convert an authors' released checkpoint (GroupMixFormer, SCHEME) for vitmix",
         description=DESCRIPTION,
     )
     add_arguments(parser)
@@ -51,16 +63,56 @@ def _check_paths(args: argparse.Namespace) -> None:
         raise FileNotFoundError(f"output folder {args.output.resolve().parent} does not exist")
 
 
-def _save(state: dict[str, torch.Tensor], path: Path) -> None:
+# timm's train script (the SCHEME release's models are timm models) saves its argparse
+# arguments beside the weights: allowed, still without running any pickled code.
+RELEASE_GLOBALS = (argparse.Namespace,)
+
+
+def _load(path: Path) -> dict:
+    return load_torch_file(path, allowed=RELEASE_GLOBALS)
+
+
+def _save(state: dict[str, torch.Tensor], path: Path, metadata: dict[str, str] | None = None
+          ) -> None:
     if path.suffix == ".safetensors":
-        save_weights(state, path, metadata={"format": "pt", "source": f"vitmix {NAME}"})
+        save_weights(state, path, metadata={"format": "pt", "source": f"vitmix {NAME}",
+                                            **(metadata or {})})
     else:
         save_checkpoint(state, path)  # atomically, and a full disk is an OSError
 
 
+# What `vitmix eval` and vitmix.checkpoints.read_model read back: the model and its arguments.
+def _model_metadata(converted: SchemeformerImport) -> dict[str, str]:
+    return {"model": converted.model, "model_kwargs": json.dumps(converted.model_kwargs),
+            "deployed": "0", "official_arch": "schemeformer",
+            "eval_function": "the release's: fc2 holds its fc2 divided by the mixing weight a"}
+
+
+def _run_schemeformer(args: argparse.Namespace) -> int:
+    converted = convert_schemeformer(_load(args.input), channel_shuffle=args.channel_shuffle)
+    _save(converted.state, args.output, _model_metadata(converted))
+    kwargs = json.dumps(converted.model_kwargs)
+    kind = "registered" if converted.registered else "a base MetaFormer with these arguments"
+    print(f"wrote {len(converted.state)} tensors to {args.output}")
+    print(f"  model: {converted.model} ({kind}), arguments {kwargs}")
+    if converted.mixing_weights:
+        weights = converted.mixing_weights.values()
+        print(f"  eval mode computes the release's eval function: fc2 divided by the mixing "
+              f"weight a ({min(weights):.3g} to {max(weights):.3g} over "
+              f"{len(converted.mixing_weights)} MLPs); training continues from the release's "
+              f"mixing logits, with vitmix's true-covariance CCA")
+    if args.output.suffix != ".safetensors":
+        print(f"  {args.output.suffix} holds the tensors only: build the model above yourself, "
+              f"or write .safetensors, which names it")
+    return 0
+
+
 def run(args: argparse.Namespace) -> int:
     _check_paths(args)
-    state = from_official(load_torch_file(args.input), arch=args.arch)
+    if args.arch == "schemeformer":
+        return _run_schemeformer(args)
+    state = from_official(_load(args.input), arch=args.arch,
+                          channel_shuffle=args.channel_shuffle)
     info = describe_groupmixformer(state)
     _save(state, args.output)
     model = info["model"] or "no registered variant (build GroupMixFormer with these sizes)"

@@ -27,7 +27,8 @@ from .checks import (
     check_probability,
 )
 
-__all__ = ["BlockDiagonalLinear", "ChannelCovarianceAttention", "SchemeMlp", "cosine_cca_weight"]
+__all__ = ["BlockDiagonalLinear", "ChannelCovarianceAttention", "SchemeMlp", "cosine_cca_weight",
+           "shuffle_channels"]
 
 
 def _check_divisible(name: str, value: int, groups: int) -> None:
@@ -124,7 +125,8 @@ class ChannelCovarianceAttention(nn.Module):
 
     For x of shape (B, ..., C) seen as X of shape (B, N, C): A = softmax(X^T X * scale) over its
     last axis (a C x C matrix per sample) and the output is X A^T, shaped like x. Each output
-    channel is a convex combination of the input channels. A (B, C) input is one token (N = 1).
+    channel is a convex combination of the input channels. A (B, C) input is one token per
+    sample (N = 1), a (C,) input one sample of one token.
     """
 
     def __init__(self, scale: float | None = None, normalize_tokens: bool = False):
@@ -156,12 +158,11 @@ class ChannelCovarianceAttention(nn.Module):
         return torch.softmax(cov, dim=-1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if x.dim() < 2:
-            raise ValueError(
-                f"ChannelCovarianceAttention expects (B, ..., C), got shape {tuple(x.shape)}"
-            )
-        # (B, C) is one token per sample, as for timm's Mlp, which takes it in any mode.
-        tokens = x.reshape(x.shape[0], -1, x.shape[-1])
+        if x.dim() == 0:
+            raise ValueError("ChannelCovarianceAttention expects (..., C), got a scalar")
+        # timm's Mlp takes (..., C) in any mode, so this does too: (B, C) is one token per
+        # sample, and a lone (C,) token one sample of one token.
+        tokens = x.reshape(x.shape[0] if x.dim() > 1 else 1, -1, x.shape[-1])
         out = torch.bmm(tokens, self.attention(tokens).transpose(1, 2))
         return out.reshape(x.shape)
 
@@ -186,6 +187,15 @@ def _channels_to_last(x: torch.Tensor) -> torch.Tensor:
 
 def _channels_to_first(x: torch.Tensor) -> torch.Tensor:
     return x.permute(0, x.dim() - 1, *range(1, x.dim() - 1))
+
+
+def shuffle_channels(x: torch.Tensor, groups: int, dim: int) -> torch.Tensor:
+    """ShuffleNet's channel shuffle along ``dim``: the C channels seen as (groups, C/groups),
+    the two axes swapped, flattened back, so output channel k*groups + g is input channel
+    g*C/groups + k and each contiguous group of the output holds channels of every input group.
+    """
+    dim = dim % x.dim()
+    return x.unflatten(dim, (groups, -1)).transpose(dim, dim + 1).flatten(dim, dim + 1)
 
 
 def cosine_cca_weight(start: float, progress: float) -> float:
@@ -214,6 +224,11 @@ class SchemeMlp(nn.Module):
     a standard normal as the authors do. ``"cosine"``: the logits are frozen at their initial
     values and 1-a follows a cosine from that start to exactly 0 as :meth:`set_progress` goes
     from 0 to 1, so the branch can always be removed without changing the function.
+
+    ``channel_shuffle=True`` shuffles the hidden channels right before fc2 (after the
+    activation, dropout and norm), as ShuffleNet does and as the authors' release does in its
+    ``ShuffleGroupLiteAttMlp``: see :func:`shuffle_channels`. It has no parameters, so the state
+    dict is the same with and without it; with one group it changes nothing.
     """
 
     def __init__(
@@ -233,6 +248,7 @@ class SchemeMlp(nn.Module):
         cca: bool = True,
         cca_schedule: str = "learned",
         channels_first: bool = False,
+        channel_shuffle: bool = False,
     ):
         super().__init__()
         in_features = check_positive_int("in_features", in_features)
@@ -248,6 +264,7 @@ class SchemeMlp(nn.Module):
             "channels_first", channels_first)
         groups = check_positive_int("groups", groups)
         check_bool("cca", cca)
+        check_bool("channel_shuffle", channel_shuffle)
         check_choice("cca_schedule", cca_schedule, CCA_SCHEDULES)
         if cca and out_features != in_features:
             raise ValueError(
@@ -263,6 +280,7 @@ class SchemeMlp(nn.Module):
         self.out_features = out_features
         self.groups = groups
         self.channels_first = channels_first
+        self.channel_shuffle = channel_shuffle
         self.cca_schedule = cca_schedule
 
         dd = dict(device=device, dtype=dtype)
@@ -297,7 +315,8 @@ class SchemeMlp(nn.Module):
 
     def extra_repr(self) -> str:
         cca = "none" if self.cca is None else self.cca_schedule
-        return f"groups={self.groups}, cca={cca}, channels_first={self.channels_first}"
+        shuffle = ", channel_shuffle=True" if self.channel_shuffle else ""
+        return f"groups={self.groups}, cca={cca}, channels_first={self.channels_first}{shuffle}"
 
     @property
     def has_cca(self) -> bool:
@@ -360,8 +379,22 @@ class SchemeMlp(nn.Module):
         tokens = self.fc1.from_grouped(h, lead)
         return self.fc2.to_grouped(self.norm(tokens))
 
+    @property
+    def shuffles(self) -> bool:
+        """True when the hidden channels are shuffled (with one group the shuffle is the
+        identity, and is skipped)."""
+        return self.channel_shuffle and self.groups > 1
+
+    def _shuffle_grouped(self, h: torch.Tensor) -> torch.Tensor:
+        """The channel shuffle on the grouped (G, M, hidden/G) activation, in one copy: the
+        token-major (M, hidden/G, G) order is the shuffled hidden vector, which is then cut
+        into fc2's G contiguous groups again."""
+        m = h.shape[1]
+        return h.permute(1, 2, 0).reshape(m, self.groups, -1).transpose(0, 1)
+
     def forward_mlp(self, x: torch.Tensor) -> torch.Tensor:
-        """The block-diagonal MLP branch alone: drop2(fc2(norm(drop1(act(fc1(x))))))."""
+        """The block-diagonal MLP branch alone:
+        drop2(fc2(shuffle(norm(drop1(act(fc1(x)))))), the shuffle only with channel_shuffle."""
         if self.channels_first:
             return self._mlp_channels_first(x)
         return self._mlp_channels_last(x)
@@ -370,6 +403,8 @@ class SchemeMlp(nn.Module):
         lead = x.shape[:-1]
         h = self.fc1.forward_grouped(self.fc1.to_grouped(x))
         h = self._norm_grouped(self.drop1(self.act(h)), lead)
+        if self.shuffles:
+            h = self._shuffle_grouped(h)
         y = self.fc2.forward_grouped(h)
         return self.drop2(self.fc2.from_grouped(y, lead))
 
@@ -379,18 +414,15 @@ class SchemeMlp(nn.Module):
             # Not with a hidden norm, which (as in timm's use_conv Mlp) takes (B, C, H, W) maps.
             return _channels_to_first(self._mlp_channels_last(_channels_to_last(x)))
         h = self.norm(self.drop1(self.act(self.fc1.forward_channels_first(x))))
+        if self.shuffles:
+            h = shuffle_channels(h, self.groups, dim=1)
         return self.drop2(self.fc2.forward_channels_first(h))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        # The same inputs in every mode: the CCA branch of training needs a batch axis, so the
-        # eval path (which could do without) refuses a lone token too.
         if self.channels_first and x.dim() < 3:
             raise ValueError(
                 f"SchemeMlp(channels_first=True) expects (B, C, ...), got {tuple(x.shape)}"
             )
-        if x.dim() < 2:
-            raise ValueError(f"SchemeMlp expects (B, ..., C) with a batch axis, got shape "
-                             f"{tuple(x.shape)}")
         y = self.forward_mlp(x)
         if self.cca is None:
             return y

@@ -64,22 +64,26 @@ def check_stage_sizes(depths: Sequence[int], dims: Sequence[int]) -> int:
     return len(depths)
 
 
-def check_scheme_args(num_stages: int, mlp_ratios, mlp_groups, cca, cca_schedule
-                      ) -> tuple[tuple[float, ...], tuple[int, ...]]:
+def check_scheme_args(num_stages: int, mlp_ratios, mlp_groups, cca, cca_schedule,
+                      channel_shuffle=False) -> tuple[tuple[float, ...], tuple[int, ...]]:
     """SCHEME's model arguments, the same in both families: per-stage expansion and groups
-    (one value or one per stage), one CCA switch and schedule for the whole model."""
+    (one value or one per stage), one CCA switch and schedule and one channel-shuffle switch
+    for the whole model."""
     ratios = check_per_stage("mlp_ratios", mlp_ratios, num_stages, check_positive_number)
     groups = check_per_stage("mlp_groups", mlp_groups, num_stages, check_positive_int)
     check_bool("cca", cca)
+    check_bool("channel_shuffle", channel_shuffle)
     check_choice("cca_schedule", cca_schedule, CCA_SCHEDULES)
     return ratios, groups
 
 
 def make_channel_mixer(dim: int, mlp_ratio: float, groups: int, cca: bool, cca_schedule: str,
                        drop: float, use_conv: bool, device: torch.device | str | None = None,
-                       dtype: torch.dtype | None = None) -> nn.Module:
-    """The MLP of a block: a SchemeMlp (G groups, CCA), or timm's own Mlp for the dense
-    baseline (G = 1 without CCA), so that schemify() can replace it like any timm Mlp.
+                       dtype: torch.dtype | None = None, channel_shuffle: bool = False
+                       ) -> nn.Module:
+    """The MLP of a block: a SchemeMlp (G groups, CCA, the hidden channels shuffled when
+    asked), or timm's own Mlp for the dense baseline (G = 1 without CCA, where a shuffle would
+    change nothing), so that schemify() can replace it like any timm Mlp.
     ``use_conv``: on (B, C, H, W) maps, else on (..., C) tokens."""
     hidden = int(mlp_ratio * dim)
     if hidden < 1:
@@ -88,7 +92,8 @@ def make_channel_mixer(dim: int, mlp_ratio: float, groups: int, cca: bool, cca_s
     if groups == 1 and not cca:
         return Mlp(dim, hidden, act_layer=nn.GELU, drop=drop, use_conv=use_conv, **dd)
     return SchemeMlp(dim, hidden, act_layer=nn.GELU, drop=drop, use_conv=use_conv, **dd,
-                     groups=groups, cca=cca, cca_schedule=cca_schedule)
+                     groups=groups, cca=cca, cca_schedule=cca_schedule,
+                     channel_shuffle=channel_shuffle)
 
 
 def build_on(device: torch.device | str | None, dtype: torch.dtype | None,

@@ -93,8 +93,8 @@ class GroupMixBlock(nn.Module):
 
     def __init__(self, dim: int, num_heads: int, mlp_ratio: float, mlp_groups: int, cca: bool,
                  qkv_bias: bool, attn: str, impl: str, proj_drop: float, drop_path: float,
-                 cca_schedule: str = "learned", device: torch.device | str | None = None,
-                 dtype: torch.dtype | None = None):
+                 cca_schedule: str = "learned", channel_shuffle: bool = False,
+                 device: torch.device | str | None = None, dtype: torch.dtype | None = None):
         super().__init__()
         dd = dict(device=device, dtype=dtype)
         self.pos_conv = nn.Conv2d(dim, dim, 3, padding=1, groups=dim, **dd)
@@ -105,7 +105,7 @@ class GroupMixBlock(nn.Module):
         self.norm2 = nn.LayerNorm(dim, eps=1e-6, **dd)
         # On the block's (B, H, W, C) tokens; the dense baseline is timm's Mlp.
         self.mlp = make_channel_mixer(dim, mlp_ratio, mlp_groups, cca, cca_schedule, proj_drop,
-                                      use_conv=False, **dd)
+                                      use_conv=False, channel_shuffle=channel_shuffle, **dd)
         self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -147,9 +147,10 @@ class GroupMixFormer(PooledClassifierMixin, nn.Module):
         num_heads: heads of every Group-Mix Attention (8 in all released models).
         attn: "factorized" (the release) or "softmax" (the paper's formulation).
         impl: "fast" or "reference" implementation of the attention (same function).
-        mlp_groups, cca, cca_schedule: SCHEME's block-diagonal MLP with G groups (one value or
-            one per stage) and the CCA branch with its schedule (see SchemeMlp); the dense timm
-            Mlp where G == 1 and cca is False. The same arguments as MetaFormer's.
+        mlp_groups, cca, cca_schedule, channel_shuffle: SCHEME's block-diagonal MLP with G
+            groups (one value or one per stage), the CCA branch with its schedule and the
+            shuffle of the hidden channels (see SchemeMlp); the dense timm Mlp where G == 1 and
+            cca is False. The same arguments as MetaFormer's.
         drop_rate: dropout before the classifier; proj_drop_rate: after the attention
             projection and in the MLP; drop_path_rate: stochastic depth, linear over blocks.
         device, dtype: where the parameters are made and their type; with device="meta",
@@ -171,6 +172,7 @@ class GroupMixFormer(PooledClassifierMixin, nn.Module):
         mlp_groups: int | Sequence[int] = 1,
         cca: bool = False,
         cca_schedule: str = "learned",
+        channel_shuffle: bool = False,
         drop_rate: float = 0.0,
         proj_drop_rate: float = 0.0,
         drop_path_rate: float = 0.0,
@@ -185,7 +187,7 @@ class GroupMixFormer(PooledClassifierMixin, nn.Module):
         in_chans = check_positive_int("in_chans", in_chans)
         num_stages = check_stage_sizes(depths, dims)
         mlp_ratios, mlp_groups = check_scheme_args(num_stages, mlp_ratios, mlp_groups, cca,
-                                                   cca_schedule)
+                                                   cca_schedule, channel_shuffle)
         check_positive_int("num_heads", num_heads)
         check_bool("qkv_bias", qkv_bias)
         check_choice("attn", attn, ATTN_MODES)
@@ -211,6 +213,7 @@ class GroupMixFormer(PooledClassifierMixin, nn.Module):
             reduction *= stride
             block_kwargs = dict(num_heads=num_heads, mlp_ratio=mlp_ratios[i],
                                 mlp_groups=mlp_groups[i], cca=cca, cca_schedule=cca_schedule,
+                                channel_shuffle=channel_shuffle,
                                 qkv_bias=qkv_bias, attn=attn, impl=impl,
                                 proj_drop=proj_drop_rate)
             stages.append(GroupMixStage(prev_dim, dims[i], depths[i], stride, block_kwargs,

@@ -48,8 +48,8 @@ __all__ = ["MetaFormer", "MetaFormerBlock", "MetaFormerStage"]
 class MetaFormerBlock(nn.Module):
     def __init__(self, dim: int, token_mixer: str, mlp_ratio: float, mlp_groups: int, cca: bool,
                  cca_schedule: str, drop: float, drop_path: float, layer_scale_init: float,
-                 head_dim: int, device: torch.device | str | None = None,
-                 dtype: torch.dtype | None = None):
+                 head_dim: int, channel_shuffle: bool = False,
+                 device: torch.device | str | None = None, dtype: torch.dtype | None = None):
         super().__init__()
         dd = dict(device=device, dtype=dtype)
         self.norm1 = GroupNorm1(dim, **dd)
@@ -60,7 +60,7 @@ class MetaFormerBlock(nn.Module):
         self.norm2 = GroupNorm1(dim, **dd)
         # On the block's (B, C, H, W) maps; the dense baseline is timm's Mlp on 1x1 convs.
         self.mlp = make_channel_mixer(dim, mlp_ratio, mlp_groups, cca, cca_schedule, drop,
-                                      use_conv=True, **dd)
+                                      use_conv=True, channel_shuffle=channel_shuffle, **dd)
         self.ls2 = LayerScale2d(dim, init_values=layer_scale_init, **dd)
         self.drop_path2 = DropPath(drop_path) if drop_path > 0 else nn.Identity()
 
@@ -125,6 +125,8 @@ class MetaFormer(PooledClassifierMixin, nn.Module):
         mlp_groups: groups G, one value or one per stage; G > 1 (or cca=True) makes the mixer
             a SchemeMlp, else it is timm's Mlp.
         cca, cca_schedule: the SCHEME training-only branch (see SchemeMlp), in every stage.
+        channel_shuffle: shuffle the hidden channels of every SchemeMlp between fc1 and fc2,
+            as the authors' ShuffleGroupLiteAttMlp does (see SchemeMlp).
         pos_embed_stage: index of the stage that adds a learned position embedding, or None.
         stem: "patch" (PoolFormer's 7x7 stride-4 convolution) or "conv" (three 3x3
             convolutions with BatchNorm; better on small images, see layers.stems.ConvStem).
@@ -146,6 +148,7 @@ class MetaFormer(PooledClassifierMixin, nn.Module):
         mlp_groups: int | Sequence[int] = 1,
         cca: bool = False,
         cca_schedule: str = "learned",
+        channel_shuffle: bool = False,
         pos_embed_stage: int | None = 2,
         head_dim: int = 32,
         layer_scale_init: float = 1e-5,
@@ -165,7 +168,7 @@ class MetaFormer(PooledClassifierMixin, nn.Module):
         num_stages = check_stage_sizes(depths, dims)
         token_mixers = check_per_stage("token_mixers", token_mixers, num_stages, _check_mixer)
         mlp_ratios, mlp_groups = check_scheme_args(num_stages, mlp_ratios, mlp_groups, cca,
-                                                   cca_schedule)
+                                                   cca_schedule, channel_shuffle)
         if pos_embed_stage is not None and (isinstance(pos_embed_stage, bool) or pos_embed_stage
                                             not in range(num_stages)):
             raise ValueError(f"pos_embed_stage must be None or a stage index from 0 to "
@@ -202,6 +205,7 @@ class MetaFormer(PooledClassifierMixin, nn.Module):
                 token_mixer=token_mixers[i], mlp_ratio=mlp_ratios[i], mlp_groups=mlp_groups[i],
                 cca=cca, cca_schedule=cca_schedule, drop=proj_drop_rate,
                 layer_scale_init=layer_scale_init, head_dim=head_dim,
+                channel_shuffle=channel_shuffle,
             )
             stages.append(MetaFormerStage(dims[i], depths[i], downsample, pos_size, block_kwargs,
                                           dpr[i], input_chans=in_chans if i == 0 else None,
@@ -288,6 +292,7 @@ default_cfgs = generate_default_cfgs({
     "schemeformer_ppaa_s12_e4_g2": _cfg(),
     "schemeformer_ppaa_s12_e8_g2": _cfg(),
     "schemeformer_ppaa_s12_e8_g4": _cfg(),
+    "schemeformer_ppaa_s12_e8_g4_shuffle": _cfg(),
     "schemeformer_ppaa_s12_e8_g8": _cfg(),
     "schemeformer_ppaa_s12_e16_g8": _cfg(),
     "metaformer_ppaa_s24": _cfg(),
@@ -375,6 +380,16 @@ def schemeformer_ppaa_s12_e8_g4(pretrained: bool = False, **kwargs) -> MetaForme
     79.7% ImageNet-1K top-1 (published)."""
     model_args = _ppaa("s12", mlp_ratios=8, mlp_groups=4, cca=True)
     return _create("schemeformer_ppaa_s12_e8_g4", pretrained, **dict(model_args, **kwargs))
+
+
+@register_model
+def schemeformer_ppaa_s12_e8_g4_shuffle(pretrained: bool = False, **kwargs) -> MetaFormer:
+    """SCHEMEformer PPAA-S12, BD-MLP with E=8, G=4, CCA, and the hidden channels shuffled
+    between fc1 and fc2: the authors' release's ``shufflegrouporgattnmlpformer_ppaa_s12_224``
+    (its only registered SCHEME model with CCA), whose checkpoints ``vitmix import-weights
+    --arch schemeformer --channel-shuffle`` converts. 11.83M params, 1.77G MACs at 224."""
+    model_args = _ppaa("s12", mlp_ratios=8, mlp_groups=4, cca=True, channel_shuffle=True)
+    return _create("schemeformer_ppaa_s12_e8_g4_shuffle", pretrained, **dict(model_args, **kwargs))
 
 
 @register_model
