@@ -56,6 +56,10 @@ sys.exit(cli.main(sys.argv[3:]))
 """
 
 
+# Only against a child that hangs for good: the tests wait on its pipes, never on a clock.
+STUCK = 600
+
+
 def start_paused(where: str, epoch: int, args: list[str]) -> subprocess.Popen:
     """A child `vitmix train ARGS`, returned once it has paused."""
     proc = subprocess.Popen([PYTHON, "-c", PAUSING_TRAIN, where, str(epoch), "train", *args],
@@ -224,7 +228,7 @@ def test_one_process_holds_a_run_and_a_killed_ones_leftovers_go(image_tree, tmp_
         assert load_checkpoint(run / "last.pth")["epoch"] == 1  # untouched by either
     finally:
         child.kill()  # kill -9, while it writes
-        child.communicate()
+        child.communicate(timeout=STUCK)
     assert temporaries[0].exists()
 
     # The holder is dead: the next process takes the run over and clears what it left.
@@ -239,7 +243,7 @@ def test_ctrl_c_stops_with_exit_code_130_and_says_how_to_resume(image_tree, tmp_
     run = tmp_path / "run"
     child = start_paused("after", 1, tiny_args(image_tree, run, epochs=3))
     child.send_signal(signal.SIGINT)
-    _, err = child.communicate()
+    _, err = child.communicate(timeout=STUCK)
     assert child.returncode == 130, err[-3000:]
     assert err.strip().splitlines()[-1] == (
         f"vitmix train: interrupted; the last checkpoint, {run / 'last.pth'}, holds epoch 1/3; "
