@@ -215,6 +215,8 @@ def lean_calls(monkeypatch) -> list:
 
 LAYOUTS = [
     ("tokens", False, (3, 11, 24)),
+    ("one_token_per_sample", False, (3, 24)),
+    ("lone_token", False, (24,)),
     ("maps", True, (2, 24, 5, 3)),
     ("maps_channels_last", True, (2, 24, 5, 3)),
 ]

@@ -52,8 +52,12 @@ def test_benchmark_models_reports_the_deployed_model():
         assert run.throughput == pytest.approx(run.batch_size / (run.latency_ms / 1e3))
     with pytest.raises(ValueError, match="unknown model"):
         benchmark_models(["no_such_model"], batch_sizes=[1], repeats=1)
-    with pytest.raises(ValueError, match="batch sizes"):
+    with pytest.raises(ValueError, match=r"batch_sizes\[0\] must be a positive integer, got 0"):
         benchmark_models([TINY], batch_sizes=[0])
+    with pytest.raises(ValueError, match="img_size must be a positive integer, got 32.5"):
+        benchmark_models([TINY], img_size=32.5, batch_sizes=[1])
+    with pytest.raises(ValueError, match="repeats must be a positive integer, got 0"):
+        benchmark_models([TINY], img_size=32, batch_sizes=[1], repeats=0)
     with pytest.raises(ValueError, match="memory_format"):
         benchmark_models([TINY], img_size=32, memory_format="nhwc")
 
@@ -126,6 +130,14 @@ def test_cli_bench_writes_json_table_and_charts(tmp_path, capsys):
     assert (out / "bench.md").read_text().startswith("| model |")
     assert (out / "throughput_vs_macs.png").is_file()
     assert (out / "accuracy_vs_macs.png").is_file()
+    assert not [p for p in out.iterdir() if p.name.startswith(".")]  # no temporaries left
+
+
+def test_cli_bench_refuses_an_out_folder_under_a_file(tmp_path, capsys):
+    (tmp_path / "file").write_text("x")
+    assert main(["bench", "--models", TINY, "--out", str(tmp_path / "file" / "bench")]) == 2
+    assert capsys.readouterr().err == (f"vitmix bench: error: --out {tmp_path / 'file' / 'bench'} "
+                                       f"cannot be made: {tmp_path / 'file'} is a file\n")
 
 
 @pytest.mark.parametrize("extra,message", [

@@ -3,15 +3,19 @@ and weights files, and the clear errors for missing, damaged and mismatched ones
 
 import copy
 import csv
+import errno
 import json
 import os
 import stat
 
+import numpy as np
 import pytest
 import torch
+from safetensors import safe_open
 from torch import nn
 
 from vitmix import checkpoints
+from vitmix.cli import main
 from vitmix.layers import SchemeMlp
 from vitmix.train.report import MetricsLog
 
@@ -228,3 +232,126 @@ def test_load_model_checks_the_name_before_the_file(tmp_path):
         checkpoints.load_model("no_such_model", tmp_path / "missing.safetensors")
     with pytest.raises(FileNotFoundError, match="missing.safetensors does not exist"):
         checkpoints.load_model(MODEL, tmp_path / "missing.safetensors")
+
+
+# ---- nothing in a file runs ------------------------------------------------------------------
+
+class WritesAFileWhenUnpickled:
+    """A pickle payload: unpickling it calls open(marker, "w"), which creates the marker."""
+
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return (open, (self.marker, "w"))
+
+
+def payload_checkpoint(path, marker) -> None:
+    """What a vitmix checkpoint looks like, with a payload beside the weights."""
+    state = training_state(model_kwargs={"num_classes": 2}, extra=WritesAFileWhenUnpickled(marker))
+    torch.save(state, path)
+
+
+def test_a_checkpoint_holding_a_pickled_object_is_refused_and_not_run(tmp_path):
+    marker = tmp_path / "payload_ran"
+    payload_checkpoint(tmp_path / "evil.pth", marker)
+    for load in (checkpoints.load_checkpoint, checkpoints.load_weights,
+                 checkpoints.load_torch_file):
+        with pytest.raises(ValueError, match=r"evil.pth holds a Python object \(\S*open\) besides "
+                           r"tensors and plain values; vitmix does not load such files"):
+            load(tmp_path / "evil.pth")
+    assert not marker.exists()
+
+
+@pytest.mark.parametrize("command", ["eval", "export", "import-weights", "convert"])
+def test_no_command_runs_a_pickled_object(tmp_path, capsys, command):
+    marker = tmp_path / "payload_ran"
+    evil = tmp_path / "evil.pth"
+    payload_checkpoint(evil, marker)
+    args = {"eval": ["eval", "--model", MODEL, "--checkpoint", str(evil)],
+            "export": ["export", str(tmp_path / "m.onnx"), "--format", "onnx", "--model", MODEL,
+                       "--checkpoint", str(evil)],
+            "import-weights": ["import-weights", str(evil), str(tmp_path / "w.safetensors")],
+            "convert": ["convert", str(evil), str(tmp_path / "w.safetensors")]}[command]
+    assert main(args) == 2
+    err = capsys.readouterr().err.splitlines()
+    assert "holds a Python object" in err[-1] and "Traceback" not in "".join(err)
+    assert not marker.exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["evil.pth"]
+
+
+@pytest.mark.parametrize("command", ["import-weights", "convert"])
+def test_a_random_file_is_one_line_without_advice_to_load_it_unsafely(tmp_path, capsys, command):
+    (tmp_path / "random.pth").write_bytes(bytes(range(256)) * 4)
+    assert main([command, str(tmp_path / "random.pth"), str(tmp_path / "w.safetensors")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert err.startswith(f"vitmix {command}: error: checkpoint ")
+    assert "random.pth is damaged or not a PyTorch checkpoint" in err
+    assert "weights_only" not in err and "\n" not in err
+
+
+def test_checkpoints_of_vitmix_0_1_with_a_numpy_random_state_still_load(tmp_path):
+    # vitmix 0.1 saved np.random.get_state() as it is: an array, which weights_only=True
+    # admits only through the allow-list.
+    np_state = np.random.get_state()
+    torch.save(training_state(rng={"numpy": np_state}), tmp_path / "old.pth")
+    loaded = checkpoints.load_checkpoint(tmp_path / "old.pth")
+    assert np.array_equal(loaded["rng"]["numpy"][1], np_state[1])
+
+
+def test_a_folder_given_as_checkpoint_is_named_as_one(tmp_path):
+    checkpoints.save_weights({"w": torch.zeros(1)}, tmp_path / "run" / "model_deployed.safetensors",
+                             {})
+    for load in (checkpoints.load_checkpoint, checkpoints.load_weights):
+        with pytest.raises(ValueError, match=r"run is a folder, not a file: give the path of a "
+                           r"checkpoint file; it holds model_deployed.safetensors"):
+            load(tmp_path / "run")
+
+
+def test_a_checkpoint_without_model_kwargs_loads_with_none(tmp_path):
+    state = training_state()
+    del state["model_kwargs"]
+    checkpoints.save_checkpoint(state, tmp_path / "bare.pth")
+    _, meta = checkpoints.load_weights(tmp_path / "bare.pth")
+    assert meta["model_kwargs"] == "{}"
+    state["model_kwargs"] = ["not", "a", "mapping"]
+    checkpoints.save_checkpoint(state, tmp_path / "odd.pth")
+    with pytest.raises(ValueError, match="odd.pth is damaged: its model_kwargs are list"):
+        checkpoints.load_weights(tmp_path / "odd.pth")
+
+
+def test_damaged_metadata_is_one_line(tmp_path):
+    path = tmp_path / "w.safetensors"
+    checkpoints.save_weights({"w": torch.zeros(1)}, path, {"model": MODEL,
+                                                           "model_kwargs": "{not json"})
+    with pytest.raises(ValueError, match="its model_kwargs metadata is not a JSON object"):
+        checkpoints.read_model(path, MODEL)
+    checkpoints.save_weights({"w": torch.zeros(1)}, path, {"model": MODEL, "classes": "[1, 2]"})
+    with pytest.raises(ValueError, match="its class names are not all strings"):
+        checkpoints.read_model(path, MODEL)
+
+
+def test_a_full_disk_is_an_os_error_naming_the_file_and_keeps_the_old_one(tmp_path,
+                                                                           monkeypatch):
+    path = tmp_path / "last.pth"
+    checkpoints.save_checkpoint(training_state(epoch=1), path)
+    before = path.read_bytes()
+
+    def disk_fills_up(obj, f):
+        f.write(b"half a checkpoint")
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))  # what a full disk raises
+
+    monkeypatch.setattr(checkpoints.io.torch, "save", disk_fills_up)
+    with pytest.raises(OSError) as caught:
+        checkpoints.save_checkpoint(training_state(epoch=2), path)
+    assert caught.value.errno == errno.ENOSPC and caught.value.filename == str(path)
+    assert path.read_bytes() == before
+    assert [p.name for p in tmp_path.iterdir()] == ["last.pth"]
+
+
+def test_save_weights_writes_what_safetensors_reads(tmp_path):
+    state = {"a": torch.arange(6.0).view(2, 3), "b": torch.ones(2, dtype=torch.int64)}
+    checkpoints.save_weights(state, tmp_path / "w.safetensors", {"k": "v"})
+    with safe_open(str(tmp_path / "w.safetensors"), framework="pt") as f:
+        assert f.metadata() == {"k": "v"}
+        assert torch.equal(f.get_tensor("a"), state["a"]) and f.get_tensor("b").dtype == torch.int64

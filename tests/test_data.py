@@ -11,13 +11,17 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from torch.utils.data import DataLoader
 
 from vitmix.data import (
     FASHION_MNIST_DIR,
+    FASHION_MNIST_ENV,
     AugmentSettings,
     FashionMNIST,
     SafeImageFolder,
     build_transforms,
+    fashion_mnist,
+    load_eval_split,
     load_splits,
     read_idx,
 )
@@ -56,9 +60,35 @@ def test_read_idx_matches_the_bytes_written(tmp_path):
     assert label == int(arrays["t10k"][1][3])
 
 
-def test_missing_dataset_names_the_install_command(tmp_path):
+def test_missing_dataset_names_the_install_command_only_for_the_default_folder(
+        tmp_path, monkeypatch):
+    monkeypatch.delenv(FASHION_MNIST_ENV, raising=False)
+    monkeypatch.setattr(fashion_mnist, "FASHION_MNIST_DIR", tmp_path / "debian")
     with pytest.raises(FileNotFoundError, match="apt-get install dataset-fashion-mnist"):
-        FashionMNIST("train", root=tmp_path)
+        FashionMNIST("train")
+    # A folder someone named: what is missing where, and who named it, but no package advice.
+    (tmp_path / "mine").mkdir()
+    with pytest.raises(FileNotFoundError, match=r"train-images-idx3-ubyte.gz is missing \(the "
+                       r"folder named by data_dir \(--data-dir\)\)$"):
+        FashionMNIST("train", root=tmp_path / "mine")
+    monkeypatch.setenv(FASHION_MNIST_ENV, str(tmp_path / "elsewhere"))
+    with pytest.raises(FileNotFoundError, match=r"folder .*elsewhere does not exist \(the "
+                       r"folder named by \$VITMIX_FASHION_MNIST_DIR\)$"):
+        FashionMNIST("train")
+
+
+def test_the_fashion_mnist_folder_can_be_named(tmp_path, monkeypatch):
+    for name in ("by_env", "by_flag"):
+        (tmp_path / name).mkdir()
+    arrays = make_fashion_root(tmp_path / "by_env", n_test=5)
+    make_fashion_root(tmp_path / "by_flag", n_test=3)
+    monkeypatch.setenv(FASHION_MNIST_ENV, str(tmp_path / "by_env"))
+    assert len(FashionMNIST("test")) == 5
+    np.testing.assert_array_equal(FashionMNIST("test").images, arrays["t10k"][0])
+    # The flag (root, data_dir) wins over the environment.
+    assert len(FashionMNIST("test", root=tmp_path / "by_flag")) == 3
+    assert len(load_splits("fashion-mnist", 1, data_dir=tmp_path / "by_flag").val) == 3
+    assert len(load_eval_split("fashion-mnist", 1, data_dir=tmp_path / "by_flag").val) == 3
 
 
 @pytest.mark.parametrize("damage", ["truncated_gzip", "not_gzip", "bad_magic", "short_payload",
@@ -140,6 +170,66 @@ def test_image_folder_header_mode_replaces_a_damaged_body_at_load_time(tmp_path)
         image, _ = ds[1]
     assert ds.skipped_at_load == 1
     np.testing.assert_array_equal(np.asarray(image), np.asarray(ds[2][0]))
+
+
+def test_images_found_damaged_in_dataloader_workers_are_counted_once(tmp_path):
+    """With --verify-images header a damaged body shows only when a worker process loads it;
+    the count must reach the process that writes the report, once per image, not per epoch."""
+    make_image_folder(tmp_path, classes=("a",), per_class=4)
+    good = (tmp_path / "a" / "2.png").read_bytes()
+    (tmp_path / "a" / "2.png").write_bytes(good[: len(good) - 40])
+    to_tensor = build_transforms(8, 1, AugmentSettings())[1]
+    ds = SafeImageFolder(tmp_path, to_tensor, mode="L", verify="header")
+    loader = DataLoader(ds, batch_size=2, num_workers=1)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the workers warn about the damaged file
+        for _ in range(2):  # two epochs, two fresh worker processes
+            assert sum(len(labels) for _, labels in loader) == 4
+    assert ds.skipped_at_load == 1 and ds.skipped == 1
+
+
+def test_a_training_class_without_images_is_refused(tmp_path):
+    make_image_folder(tmp_path / "train", classes=("a", "b"))
+    make_image_folder(tmp_path / "val", classes=("a", "b"), per_class=1)
+    (tmp_path / "train" / "empty").mkdir()
+    (tmp_path / "val" / "empty").mkdir()
+    with pytest.raises(ValueError, match=r"train has class folders without readable images: "
+                       r"\['empty'\]; add images to them or remove them"):
+        load_splits(str(tmp_path), in_chans=3)
+    # In a validation split a class may have no images; its accuracy is then reported as such.
+    (tmp_path / "train" / "empty").rmdir()
+    (tmp_path / "val" / "empty").rmdir()
+    (tmp_path / "val" / "b" / "0.png").unlink()
+    splits = load_splits(str(tmp_path), in_chans=3)
+    assert splits.classes == ["a", "b"] and splits.val.images_per_class() == [1, 0]
+
+
+def test_the_evaluation_split_reads_val_alone_in_the_checkpoint_class_order(tmp_path):
+    make_image_folder(tmp_path / "val", classes=("cat", "ant"), per_class=1)
+    split = load_eval_split(str(tmp_path), in_chans=3)  # no train/ folder needed
+    assert split.classes == ["ant", "cat"] and len(split.val) == 2
+    # The checkpoint's class order decides the labels, so each image meets its own class.
+    split = load_eval_split(str(tmp_path), 3, classes=["cat", "dog", "ant"])
+    assert split.classes == ["cat", "dog", "ant"]
+    assert sorted((p.parent.name, label) for p, label in split.val.samples) == [
+        ("ant", 2), ("cat", 0)]
+    with pytest.raises(ValueError, match=r"classes \['ant'\] that the checkpoint m.pth does "
+                       r"not have \(its classes: \['cat', 'dog'\]\)"):
+        load_eval_split(str(tmp_path), 3, classes=["cat", "dog"],
+                        classes_from="the checkpoint m.pth")
+    with pytest.raises(FileNotFoundError, match="has no val/ folder; vitmix eval reads"):
+        load_eval_split(str(tmp_path / "val"), 3)
+
+
+def test_the_fashion_mnist_evaluation_reads_the_test_files_alone(tmp_path):
+    make_fashion_root(tmp_path)
+    for name in ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz"):
+        (tmp_path / name).unlink()
+    split = load_eval_split("fashion-mnist", 1, data_dir=tmp_path)
+    assert len(split.val) == 6 and split.classes == list(FashionMNIST.classes)
+    with pytest.raises(ValueError, match=r"trained on the classes \['a', 'b'\], not on "
+                       r"Fashion-MNIST's"):
+        load_eval_split("fashion-mnist", 1, classes=["a", "b"], data_dir=tmp_path)
 
 
 def test_image_folder_errors(tmp_path):

@@ -82,8 +82,34 @@ def test_export_reports_its_difference_and_rejects_a_wrong_model(tmp_path):
             pooled = x.mean(dim=(2, 3))
             return pooled if x.shape[0] == 1 else 2 * pooled
 
-    with pytest.raises(ValueError, match="differs from PyTorch"):
+    with pytest.raises(ValueError, match="differs from PyTorch.*nothing was written"):
         export_model(BatchDependent(), tmp_path / "b.pt", "torchscript", img_size=8)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.onnx"]  # no file, no temporary
+
+    # An existing file: refused unless asked, and when asked, replaced only by a file that
+    # passed its check.
+    old = tmp_path / "m.onnx"
+    before = old.read_bytes()
+    with pytest.raises(ValueError, match="m.onnx exists; pass overwrite=True to replace it"):
+        export_model(model, old, "onnx", img_size=32, in_chans=1)
+    with pytest.raises(ValueError, match="differs from PyTorch"):
+        export_model(BatchDependent(), old, "onnx", img_size=8, overwrite=True)
+    assert old.read_bytes() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.onnx"]
+
+
+@pytest.mark.filterwarnings("ignore:`torch.jit.load` is deprecated:FutureWarning")
+def test_cli_export_replaces_a_file_only_with_force(checkpoint, tmp_path, capsys):
+    path, _ = checkpoint
+    out = tmp_path / "model.pt"
+    out.write_bytes(b"someone's file")
+    args = ["export", "--model", MODEL, "--checkpoint", str(path), "--format", "torchscript",
+            str(out)]
+    assert main(args) == 2
+    assert f"{out} exists; pass --force to replace it" in capsys.readouterr().err
+    assert out.read_bytes() == b"someone's file"
+    assert main([*args, "--force"]) == 0
+    assert torch.jit.load(str(out))(torch.randn(1, 1, 32, 32)).shape == (1, 7)
 
 
 def test_export_errors_are_clear(tmp_path, capsys, checkpoint):
@@ -94,6 +120,10 @@ def test_export_errors_are_clear(tmp_path, capsys, checkpoint):
         export_model(model, tmp_path / "missing" / "m.onnx", "onnx", img_size=32)
     with pytest.raises(ValueError, match="is a folder"):
         export_model(model, tmp_path, "onnx", img_size=32)
+    with pytest.raises(ValueError, match="tolerance must be a non-negative number, got nan"):
+        export_model(model, tmp_path / "m.onnx", "onnx", img_size=32, tolerance=float("nan"))
+    with pytest.raises(ValueError, match="img_size must be a positive integer, got 2.5"):
+        export_model(model, tmp_path / "m.onnx", "onnx", img_size=2.5)
 
     # Through the CLI: one clean line and exit code 2, nothing written.
     path, _ = checkpoint
@@ -102,7 +132,8 @@ def test_export_errors_are_clear(tmp_path, capsys, checkpoint):
         (["--model", MODEL, "--checkpoint", str(tmp_path / "none.safetensors")],
          "does not exist"),
         (["--model", "no_such_model"], "unknown model"),
-        (["--model", MODEL, "--img-size", "0"], "must be positive"),
+        (["--model", MODEL, "--img-size", "0"], "--img-size must be a positive integer, got 0"),
+        (["--model", MODEL, "--tolerance", "-1"], "--tolerance must be a non-negative number"),
     ]
     for extra, message in cases:
         out = tmp_path / "model.onnx"

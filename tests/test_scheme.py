@@ -1,5 +1,6 @@
 """SCHEME layers against float64 references written the slow, obvious way."""
 
+import copy
 import inspect
 import math
 from functools import partial
@@ -425,6 +426,27 @@ def test_block_diagonal_linear_construction_errors(args, message):
 def test_progress_outside_unit_interval_is_rejected():
     with pytest.raises(ValueError, match="progress must lie in"):
         SchemeMlp(8, 16, cca_schedule="cosine").set_progress(1.5)
+
+
+@pytest.mark.parametrize("shape", [(5, 8), (8,)], ids=["batch_of_tokens", "lone_token"])
+def test_single_tokens_work_in_training_and_in_eval_alike(shape):
+    """(B, C) and (C,), as timm's Mlp takes them, in every mode: one token per sample. The CCA
+    of one token, written out: A[i, j] = softmax_j(x_i x_j s), output_i = sum_j A[i, j] x_j."""
+    torch.manual_seed(0)
+    mlp = SchemeMlp(8, 32, groups=2)
+    x = torch.randn(shape)
+    a, cca_w = (float(w.detach()) for w in mlp.mix_weights())
+    scale = 32**-0.5
+    xd = x.double().reshape(-1, 8)
+    attn = torch.softmax(xd[:, :, None] * xd[:, None, :] * scale, dim=-1)
+    cca = torch.einsum("bij,bj->bi", attn, xd).reshape(shape)
+    mlp_out = reference_mlp(mlp, x)
+    torch.testing.assert_close(mlp.train()(x).double(), a * mlp_out + cca_w * cca,
+                               rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(mlp.eval()(x).double(), a * mlp_out, rtol=1e-5, atol=1e-6)
+    deployed = accelerate(copy.deepcopy(mlp)).eval()
+    with torch.no_grad():
+        torch.testing.assert_close(deployed(x).double(), a * mlp_out, rtol=1e-5, atol=1e-6)
 
 
 # ------------------------------------------------------------- the authors' channel shuffle

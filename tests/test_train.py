@@ -5,21 +5,18 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import subprocess
 import sys
 import warnings
-from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 import yaml
-from PIL import Image
 from safetensors.torch import load_file, save_file
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
+from tiny_runs import TINY, child_env, make_image_tree, quiet_fit, tiny_args, tiny_config
 from vitmix import cli
 from vitmix.checkpoints.io import load_checkpoint
 from vitmix.layers.scheme import cosine_cca_weight
@@ -29,50 +26,6 @@ from vitmix.train.evaluation_job import evaluate_checkpoint
 
 # The fixture's broken PNG warns by design.
 pytestmark = pytest.mark.filterwarnings("ignore:.*unreadable:UserWarning")
-
-TINY = dict(depths=[1, 1, 1, 1], dims=[16, 32, 32, 32])
-CLASSES = ("circle", "square", "stripes")
-
-
-def _pattern(kind: int, rng: np.random.Generator, size: int = 28) -> np.ndarray:
-    yy, xx = np.mgrid[:size, :size]
-    if kind == 0:
-        img = ((yy - size / 2) ** 2 + (xx - size / 2) ** 2 < (size / 3) ** 2) * 200.0
-    elif kind == 1:
-        img = ((abs(yy - size / 2) < size / 4) & (abs(xx - size / 2) < size / 4)) * 200.0
-    else:
-        img = ((xx // 4) % 2) * 200.0
-    return np.clip(img + rng.normal(0, 25, img.shape), 0, 255).astype(np.uint8)
-
-
-@pytest.fixture(scope="module")
-def image_tree(tmp_path_factory) -> Path:
-    """train/ (8 per class, plus one unreadable file) and val/ (4 per class) of grey PNGs."""
-    root = tmp_path_factory.mktemp("shapes")
-    rng = np.random.default_rng(0)
-    for split, n in (("train", 8), ("val", 4)):
-        for k, name in enumerate(CLASSES):
-            (root / split / name).mkdir(parents=True)
-            for i in range(n):
-                Image.fromarray(_pattern(k, rng)).save(root / split / name / f"{i}.png")
-    (root / "train" / "circle" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n damaged")
-    return root
-
-
-def tiny_config(image_tree: Path, out: Path, **overrides) -> TrainConfig:
-    values = dict(model="schemeformer_ppaa_t_e8_g4", model_kwargs=dict(TINY), data=str(image_tree),
-                  img_size=32, in_chans=1, out_dir=str(out), epochs=2, batch_size=8,
-                  base_lr=4e-2, warmup_epochs=0.5, workers=0, threads=1, progress_bar=False,
-                  ema_decay=0.5, seed=3)
-    values.update(overrides)
-    return TrainConfig(**values)
-
-
-def quiet_fit(*args, **kwargs):
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # the broken PNG of the fixture warns by design
-        return fit(*args, **kwargs)
-
 
 def test_tiny_run_writes_the_run_folder_and_drives_the_cosine_schedule(image_tree, tmp_path):
     config = tiny_config(image_tree, tmp_path / "run", epochs=3,
@@ -195,20 +148,29 @@ def test_nan_loss_stops_with_a_clear_message_and_keeps_the_last_checkpoint(
 
     monkeypatch.setattr(engine_module, "build_criterion", lambda config: NaNInSecondEpoch())
     run = tmp_path / "nan"
-    with pytest.raises(TrainingDiverged, match="loss became nan.*last.pth"):
+    with pytest.raises(TrainingDiverged) as caught:
         quiet_fit(tiny_config(image_tree, run))
+    # Clipping is on (5.0): the advice is the learning rate alone.
+    assert str(caught.value) == (
+        f"the loss became nan at epoch 2, update 3; training stopped, the last good checkpoint "
+        f"is {run / 'last.pth'} (epoch 1). Start again with a lower learning rate (--base-lr, "
+        f"now 0.04)")
     ckpt = load_checkpoint(run / "last.pth")
     assert ckpt["epoch"] == 1 and all(torch.isfinite(v).all() for v in ckpt["model"].values()
                                       if v.is_floating_point())
-    # The command line says it in one line and exits 3.
-    NaNInSecondEpoch.calls = 0
+    # In the first epoch, with clipping off: no checkpoint to name, and clipping advised. The
+    # command line says it in one line and exits 3; the run leaves no folder behind.
+    NaNInSecondEpoch.calls = 3
+    run = tmp_path / "nan2"
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        code = cli.main(["train", "--data", str(image_tree), "--out", str(tmp_path / "nan2"),
-                         "--model-kwargs", json.dumps(TINY), "--epochs", "2", "--batch-size", "8",
-                         "--workers", "0", "--no-progress-bar"])
+        code = cli.main(["train", *tiny_args(image_tree, run), "--clip-grad", "0"])
     assert code == 3
-    assert "stopped: the loss became nan" in capsys.readouterr().err
+    assert capsys.readouterr().err == (
+        "vitmix train: stopped: the loss became nan at epoch 1, update 0; training stopped, no "
+        "checkpoint was written before it. Start again with a lower learning rate (--base-lr, "
+        "now 0.04) and gradient clipping on (--clip-grad 5)\n")
+    assert not run.exists()
 
 
 def test_checkpoint_errors(image_tree, tmp_path, capsys):
@@ -232,23 +194,73 @@ def test_checkpoint_errors(image_tree, tmp_path, capsys):
     (run / "last.pth").write_bytes(b"garbage")
     with pytest.raises(ValueError, match="damaged"):
         quiet_fit(resume=run)
-    with pytest.raises(FileNotFoundError, match="last.pth"):
+    with pytest.raises(FileNotFoundError, match="the run folder .*never_ran does not exist"):
         fit(resume=tmp_path / "never_ran")
+    (tmp_path / "no_checkpoint").mkdir()
+    with pytest.raises(FileNotFoundError, match="no_checkpoint/last.pth does not exist"):
+        fit(resume=tmp_path / "no_checkpoint")
     # The command line turns them into one line and exit code 2.
     code = cli.main(["eval", "--model", "metaformer_ppaa_t", "--checkpoint", str(deployed),
                      "--data", str(image_tree)])
     assert code == 2 and "pass --model schemeformer_ppaa_t_e8_g4" in capsys.readouterr().err
 
 
+def test_resume_errors_name_the_run_folder_and_never_suggest_flags(image_tree, tmp_path, capsys):
+    run = tmp_path / "run"
+    quiet_fit(tiny_config(image_tree, run, epochs=1))
+    ckpt = load_checkpoint(run / "last.pth")
+    config = yaml.safe_load((run / "config.yaml").read_text())
+
+    # config.yaml of another model than last.pth holds: --model would be refused with --resume.
+    (run / "config.yaml").write_text(yaml.safe_dump(dict(config, model="metaformer_ppaa_t",
+                                                         epochs=2)))
+    assert cli.main(["train", "--resume", str(run)]) == 2
+    err = capsys.readouterr().err
+    assert err == (f"vitmix train: error: cannot resume: {run / 'last.pth'} holds a "
+                   f"'schemeformer_ppaa_t_e8_g4' model, but {run / 'config.yaml'} trains "
+                   f"'metaformer_ppaa_t'; the folder mixes two runs (start a new run with --out "
+                   f"instead)\n")
+    assert "--model" not in err
+    (run / "config.yaml").write_text(yaml.safe_dump(dict(config, epochs=2)))
+
+    # Weights without the training state.
+    torch.save({k: ckpt[k] for k in ("model", "model_name", "model_kwargs")}, run / "last.pth")
+    assert cli.main(["train", "--resume", str(run)]) == 2
+    assert ("it lacks optimizer, scheduler, rng, epoch, num_updates, best_metric, best_epoch, so "
+            "it is not the training checkpoint of a vitmix run") in capsys.readouterr().err
+
+    # A pickled object in last.pth: refused, not run.
+    class Payload:
+        def __reduce__(self):
+            return (open, (str(tmp_path / "payload_ran"), "w"))
+
+    torch.save(dict(ckpt, extra=Payload()), run / "last.pth")
+    assert cli.main(["train", "--resume", str(run)]) == 2
+    assert "holds a Python object" in capsys.readouterr().err
+    assert not (tmp_path / "payload_ran").exists()
+    assert cli.main(["train", "--resume", str(run / "last.pth")]) == 2
+    assert "is a file, not a run folder" in capsys.readouterr().err
+    assert cli.main(["train", "--resume", str(run), "--epochs", "3"]) == 2
+    assert ("--resume continues a run with its saved config.yaml; drop ['epochs']"
+            in capsys.readouterr().err)
+
+
+def test_images_found_damaged_while_loading_are_counted_in_the_log_and_report(
+        tmp_path, capsys):
+    root = make_image_tree(tmp_path / "data")
+    damaged = root / "train" / "square" / "3.png"
+    damaged.write_bytes(damaged.read_bytes()[:-40])  # the header reads, the pixels do not
+    run = tmp_path / "run"
+    result = quiet_fit(tiny_config(root, run, epochs=1, verify_images="header", workers=1))
+    assert result.summary["skipped_images"] == 1 and result.summary["skipped_at_load"] == 1
+    assert ("1 images passed the header check but could not be read while loading"
+            in capsys.readouterr().out)
+    assert ("images skipped as unreadable: 1 (1 of them found damaged while loading)"
+            in (run / "report.md").read_text())
+
+
 def test_config_errors(image_tree, tmp_path):
-    with pytest.raises(ValueError, match="batch_size must be even"):
-        TrainConfig(batch_size=7)
-    with pytest.raises(ValueError, match="amp"):
-        TrainConfig(amp="fp8")
-    with pytest.raises(ValueError, match="unknown config keys.*lr_base"):
-        TrainConfig.from_dict({"lr_base": 1.0})
-    with pytest.raises(ValueError, match="warmup_epochs"):
-        TrainConfig(epochs=2, warmup_epochs=3)
+    # The rules of each field: tests/test_train_config.py.
     with pytest.raises(ValueError, match="unknown model 'no_such_model'"):
         quiet_fit(tiny_config(image_tree, tmp_path / "x", model="no_such_model"))
     with pytest.raises(ValueError, match="fewer than one batch"):
@@ -257,12 +269,6 @@ def test_config_errors(image_tree, tmp_path):
     (tmp_path / "z" / "last.pth").write_bytes(b"")
     with pytest.raises(ValueError, match="already holds a run"):
         fit(tiny_config(image_tree, tmp_path / "z"))
-    with pytest.raises(ValueError, match="compile must be a torch.compile backend"):
-        TrainConfig(compile="no_such_backend")
-    bad_yaml = tmp_path / "bad.yaml"
-    bad_yaml.write_text("epochs: [1, 2\n")
-    with pytest.raises(ValueError, match="not valid YAML"):
-        TrainConfig.load(bad_yaml)
 
 
 def test_cli_overrides_a_yaml_config(tmp_path):
@@ -328,9 +334,7 @@ def test_flip_test_time_augmentation_matches_a_float64_reference():
 
 def test_two_process_ddp_run_on_cpu(image_tree, tmp_path):
     out = tmp_path / "ddp"
-    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONWARNINGS="ignore")
-    src = str(Path(__file__).resolve().parents[1] / "src")
-    env["PYTHONPATH"] = src + os.pathsep + env.get("PYTHONPATH", "")
+    env = child_env()
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
            "-m", "vitmix", "train", "--data", str(image_tree),
            "--out", str(out), "--model-kwargs", json.dumps(TINY), "--epochs", "2",

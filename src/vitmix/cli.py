@@ -1,4 +1,9 @@
-"""`vitmix` command line: sub-commands live in vitmix.commands, one module each."""
+"""`vitmix` command line: sub-commands live in vitmix.commands, one module each.
+
+Every failure a person can cause or meet ends in one line on stderr and an exit code from
+:mod:`vitmix.exit_codes`, never a traceback: refused input 2, a diverged training 3, a read or
+write the system refused 4, Ctrl-C 130.
+"""
 
 from __future__ import annotations
 
@@ -7,7 +12,7 @@ import importlib
 import pkgutil
 import sys
 
-from . import commands
+from . import commands, exit_codes
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -21,14 +26,32 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+# OSErrors that name a path someone gave wrongly, rather than a system that refused.
+_BAD_PATHS = (FileNotFoundError, NotADirectoryError, IsADirectoryError, FileExistsError)
+
+
+def _describe_os_error(err: OSError) -> str:
+    if err.filename is not None and err.strerror:
+        return f"cannot read or write {err.filename}: {err.strerror}"
+    return str(err)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return int(args.func(args) or 0)
-    except (ValueError, FileNotFoundError) as err:
+    except (ValueError, *_BAD_PATHS) as err:
         # Errors meant for people: one line, no traceback.
-        print(f"vitmix {args.command}: error: {err}", file=sys.stderr)
-        return 2
+        text = _describe_os_error(err) if isinstance(err, OSError) else str(err)
+        print(f"vitmix {args.command}: error: {text}", file=sys.stderr)
+        return exit_codes.BAD_INPUT
+    except OSError as err:
+        print(f"vitmix {args.command}: error: {_describe_os_error(err)}", file=sys.stderr)
+        return exit_codes.SYSTEM
+    except KeyboardInterrupt as err:
+        detail = f"; {err}" if str(err) else ""
+        print(f"vitmix {args.command}: interrupted{detail}", file=sys.stderr)
+        return exit_codes.INTERRUPTED
 
 
 if __name__ == "__main__":

@@ -4,6 +4,9 @@ The exported graph is the inference model: :func:`vitmix.deploy` has folded ever
 (no CCA branch, no mixing logits), eval mode. After writing, the file is loaded back (by
 onnxruntime for ONNX, by torch.jit.load for TorchScript) and run on random images; the largest
 difference from the PyTorch model is reported, and exceeding the tolerance is an error.
+
+The file is written under a temporary name and checked there: it appears at its path only once
+it has passed, a failed export leaves nothing, and an existing file is replaced only when asked.
 """
 
 from __future__ import annotations
@@ -18,6 +21,8 @@ import torch
 from torch import nn
 
 from .accelerate import restore
+from .checkpoints.io import atomic_write
+from .layers.checks import NON_NEGATIVE_NUMBER, POSITIVE_INT, check_bool
 
 __all__ = ["EXPORT_FORMATS", "ExportReport", "export_model"]
 
@@ -39,21 +44,33 @@ class ExportReport:
                 f"(tolerance {self.tolerance:g})")
 
 
-def _check_args(fmt: str, out: Path, img_size: int | tuple[int, int], in_chans: int,
-                batch_size: int) -> tuple[int, int]:
-    if fmt not in EXPORT_FORMATS:
-        raise ValueError(f"format must be one of {EXPORT_FORMATS}, got {fmt!r}")
-    size = (img_size, img_size) if isinstance(img_size, int) else tuple(img_size)
-    if len(size) != 2 or min(size) <= 0:
-        raise ValueError(f"img_size must be a positive size, got {img_size}")
-    if in_chans <= 0 or batch_size <= 0:
-        raise ValueError(f"in_chans and batch_size must be positive, got {in_chans} "
-                         f"and {batch_size}")
+def check_export_path(out: Path, overwrite: bool, how: str = "overwrite=True") -> None:
+    """The file an export would write: its folder exists, and it is no folder itself, nor an
+    existing file unless ``overwrite`` (``how`` says how to ask for that)."""
     parent = out.parent if str(out.parent) else Path(".")
     if not parent.is_dir():
         raise FileNotFoundError(f"the folder {parent} for {out} does not exist")
     if out.is_dir():
         raise ValueError(f"{out} is a folder; give the path of the file to write")
+    if out.exists() and not check_bool("overwrite", overwrite):
+        raise ValueError(f"{out} exists; pass {how} to replace it")
+
+
+def _check_args(fmt: str, out: Path, img_size: int | tuple[int, int], in_chans: int,
+                batch_size: int, tolerance: float, overwrite: bool) -> tuple[int, int]:
+    if fmt not in EXPORT_FORMATS:
+        raise ValueError(f"format must be one of {EXPORT_FORMATS}, got {fmt!r}")
+    if isinstance(img_size, (tuple, list)):
+        if len(img_size) != 2:
+            raise ValueError(f"img_size must be a positive integer or a (height, width) pair, "
+                             f"got {img_size!r}")
+        size = tuple(POSITIVE_INT.check(f"img_size[{i}]", s) for i, s in enumerate(img_size))
+    else:
+        size = (POSITIVE_INT.check("img_size", img_size),) * 2
+    POSITIVE_INT.check("in_chans", in_chans)
+    POSITIVE_INT.check("batch_size", batch_size)
+    NON_NEGATIVE_NUMBER.check("tolerance", tolerance)
+    check_export_path(out, overwrite)
     return size
 
 
@@ -100,35 +117,42 @@ def _run_onnx(out: Path, x: torch.Tensor) -> torch.Tensor:
 
 def export_model(model: nn.Module, out: str | os.PathLike, fmt: str,
                  img_size: int | tuple[int, int] = 224, in_chans: int = 3,
-                 batch_size: int = 2, tolerance: float = 1e-4, seed: int = 0) -> ExportReport:
+                 batch_size: int = 2, tolerance: float = 1e-4, seed: int = 0,
+                 overwrite: bool = False) -> ExportReport:
     """Write ``model`` (already deployed, on the CPU) as ``fmt`` to ``out`` and verify it.
 
     The check runs ``batch_size`` random images, a different batch size from the one traced
-    with, so that a batch axis frozen into the graph is caught too.
+    with, so that a batch axis frozen into the graph is caught too. ``out`` appears only when
+    the check passes; an existing ``out`` is refused unless ``overwrite``.
     """
     out = Path(out)
-    size = _check_args(fmt, out, img_size, in_chans, batch_size)
+    size = _check_args(fmt, out, img_size, in_chans, batch_size, tolerance, overwrite)
     # The graph records the plain forward: a copy without the fused CPU kernels, whose
     # tracing would otherwise be checked against a differently computed eager output.
     model = restore(copy.deepcopy(model)).eval().cpu()
     example = torch.randn(1, in_chans, *size)
-    if fmt == "onnx":
-        _export_onnx(model, example, out)
-    else:
-        _export_torchscript(model, example, out)
-
     generator = torch.Generator().manual_seed(seed)
     x = torch.randn(batch_size, in_chans, *size, generator=generator)
     with torch.no_grad():
         expected = model(x)
-    got = _run_onnx(out, x) if fmt == "onnx" else _run_torchscript(out, x)
-    if got.shape != expected.shape:
-        raise ValueError(f"the exported {fmt} model returned shape {tuple(got.shape)}, "
-                         f"PyTorch {tuple(expected.shape)}")
-    diff = (got.float() - expected.float()).abs().max().item()
-    report = ExportReport(path=out, format=fmt, input_shape=tuple(x.shape),
-                          max_abs_diff=diff, tolerance=tolerance)
-    if not diff <= tolerance:  # also catches NaN
-        raise ValueError(f"the exported {fmt} model differs from PyTorch by {diff:.3g}, "
-                         f"more than the tolerance {tolerance:g}")
-    return report
+    diffs = []
+
+    def export_and_check(tmp: str) -> None:
+        path = Path(tmp)
+        if fmt == "onnx":
+            _export_onnx(model, example, path)
+        else:
+            _export_torchscript(model, example, path)
+        got = _run_onnx(path, x) if fmt == "onnx" else _run_torchscript(path, x)
+        if got.shape != expected.shape:
+            raise ValueError(f"the exported {fmt} model returned shape {tuple(got.shape)}, "
+                             f"PyTorch {tuple(expected.shape)}")
+        diff = (got.float() - expected.float()).abs().max().item()
+        if not diff <= tolerance:  # also catches NaN
+            raise ValueError(f"the exported {fmt} model differs from PyTorch by {diff:.3g}, "
+                             f"more than the tolerance {tolerance:g}; nothing was written")
+        diffs.append(diff)
+
+    atomic_write(out, export_and_check)
+    return ExportReport(path=out, format=fmt, input_shape=tuple(x.shape),
+                        max_abs_diff=diffs[0], tolerance=tolerance)

@@ -188,9 +188,9 @@ class AcceleratedSchemeMlp(SchemeMlp):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         act = _lean_activation(self.act, self.drop1)
-        if (act is None or (self.channels_first and x.dim() < 3)
+        if (act is None or x.dim() < (3 if self.channels_first else 1)
                 or not training.training_allowed(x, self.fc1.weight)):
-            return super().forward(x)
+            return super().forward(x)  # which also says what is wrong with x
         return self._lean_forward(x, act)
 
     def _lean_forward(self, x: torch.Tensor, act: training.ActivationRule) -> torch.Tensor:
@@ -209,7 +209,8 @@ class AcceleratedSchemeMlp(SchemeMlp):
                                         getattr(self, "store_hidden", False))
         y = self.drop2(y)
         if self.cca is not None and self.training:
-            batch, channels = x.shape[0], rows.shape[-1]
+            # As the plain CCA: (B, C) is one token per sample, (C,) one sample of one token.
+            batch, channels = (x.shape[0] if x.dim() > 1 else 1), rows.shape[-1]
             tokens = rows.view(batch, -1, channels)
             scale = self.cca.logit_scale(channels, tokens.shape[1])
             y = training.covariance_mix(tokens, y.view(batch, -1, channels), cca_w,

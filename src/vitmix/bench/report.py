@@ -11,6 +11,7 @@ from pathlib import Path
 
 import torch
 
+from ..checkpoints.io import atomic_write
 from .reference import REFERENCE_FIGURES
 from .speed import ModelSpeed
 
@@ -140,9 +141,10 @@ def _scatter(points: Sequence[tuple[str, float, float]], xlabel: str, ylabel: st
     ax.set_title(title, fontsize=9)
     ax.grid(True, alpha=0.3)
     fig.tight_layout()
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=130)
-    plt.close(fig)
+    try:
+        atomic_write(out, lambda tmp: fig.savefig(tmp, format="png", dpi=130))
+    finally:
+        plt.close(fig)
     return out
 
 

@@ -20,6 +20,7 @@ from torch import nn
 from .._deprecated import warn_moved
 from ..checkpoints.io import load_model
 from ..complexity import count_macs, count_params
+from ..layers.checks import NON_NEGATIVE_INT, POSITIVE_INT
 
 __all__ = [
     "AMP_DTYPES", "MEMORY_FORMATS", "ModelSpeed", "SpeedRun", "benchmark_models", "median_ms",
@@ -139,10 +140,14 @@ def benchmark_models(names: Sequence[str], img_size: int = 224,
     """
     if not names:
         raise ValueError("give at least one model name")
-    if img_size <= 0:
-        raise ValueError(f"img_size must be positive, got {img_size}")
-    if not batch_sizes or any(b < 1 for b in batch_sizes):
-        raise ValueError(f"batch sizes must be positive integers, got {list(batch_sizes)}")
+    POSITIVE_INT.check("img_size", img_size)
+    POSITIVE_INT.check("in_chans", in_chans)
+    POSITIVE_INT.check("repeats", repeats)
+    NON_NEGATIVE_INT.check("warmup", warmup)
+    if not batch_sizes:
+        raise ValueError("give at least one batch size")
+    for i, b in enumerate(batch_sizes):
+        POSITIVE_INT.check(f"batch_sizes[{i}]", b)
     if amp not in AMP_DTYPES:
         raise ValueError(f"amp must be one of {sorted(AMP_DTYPES)}, got {amp!r}")
     dev = torch.device(device)

@@ -4,27 +4,32 @@ from either, and the atomic write that every file a run keeps goes through.
 
 A file is written under a temporary name beside the target, flushed to the disk and renamed over
 it, so a run killed (or a machine losing power) while writing keeps the previous file whole.
+A .pth file is read with ``weights_only=True``: tensors and plain values, never pickled objects,
+whose unpickling could run code.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import re
 import secrets
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from safetensors import SafetensorError
-from safetensors.torch import load_file, safe_open, save_file
+from safetensors.torch import load_file, safe_open
+from safetensors.torch import save as save_safetensors_bytes
 from torch import nn
 
 from .. import surgery
 from ..factory import build_model, check_model_name
 
-__all__ = ["SavedModel", "atomic_write", "check_state_dict", "load_checkpoint", "load_model",
-           "load_weights", "read_model", "save_checkpoint", "save_weights", "saved_model_name"]
+__all__ = ["SavedModel", "atomic_write", "atomic_write_text", "check_file", "check_state_dict",
+           "load_checkpoint", "load_model", "load_torch_file", "load_weights", "read_model",
+           "save_checkpoint", "save_weights", "saved_model_name"]
 
 
 def _fsync(path: str | Path, flags: int) -> None:
@@ -39,7 +44,8 @@ def atomic_write(path: str | Path, write: Callable[[str], None]) -> None:
     """Create or replace ``path`` with what ``write(tmp)`` writes to the path it is given.
 
     The file appears whole or not at all: on an error (or a kill) the old file stays and the
-    temporary one is removed. The folder is created when missing.
+    temporary one is removed. The folder is created when missing. An OSError (a full disk, a
+    folder without write permission) names ``path``, not the temporary file.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -51,8 +57,10 @@ def atomic_write(path: str | Path, write: Callable[[str], None]) -> None:
         # A rename can reach the disk before the data it points at: flush the data first.
         _fsync(tmp, os.O_RDWR)
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as err:
         tmp.unlink(missing_ok=True)
+        if isinstance(err, OSError) and err.errno is not None:
+            raise OSError(err.errno, err.strerror, str(path)) from err  # the same subclass
         raise
     if os.name == "posix":
         try:  # and the rename itself, which lives in the folder
@@ -61,40 +69,111 @@ def atomic_write(path: str | Path, write: Callable[[str], None]) -> None:
             pass
 
 
+def atomic_write_text(path: str | Path, text: str) -> None:
+    """A text file (JSON, Markdown, YAML, CSV), written atomically."""
+    atomic_write(path, lambda tmp: Path(tmp).write_text(text))
+
+
 def save_checkpoint(obj: dict, path: str | Path) -> None:
-    """A training checkpoint (any dict torch.save takes), written atomically."""
-    atomic_write(path, lambda tmp: torch.save(obj, tmp))
+    """A training checkpoint (any dict torch.save takes), written atomically.
+
+    Keep it to what :func:`load_torch_file` reads back: tensors, numbers, strings, None, and
+    lists, tuples and dicts of them.
+    """
+    def write(tmp: str) -> None:
+        # Through a Python file, whose failed write raises OSError (ENOSPC on a full disk);
+        # torch.save given a path reports the same as a RuntimeError about stream positions.
+        with open(tmp, "wb") as f:
+            torch.save(obj, f)
+
+    atomic_write(path, write)
 
 
 def save_weights(state_dict: dict, path: str | Path, metadata: dict[str, str]) -> None:
     """A state dict as safetensors, with string metadata, written atomically."""
     tensors = {k: v.detach().cpu().contiguous() for k, v in state_dict.items()}
-    atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata=metadata))
+    data = save_safetensors_bytes(tensors, metadata=metadata)
+    # Written by Python, so that a full disk raises OSError as for every other file.
+    atomic_write(path, lambda tmp: Path(tmp).write_bytes(data))
+
+
+CHECKPOINT_SUFFIXES = (".safetensors", ".pth", ".pt")
+
+
+def check_file(path: str | Path, what: str = "checkpoint") -> Path:
+    """``path`` as a Path; FileNotFoundError when missing, ValueError when a folder."""
+    path = Path(path)
+    if path.is_dir():
+        inside = sorted(p.name for p in path.iterdir() if p.suffix in CHECKPOINT_SUFFIXES)
+        hint = (f"; it holds {', '.join(inside)}" if inside else "")
+        raise ValueError(f"{what} {path} is a folder, not a file: give the path of a "
+                         f"checkpoint file{hint}")
+    if not path.is_file():
+        raise FileNotFoundError(f"{what} {path} does not exist")
+    return path
+
+
+def _legacy_numpy_globals() -> list:
+    """What the NumPy random state of checkpoints written before vitmix saved it as tensors
+    unpickles from: an array of a plain dtype (the allow-list names both of NumPy's module
+    paths, so files written under NumPy 1 and 2 load under either)."""
+    import numpy as np
+
+    try:
+        from numpy._core.multiarray import _reconstruct
+    except ImportError:  # NumPy 1
+        from numpy.core.multiarray import _reconstruct
+    return [(_reconstruct, "numpy._core.multiarray._reconstruct"),
+            (_reconstruct, "numpy.core.multiarray._reconstruct"), np.ndarray, np.dtype,
+            type(np.dtype(np.uint32))]  # the key's dtype: its class, since NumPy 1.25
+
+
+def load_torch_file(path: str | Path, what: str = "checkpoint", allowed: Sequence = ()) -> object:
+    """torch.load with ``weights_only=True``: tensors and plain values only, so a file holding
+    a pickled object (which could run code while it is read) is refused, not run. ``allowed``
+    adds classes that are plain data too (argparse.Namespace, for timm's train script).
+
+    ValueError with one line naming the file and the reason when it cannot be read.
+    """
+    path = check_file(path, what)
+    try:
+        with torch.serialization.safe_globals([*_legacy_numpy_globals(), *allowed]):
+            return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # torch raises many kinds for a truncated or foreign file
+        text = str(err)
+        found = re.search(r"Unsupported global: GLOBAL (\S+)", text)
+        if found:
+            raise ValueError(f"{what} {path} holds a Python object ({found.group(1)}) besides "
+                             f"tensors and plain values; vitmix does not load such files, "
+                             f"because reading them can run code") from None
+        # Only the reason: torch's message goes on to advise weights_only=False, which would
+        # run whatever the file holds.
+        reason = re.search(r"WeightsUnpickler error:\s*(.+)", text)
+        reason = (reason.group(1) if reason else text).strip().splitlines()[0].strip()
+        raise ValueError(f"{what} {path} is damaged or not a PyTorch checkpoint "
+                         f"({type(err).__name__}: {reason})") from None
 
 
 def load_checkpoint(path: str | Path) -> dict:
     """A training checkpoint written by :func:`save_checkpoint`; ValueError when unreadable."""
     path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"checkpoint {path} does not exist")
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as err:  # torch raises many kinds for a truncated or foreign file
-        raise ValueError(f"checkpoint {path} is damaged or not a vitmix checkpoint "
-                         f"({type(err).__name__}: {err})") from None
-    if not isinstance(ckpt, dict) or "model" not in ckpt or "model_name" not in ckpt:
-        raise ValueError(f"{path} is not a vitmix training checkpoint (no model state)")
+    ckpt = load_torch_file(path)
+    if not isinstance(ckpt, dict) or not isinstance(ckpt.get("model"), dict) \
+            or not isinstance(ckpt.get("model_name"), str):
+        raise ValueError(f"{path} is not a vitmix training checkpoint (no model state and name)")
+    if not isinstance(ckpt.get("model_kwargs", {}), dict):
+        raise ValueError(f"{path} is damaged: its model_kwargs are "
+                         f"{type(ckpt['model_kwargs']).__name__}, not a mapping")
     return ckpt
 
 
 def load_weights(path: str | Path) -> tuple[dict, dict]:
     """(state_dict, metadata) from a .safetensors file or a training checkpoint (.pth).
 
-    A training checkpoint gives its EMA weights when it has them (what the run reports).
+    A training checkpoint gives its EMA weights when it has them (what the run reports), and
+    metadata in the form a .safetensors file keeps it (strings; JSON for kwargs and classes).
     """
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"checkpoint {path} does not exist")
+    path = check_file(path)
     if path.suffix == ".safetensors":
         try:
             with safe_open(str(path), framework="pt") as f:
@@ -106,8 +185,11 @@ def load_weights(path: str | Path) -> tuple[dict, dict]:
     ckpt = load_checkpoint(path)
     weights = ckpt.get("final_weights", "model")
     state = ckpt["ema"] if weights == "ema" and ckpt.get("ema") is not None else ckpt["model"]
-    metadata = {"model": ckpt["model_name"], "model_kwargs": json.dumps(ckpt["model_kwargs"]),
+    metadata = {"model": ckpt["model_name"], "model_kwargs": json.dumps(ckpt.get("model_kwargs")
+                                                                        or {}),
                 "deployed": "0"}
+    if ckpt.get("classes") is not None:
+        metadata["classes"] = json.dumps(ckpt["classes"])
     return state, metadata
 
 
@@ -160,6 +242,7 @@ class SavedModel:
     kwargs: dict  # timm.create_model arguments saved with the weights; {} when the file has none
     deployed: bool  # the weights are the folded inference form (see vitmix.deploy)
     state: dict[str, torch.Tensor]
+    classes: list[str] | None = None  # the class names, in output order, when the file has them
 
     def build(self, kwargs: dict | None = None) -> nn.Module:
         """A new model built with ``kwargs`` (default: the saved ones) holding these weights;
@@ -183,8 +266,26 @@ def read_model(path: str | Path, name: str) -> SavedModel:
     if saved_name and saved_name != name:
         raise ValueError(f"checkpoint {path} holds a {saved_name!r} model, not {name!r}; "
                          f"pass --model {saved_name}")
-    kwargs = json.loads(meta["model_kwargs"]) if meta.get("model_kwargs") else {}
-    return SavedModel(Path(path), name, kwargs, meta.get("deployed") == "1", state)
+    kwargs = _metadata_json(path, meta, "model_kwargs", dict)
+    classes = _metadata_json(path, meta, "classes", list)
+    if classes is not None and not all(isinstance(c, str) for c in classes):
+        raise ValueError(f"checkpoint {path} is damaged: its class names are not all strings")
+    return SavedModel(Path(path), name, kwargs or {}, meta.get("deployed") == "1", state,
+                      classes)
+
+
+def _metadata_json(path: str | Path, meta: dict, key: str, kind: type):
+    """The JSON value ``meta[key]`` of type ``kind``, None when absent; ValueError when damaged."""
+    if not meta.get(key):
+        return None
+    try:
+        value = json.loads(meta[key])
+    except json.JSONDecodeError:
+        value = None
+    if not isinstance(value, kind):
+        raise ValueError(f"checkpoint {path} is damaged: its {key} metadata is not a JSON "
+                         f"{'object' if kind is dict else 'list'}")
+    return value
 
 
 def load_model(name: str, checkpoint: str | Path | None = None, img_size: int | None = None,

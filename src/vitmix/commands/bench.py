@@ -48,6 +48,7 @@ def _validate(args: argparse.Namespace) -> dict[str, float]:
     import vitmix  # noqa: F401  (registers vitmix's models)
 
     from ..bench.report import load_accuracy_json, parse_accuracy
+    from ..paths import check_output_folder
 
     unknown = [n for n in args.models if not timm.is_model(n)]
     if unknown:
@@ -75,9 +76,7 @@ def _validate(args: argparse.Namespace) -> dict[str, float]:
     stray = sorted(set(given) - set(args.models))
     if stray:
         raise ValueError(f"accuracies given for models not benchmarked: {', '.join(stray)}")
-    out = Path(args.out)
-    if out.exists() and not out.is_dir():
-        raise ValueError(f"--out {out} is a file; give a folder")
+    check_output_folder(args.out, "--out")
     return given
 
 
@@ -92,6 +91,7 @@ def run(args: argparse.Namespace) -> int:
         results_json,
     )
     from ..bench.speed import benchmark_models
+    from ..checkpoints.io import atomic_write_text
 
     results = benchmark_models(
         args.models, img_size=args.img_size, batch_sizes=args.batch_size, device=args.device,
@@ -105,14 +105,13 @@ def run(args: argparse.Namespace) -> int:
                     amp=args.amp, memory_format=args.memory_format, repeats=args.repeats,
                     warmup=args.warmup, machine=machine)
     out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "bench.json").write_text(json.dumps(results_json(results, settings, accuracies),
-                                               indent=2))
+    atomic_write_text(out / "bench.json", json.dumps(results_json(results, settings, accuracies),
+                                                     indent=2))
     table = markdown_table(results, accuracies)
     precision = "float32" if args.amp == "none" else f"{args.amp} autocast"
     caption = (f"Deployed models, {precision}, median of {args.repeats} interleaved runs after "
                f"{args.warmup} warm-up runs; {machine}.")
-    (out / "bench.md").write_text(f"{table}\n\n{caption}\n")
+    atomic_write_text(out / "bench.md", f"{table}\n\n{caption}\n")
     print(table)
     print(caption)
     if any(a.source == "published" for a in accuracies.values()):

@@ -19,14 +19,19 @@ def register(subparsers) -> None:
                         "--arch schemeformer` write it)")
     p.add_argument("--checkpoint", required=True, help=".safetensors or .pth checkpoint")
     p.add_argument("--data", default="fashion-mnist",
-                   help="'fashion-mnist' or a folder with val/ (default: fashion-mnist)")
+                   help="'fashion-mnist' (its test split) or a folder with val/<class>/<image> "
+                        "(default: fashion-mnist)")
+    p.add_argument("--data-dir", default=None,
+                   help="the folder of the Fashion-MNIST idx files (default: "
+                        "$VITMIX_FASHION_MNIST_DIR, else /usr/share/datasets/fashion-mnist)")
     p.add_argument("--img-size", type=int, default=None,
                    help="input size (default: the size the checkpoint was trained at)")
     p.add_argument("--in-chans", type=int, default=None,
                    help="1 or 3 (default: from the checkpoint)")
     p.add_argument("--batch-size", type=int, default=256)
     p.add_argument("--workers", type=int, default=2)
-    p.add_argument("--device", default="auto", help="auto, cpu or cuda")
+    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"],
+                   help="auto (cuda when available), cpu or cuda")
     p.add_argument("--tta", choices=["flip"], default=None,
                    help="test-time augmentation: 'flip' averages the class probabilities of each "
                         "image and its mirror image (twice the cost; default: none)")
@@ -38,6 +43,7 @@ def register(subparsers) -> None:
 def run(args: argparse.Namespace) -> int:
     from ..checkpoints.io import saved_model_name
     from ..train.evaluation_job import evaluate_checkpoint
+    from ..train.report import format_top1
 
     if args.model is None:
         args.model = saved_model_name(args.checkpoint)
@@ -45,15 +51,17 @@ def run(args: argparse.Namespace) -> int:
         model_name=args.model, checkpoint=args.checkpoint, data=args.data,
         img_size=args.img_size, in_chans=args.in_chans, batch_size=args.batch_size,
         workers=args.workers, device=args.device,
-        out_dir=Path(args.out) if args.out else None, tta=args.tta,
+        out_dir=Path(args.out) if args.out else None, tta=args.tta, data_dir=args.data_dir,
     )
     tta = f", {args.tta} test-time augmentation" if args.tta else ""
     print(f"{args.model} on {result['data']} ({result['count']} images{tta}): "
           f"top-1 {result['top1']:.2f}%, top-5 {result['top5']:.2f}%, "
           f"{result['images_per_s']:.0f} images/s on {result['device']}")
+    if result["skipped_images"]:
+        print(f"  {result['skipped_images']} unreadable images skipped")
     width = max(len(c) for c in result["classes"])
     for name, acc in zip(result["classes"], result["per_class_top1"], strict=True):
-        print(f"  {name:<{width}}  {acc:6.2f}%")
+        print(f"  {name:<{width}}  {format_top1(acc, 2):>6}{'' if acc is None else '%'}")
     print(f"confusion matrix: {result['confusion_png']}")
     print(json.dumps({k: result[k] for k in ("top1", "top5", "images_per_s")}))
     return 0

@@ -24,6 +24,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="input channels (default: the checkpoint's, else 3)")
     p.add_argument("--tolerance", type=float, default=1e-4,
                    help="largest allowed |exported - PyTorch| (default: 1e-4)")
+    p.add_argument("--force", action="store_true",
+                   help="replace OUT if it exists (it is replaced only once the new file has "
+                        "passed its check)")
     p.set_defaults(func=run)
 
 
@@ -31,19 +34,21 @@ def run(args: argparse.Namespace) -> int:
     import vitmix  # noqa: F401  (registers vitmix's models)
 
     from ..checkpoints.io import load_model
-    from ..export import EXPORT_FORMATS, export_model
+    from ..export import EXPORT_FORMATS, check_export_path, export_model
+    from ..layers.checks import NON_NEGATIVE_NUMBER, POSITIVE_INT
 
+    # Before minutes of building and tracing.
     if args.format not in EXPORT_FORMATS:
         raise ValueError(f"--format must be one of {EXPORT_FORMATS}, got {args.format!r}")
     for flag, value in (("--img-size", args.img_size), ("--in-chans", args.in_chans)):
-        if value is not None and value <= 0:
-            raise ValueError(f"{flag} must be positive, got {value}")
-    parent = Path(args.out).parent
-    if not parent.is_dir():  # before minutes of building and tracing
-        raise FileNotFoundError(f"the folder {parent} for {args.out} does not exist")
+        if value is not None:
+            POSITIVE_INT.check(flag, value)
+    NON_NEGATIVE_NUMBER.check("--tolerance", args.tolerance)
+    check_export_path(Path(args.out), args.force, how="--force")
     model, kwargs = load_model(args.model, args.checkpoint, img_size=args.img_size,
                                in_chans=args.in_chans, deploy=True)
     report = export_model(model, args.out, args.format, img_size=kwargs["img_size"],
-                          in_chans=kwargs["in_chans"], tolerance=args.tolerance)
+                          in_chans=kwargs["in_chans"], tolerance=args.tolerance,
+                          overwrite=args.force)
     print(report)
     return 0

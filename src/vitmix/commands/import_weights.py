@@ -12,7 +12,7 @@ from pathlib import Path
 
 import torch
 
-from ..checkpoints.io import atomic_write, save_weights
+from ..checkpoints.io import check_file, load_torch_file, save_checkpoint, save_weights
 from ..checkpoints.official import ARCHS, describe_groupmixformer, from_official
 from ..checkpoints.scheme_vit import SchemeformerImport, convert_schemeformer
 
@@ -52,24 +52,24 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _check_paths(args: argparse.Namespace) -> None:
-    if not args.input.is_file():
-        raise FileNotFoundError(f"checkpoint {args.input} does not exist")
+    check_file(args.input)
     if args.output.suffix not in OUTPUT_SUFFIXES:
         raise ValueError(f"output {args.output} must end in one of {', '.join(OUTPUT_SUFFIXES)}")
+    if args.output.is_dir():
+        raise ValueError(f"output {args.output} is a folder; give the path of the file to write")
     if args.output.exists() and not args.force:
         raise ValueError(f"output {args.output} exists; pass --force to overwrite it")
     if not args.output.resolve().parent.is_dir():
         raise FileNotFoundError(f"output folder {args.output.resolve().parent} does not exist")
 
 
+# timm's train script (the SCHEME release's models are timm models) saves its argparse
+# arguments beside the weights: allowed, still without running any pickled code.
+RELEASE_GLOBALS = (argparse.Namespace,)
+
+
 def _load(path: Path) -> dict:
-    try:
-        # timm's train script (the SCHEME release's models are timm models) saves its argparse
-        # arguments beside the weights: allowed, still without running any pickled code.
-        with torch.serialization.safe_globals([argparse.Namespace]):
-            return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # a damaged or foreign file: say which, in one line
-        raise ValueError(f"cannot read {path} as a PyTorch checkpoint: {err}") from err
+    return load_torch_file(path, allowed=RELEASE_GLOBALS)
 
 
 def _save(state: dict[str, torch.Tensor], path: Path, metadata: dict[str, str] | None = None
@@ -78,7 +78,7 @@ def _save(state: dict[str, torch.Tensor], path: Path, metadata: dict[str, str] |
         save_weights(state, path, metadata={"format": "pt", "source": f"vitmix {NAME}",
                                             **(metadata or {})})
     else:
-        atomic_write(path, lambda tmp: torch.save(state, tmp))
+        save_checkpoint(state, path)  # atomically, and a full disk is an OSError
 
 
 # What `vitmix eval` and vitmix.checkpoints.read_model read back: the model and its arguments.

@@ -10,6 +10,7 @@ import sys
 import types
 import typing
 
+from .. import exit_codes
 from ..train.config import TrainConfig
 
 HELP = {
@@ -18,6 +19,8 @@ HELP = {
                     "e.g. '{\"cca_schedule\": \"cosine\"}'",
     "data": "'fashion-mnist' (Debian package dataset-fashion-mnist) or a folder with "
             "train/ and val/",
+    "data_dir": "the folder of the Fashion-MNIST idx files (default: $VITMIX_FASHION_MNIST_DIR, "
+                "else /usr/share/datasets/fashion-mnist)",
     "img_size": "input size the images are resized to (a multiple of 32 for MetaFormers)",
     "in_chans": "1: grey input (lighter), 3: RGB",
     "out_dir": "run folder: config.yaml, metrics.csv, checkpoints, report.md",
@@ -62,7 +65,20 @@ def _none_or(convert):
     def parse(text: str):
         return None if text.lower() in ("none", "off") else convert(text)
 
+    parse.__name__ = convert.__name__  # argparse names the type in its message
     return parse
+
+
+def _json_object(text: str) -> dict:
+    """--model-kwargs: a JSON object, said so in argparse's one line when it is not."""
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as err:
+        raise argparse.ArgumentTypeError(f"not JSON ({err}): {text!r}") from None
+    if not isinstance(value, dict):
+        raise argparse.ArgumentTypeError(f"must be a JSON object such as "
+                                         f"'{{\"stem\": \"conv\"}}', got {text!r}")
+    return value
 
 
 def register(subparsers) -> None:
@@ -74,7 +90,9 @@ def register(subparsers) -> None:
     p.add_argument("--config", help="YAML file with TrainConfig keys (a run's config.yaml works)")
     p.add_argument("--resume", metavar="RUN_DIR", help="continue the killed run in RUN_DIR")
     p.add_argument("--overwrite", action="store_true",
-                   help="replace an earlier run in the --out folder instead of refusing")
+                   help="replace an earlier run in the --out folder instead of refusing (it "
+                        "is set aside in OUT.previous once the new run has started, and "
+                        "deleted when the new run finishes)")
     p.add_argument("--out", dest="out_dir", default=argparse.SUPPRESS, help=HELP["out_dir"])
     hints = typing.get_type_hints(TrainConfig)
     defaults = TrainConfig()
@@ -90,7 +108,7 @@ def register(subparsers) -> None:
             p.add_argument(flag, action=argparse.BooleanOptionalAction, **kwargs)
             continue
         if f.name == "model_kwargs":
-            p.add_argument(flag, type=json.loads, metavar="JSON", **kwargs)
+            p.add_argument(flag, type=_json_object, metavar="JSON", **kwargs)
         elif f.name == "crop_scale":
             p.add_argument(flag, type=float, nargs=2, metavar=("LOW", "HIGH"), **kwargs)
         else:
@@ -125,7 +143,7 @@ def run(args: argparse.Namespace) -> int:
         result = fit(config, resume=args.resume, overwrite=args.overwrite)
     except TrainingDiverged as err:
         print(f"vitmix train: stopped: {err}", file=sys.stderr)
-        return 3
+        return exit_codes.DIVERGED
     if os.environ.get("RANK", "0") == "0":
         print(f"test top-1 {result.top1:.2f}% (top-5 {result.top5:.2f}%), deployed model "
               f"{result.deployed_top1:.2f}%; wall time {result.summary['train_seconds']:.0f} s")

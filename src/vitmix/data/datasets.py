@@ -1,4 +1,8 @@
-"""Pick a dataset by name or path: ``fashion-mnist`` or an ImageFolder tree with train/ and val/."""
+"""Pick a dataset by name or path: ``fashion-mnist`` or an ImageFolder tree with train/ and val/.
+
+Training reads both splits; evaluation reads the validation split alone (Fashion-MNIST's test
+files, or ``val/``), in the class order the checkpoint was trained with.
+"""
 
 from __future__ import annotations
 
@@ -10,7 +14,7 @@ from torch.utils.data import Dataset
 from .fashion_mnist import FashionMNIST
 from .image_folder import SafeImageFolder
 
-__all__ = ["DataSplits", "load_splits"]
+__all__ = ["DataSplits", "EvalSplit", "load_eval_split", "load_splits"]
 
 FASHION_MNIST = "fashion-mnist"
 
@@ -27,26 +31,77 @@ class DataSplits:
         return getattr(self.train, "skipped", 0) + getattr(self.val, "skipped", 0)
 
 
-def load_splits(data: str, in_chans: int, train_transform=None, eval_transform=None,
-                verify: str = "decode") -> DataSplits:
-    """Fashion-MNIST (train / test) or ``data/train`` and ``data/val`` of an ImageFolder tree."""
-    if data == FASHION_MNIST:
-        if in_chans not in (1, 3):
-            raise ValueError(f"in_chans must be 1 or 3 for Fashion-MNIST, got {in_chans}")
-        train = FashionMNIST("train", transform=train_transform)
-        val = FashionMNIST("test", transform=eval_transform)
-        if in_chans == 3:
-            train.mode = val.mode = "RGB"
-        return DataSplits(train, val, list(FashionMNIST.classes), FASHION_MNIST)
+@dataclass
+class EvalSplit:
+    val: Dataset
+    classes: list[str]
+    name: str
+
+    @property
+    def skipped(self) -> int:
+        return getattr(self.val, "skipped", 0)
+
+
+def _check_in_chans(in_chans: int) -> str:
+    """The PIL mode of ``in_chans`` channels."""
+    if in_chans not in (1, 3):
+        raise ValueError(f"in_chans must be 1 (grey) or 3 (RGB), got {in_chans!r}")
+    return "L" if in_chans == 1 else "RGB"
+
+
+def _image_root(data: str, split: str, needs: str) -> Path:
     root = Path(data)
     if not root.is_dir():
         raise FileNotFoundError(f"--data {data!r} is neither '{FASHION_MNIST}' nor a folder")
-    for split in ("train", "val"):
-        if not (root / split).is_dir():
-            raise FileNotFoundError(f"{root} has no {split}/ folder; an ImageFolder dataset "
-                                    f"needs {root}/train/<class>/<image> and {root}/val/...")
-    mode = "L" if in_chans == 1 else "RGB"
+    if not (root / split).is_dir():
+        raise FileNotFoundError(f"{root} has no {split}/ folder; {needs}")
+    return root
+
+
+def load_splits(data: str, in_chans: int, train_transform=None, eval_transform=None,
+                verify: str = "decode", data_dir: str | Path | None = None) -> DataSplits:
+    """Fashion-MNIST (train / test, from ``data_dir`` when given) or ``data/train`` and
+    ``data/val`` of an ImageFolder tree, whose every training class must have images."""
+    mode = _check_in_chans(in_chans)
+    if data == FASHION_MNIST:
+        train = FashionMNIST("train", root=data_dir, transform=train_transform)
+        val = FashionMNIST("test", root=data_dir, transform=eval_transform)
+        train.mode = val.mode = mode
+        return DataSplits(train, val, list(FashionMNIST.classes), FASHION_MNIST)
+    needs = (f"an ImageFolder dataset needs {data}/train/<class>/<image> and "
+             f"{data}/val/<class>/<image>")
+    root = _image_root(data, "train", needs)
+    _image_root(data, "val", needs)
     train = SafeImageFolder(root / "train", train_transform, mode=mode, verify=verify)
+    empty = [c for c, n in zip(train.classes, train.images_per_class(), strict=True) if n == 0]
+    if empty:
+        # A class without training images is an output the model never learns, and it would
+        # shift every later class index.
+        raise ValueError(f"{root / 'train'} has class folders without readable images: "
+                         f"{empty}; add images to them or remove them")
     val = SafeImageFolder(root / "val", eval_transform, mode=mode, classes=train.classes,
                           verify=verify)
     return DataSplits(train, val, train.classes, str(root))
+
+
+def load_eval_split(data: str, in_chans: int, transform=None, classes: list[str] | None = None,
+                    data_dir: str | Path | None = None, verify: str = "decode",
+                    classes_from: str = "the checkpoint") -> EvalSplit:
+    """Fashion-MNIST's test split or ``data/val``, labelled in the order of ``classes`` (the
+    checkpoint's, when it names them), so that each image is scored against its own class.
+
+    ValueError when the data has classes that ``classes`` lacks; classes without images are
+    kept (the evaluation reports them as having none).
+    """
+    mode = _check_in_chans(in_chans)
+    if data == FASHION_MNIST:
+        if classes is not None and list(classes) != list(FashionMNIST.classes):
+            raise ValueError(f"{classes_from} was trained on the classes {list(classes)}, not "
+                             f"on Fashion-MNIST's {list(FashionMNIST.classes)}")
+        val = FashionMNIST("test", root=data_dir, transform=transform)
+        val.mode = mode
+        return EvalSplit(val, list(FashionMNIST.classes), FASHION_MNIST)
+    root = _image_root(data, "val", f"vitmix eval reads {data}/val/<class>/<image>")
+    val = SafeImageFolder(root / "val", transform, mode=mode, classes=classes, verify=verify,
+                          classes_from=classes_from)
+    return EvalSplit(val, val.classes, str(root))

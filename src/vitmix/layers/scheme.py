@@ -125,7 +125,8 @@ class ChannelCovarianceAttention(nn.Module):
 
     For x of shape (B, ..., C) seen as X of shape (B, N, C): A = softmax(X^T X * scale) over its
     last axis (a C x C matrix per sample) and the output is X A^T, shaped like x. Each output
-    channel is a convex combination of the input channels.
+    channel is a convex combination of the input channels. A (B, C) input is one token per
+    sample (N = 1), a (C,) input one sample of one token.
     """
 
     def __init__(self, scale: float | None = None, normalize_tokens: bool = False):
@@ -159,12 +160,11 @@ class ChannelCovarianceAttention(nn.Module):
         return torch.softmax(cov, dim=-1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if x.dim() < 3:
-            raise ValueError(
-                f"ChannelCovarianceAttention expects (B, ..., C) with at least one token axis, "
-                f"got shape {tuple(x.shape)}"
-            )
-        tokens = x.reshape(x.shape[0], -1, x.shape[-1])
+        if x.dim() == 0:
+            raise ValueError("ChannelCovarianceAttention expects (..., C), got a scalar")
+        # timm's Mlp takes (..., C) in any mode, so this does too: (B, C) is one token per
+        # sample, and a lone (C,) token one sample of one token.
+        tokens = x.reshape(x.shape[0] if x.dim() > 1 else 1, -1, x.shape[-1])
         out = torch.bmm(tokens, self.attention(tokens).transpose(1, 2))
         return out.reshape(x.shape)
 

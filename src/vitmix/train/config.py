@@ -1,132 +1,180 @@
-"""Everything a training run needs, as one dataclass that round-trips through config.yaml."""
+"""Everything a training run needs, as one dataclass that round-trips through config.yaml.
+
+Every field carries the rule its values must follow (a type and a range or a set of choices),
+checked in one place, :meth:`TrainConfig.validate`, when the config is made: a wrong flag, YAML
+value or Python argument fails with one line naming the field, the value and what is allowed,
+before any data is read. Adding a setting is one line: its name, type, default and rule.
+"""
 
 from __future__ import annotations
 
+import copy
 import dataclasses
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import yaml
+
+from ..checkpoints.io import atomic_write_text
+from ..data.image_folder import VERIFY_MODES
+from ..layers.checks import (
+    BOOL,
+    KEYWORDS,
+    NON_NEGATIVE_INT,
+    NON_NEGATIVE_NUMBER,
+    POSITIVE_INT,
+    POSITIVE_NUMBER,
+    PROBABILITY,
+    TEXT,
+    Rule,
+    number_in,
+    one_of,
+    optional,
+)
 
 __all__ = ["TrainConfig"]
 
 AMP_MODES = ("auto", "off", "bf16", "fp16")
 LOADERS = ("dataloader", "tensor")
 FINAL_WEIGHTS = ("ema", "model")
+DEVICES = ("auto", "cpu", "cuda")
+
+
+def _is_crop_scale(value: Any) -> bool:
+    return (isinstance(value, (tuple, list)) and len(value) == 2
+            and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in value)
+            and 0 < value[0] <= value[1] <= 1)
+
+
+def _is_auto_augment(value: Any) -> bool:
+    """None, or a string timm's create_transform builds an augmentation from."""
+    if value is None:
+        return True
+    if not isinstance(value, str) or not value:
+        return False
+    from timm.data import create_transform
+
+    try:  # timm parses the string where it builds the transform; it asserts on bad ones
+        create_transform(32, is_training=True, auto_augment=value)
+    except Exception:
+        return False
+    return True
+
+
+def _is_compile_backend(value: Any) -> bool:
+    if value is None:
+        return True
+    import torch
+
+    return isinstance(value, str) and value in torch.compiler.list_backends(exclude_tags=())
+
+
+CROP_SCALE = Rule("two numbers (low, high) with 0 < low <= high <= 1", _is_crop_scale)
+AUTO_AUGMENT = Rule("None or a timm auto-augment string such as 'rand-m9-mstd0.5'",
+                    _is_auto_augment)
+COMPILE_BACKEND = Rule("None or a torch.compile backend (torch.compiler.list_backends(), "
+                       "e.g. 'inductor')", _is_compile_backend)
+
+
+def setting(default: Any, rule: Rule) -> Any:
+    """A config field with the rule its values must follow."""
+    if isinstance(default, (dict, list)):  # a fresh copy for every config
+        return field(default_factory=lambda: copy.deepcopy(default), metadata={"rule": rule})
+    return field(default=default, metadata={"rule": rule})
 
 
 @dataclass
 class TrainConfig:
     # What to train on what.
-    model: str = "schemeformer_ppaa_t_e8_g4"
-    model_kwargs: dict = field(default_factory=dict)  # extra timm.create_model arguments
-    data: str = "fashion-mnist"  # or a folder holding train/ and val/
-    img_size: int = 32
-    in_chans: int = 1
-    out_dir: str = "runs/train"
+    model: str = setting("schemeformer_ppaa_t_e8_g4", TEXT)
+    model_kwargs: dict = setting({}, KEYWORDS)  # extra timm.create_model arguments
+    data: str = setting("fashion-mnist", TEXT)  # or a folder holding train/ and val/
+    # The folder of the Fashion-MNIST idx files (None: $VITMIX_FASHION_MNIST_DIR, else Debian's).
+    data_dir: str | None = setting(None, optional(TEXT))
+    img_size: int = setting(32, POSITIVE_INT)
+    in_chans: int = setting(1, one_of(1, 3))
+    out_dir: str = setting("runs/train", TEXT)
     # Optimisation; lr = base_lr * (batch_size * accum_steps * world_size) / 1024.
-    epochs: int = 10
-    batch_size: int = 128
-    accum_steps: int = 1
-    base_lr: float = 5e-4
-    min_lr: float = 1e-6
-    warmup_epochs: float = 1.0
-    weight_decay: float = 0.05
-    clip_grad: float | None = 5.0
-    drop_path: float = 0.1
-    ema: bool = True
-    ema_decay: float = 0.999
+    epochs: int = setting(10, POSITIVE_INT)
+    batch_size: int = setting(128, POSITIVE_INT)
+    accum_steps: int = setting(1, POSITIVE_INT)
+    base_lr: float = setting(5e-4, POSITIVE_NUMBER)
+    min_lr: float = setting(1e-6, NON_NEGATIVE_NUMBER)
+    warmup_epochs: float = setting(1.0, NON_NEGATIVE_NUMBER)
+    weight_decay: float = setting(0.05, NON_NEGATIVE_NUMBER)
+    clip_grad: float | None = setting(5.0, optional(POSITIVE_NUMBER))
+    drop_path: float = setting(0.1, number_in(0, 1, high_open=True))
+    ema: bool = setting(True, BOOL)
+    ema_decay: float = setting(0.999, number_in(0, 1, high_open=True))
     # Ramp the EMA decay up from 0 (timm's 1 - (1 + step)^(-2/3), capped at ema_decay), so that
     # in a short run neither the random initial weights nor the initial BatchNorm statistics
     # (running variance 1) linger in the average: at decay 0.999 a 12-epoch Fashion-MNIST run
     # kept 6% of them and its EMA model scored 44% against 91.7% for the raw weights.
-    ema_warmup: bool = True
-    final_weights: str = "ema"  # which weights the final evaluation and deployed model use
-    amp: str = "auto"  # auto: bf16 (or fp16) on CUDA, off on CPU
-    channels_last: bool = True  # NHWC memory: much faster for convs and SchemeMlp on CPU
-    compile: str | None = None  # a torch.compile backend ("inductor") for the training forward
+    ema_warmup: bool = setting(True, BOOL)
+    # Which weights the final evaluation and deployed model use.
+    final_weights: str = setting("ema", one_of(*FINAL_WEIGHTS))
+    amp: str = setting("auto", one_of(*AMP_MODES))  # auto: bf16 (or fp16) on CUDA, off on CPU
+    # NHWC memory: much faster for convs and SchemeMlp on CPU.
+    channels_last: bool = setting(True, BOOL)
+    # A torch.compile backend ("inductor") for the training forward.
+    compile: str | None = setting(None, COMPILE_BACKEND)
     # vitmix.accelerate on the trained model: memory-lean training functions for the MLPs, CCA
     # and linear layers in eager mode, fused kernels for float32 CPU evaluation.
-    accelerate: bool = True
+    accelerate: bool = setting(True, BOOL)
     # Augmentation and regularisation (timm's).
-    auto_augment: str | None = "rand-m6-mstd0.5-inc1"
-    re_prob: float = 0.25
-    crop_scale: tuple[float, float] = (0.6, 1.0)
-    hflip: float = 0.5
-    color_jitter: float = 0.4  # timm's default; about half the loading time of small images
-    mixup: float = 0.2
-    cutmix: float = 0.0
-    label_smoothing: float = 0.1
+    auto_augment: str | None = setting("rand-m6-mstd0.5-inc1", AUTO_AUGMENT)
+    re_prob: float = setting(0.25, PROBABILITY)
+    crop_scale: tuple[float, float] = setting((0.6, 1.0), CROP_SCALE)
+    hflip: float = setting(0.5, PROBABILITY)
+    # timm's default; about half the loading time of small images.
+    color_jitter: float = setting(0.4, NON_NEGATIVE_NUMBER)
+    mixup: float = setting(0.2, NON_NEGATIVE_NUMBER)
+    cutmix: float = setting(0.0, NON_NEGATIVE_NUMBER)
+    label_smoothing: float = setting(0.1, number_in(0, 1, high_open=True))
     # Plumbing.
-    seed: int = 0
-    workers: int = 2
-    loader: str = "dataloader"  # or "tensor": Fashion-MNIST augmented as whole batches
-    device: str = "auto"  # auto: cuda when available
-    threads: int | None = None  # torch intra-op threads per process (None: torch's default)
-    eval_ema_each_epoch: bool = True
-    max_train_batches: int | None = None  # per epoch: short runs for smoke tests
-    max_val_batches: int | None = None
-    verify_images: str = "decode"  # ImageFolder: "decode" every image once, or "header" only
-    progress_bar: bool = True
+    seed: int = setting(0, NON_NEGATIVE_INT)
+    workers: int = setting(2, NON_NEGATIVE_INT)
+    # Or "tensor": Fashion-MNIST augmented as whole batches.
+    loader: str = setting("dataloader", one_of(*LOADERS))
+    device: str = setting("auto", one_of(*DEVICES))  # auto: cuda when available
+    # Torch intra-op threads per process (None: torch's default).
+    threads: int | None = setting(None, optional(POSITIVE_INT))
+    eval_ema_each_epoch: bool = setting(True, BOOL)
+    # Per epoch: short runs for smoke tests.
+    max_train_batches: int | None = setting(None, optional(POSITIVE_INT))
+    max_val_batches: int | None = setting(None, optional(POSITIVE_INT))
+    # ImageFolder: "decode" every image once, or check its "header" only.
+    verify_images: str = setting("decode", one_of(*VERIFY_MODES))
+    progress_bar: bool = setting(True, BOOL)
 
     def __post_init__(self) -> None:
-        self.crop_scale = tuple(self.crop_scale)
+        if isinstance(self.crop_scale, list):
+            self.crop_scale = tuple(self.crop_scale)
         self.validate()
 
     def validate(self) -> None:
-        def positive(name: str, value) -> None:
-            if value is None or value <= 0:
-                raise ValueError(f"{name} must be positive, got {value}")
-
-        for name in ("epochs", "batch_size", "accum_steps", "base_lr", "img_size"):
-            positive(name, getattr(self, name))
+        """One line for the first value that breaks its field's rule or another field's."""
+        for f in dataclasses.fields(self):
+            f.metadata["rule"].check(f.name, getattr(self, f.name))
         if self.batch_size % 2 and (self.mixup > 0 or self.cutmix > 0):
             raise ValueError(f"Mixup/CutMix pair images, so batch_size must be even, "
                              f"got {self.batch_size}")
-        if self.in_chans not in (1, 3):
-            raise ValueError(f"in_chans must be 1 or 3, got {self.in_chans}")
-        if self.amp not in AMP_MODES:
-            raise ValueError(f"amp must be one of {AMP_MODES}, got {self.amp!r}")
-        if self.loader not in LOADERS:
-            raise ValueError(f"loader must be one of {LOADERS}, got {self.loader!r}")
         if self.loader == "tensor" and self.auto_augment:
             raise ValueError(f"the tensor loader has no RandAugment; pass auto_augment=None "
                              f"(--auto-augment none) with it, got {self.auto_augment!r}")
         if self.loader == "tensor" and self.color_jitter:
             raise ValueError(f"the tensor loader has no colour jitter; pass color_jitter=0 "
                              f"(--color-jitter 0) with it, got {self.color_jitter}")
-        if self.final_weights not in FINAL_WEIGHTS:
-            raise ValueError(f"final_weights must be one of {FINAL_WEIGHTS}, "
-                             f"got {self.final_weights!r}")
         if self.final_weights == "ema" and not self.ema:
             self.final_weights = "model"
-        if not 0.0 <= self.ema_decay < 1.0:
-            raise ValueError(f"ema_decay must lie in [0, 1), got {self.ema_decay}")
-        if self.warmup_epochs < 0 or self.warmup_epochs > self.epochs:
+        if self.warmup_epochs > self.epochs:
             raise ValueError(f"warmup_epochs must lie in [0, epochs={self.epochs}], "
                              f"got {self.warmup_epochs}")
-        for name in ("mixup", "cutmix", "label_smoothing", "re_prob", "drop_path",
-                     "weight_decay", "min_lr", "hflip", "color_jitter"):
-            if getattr(self, name) < 0:
-                raise ValueError(f"{name} must not be negative, got {getattr(self, name)}")
-        if len(self.crop_scale) != 2 or not 0 < self.crop_scale[0] <= self.crop_scale[1] <= 1:
-            raise ValueError(f"crop_scale must be (low, high) with 0 < low <= high <= 1, "
-                             f"got {self.crop_scale}")
-        if self.workers < 0:
-            raise ValueError(f"workers must be >= 0, got {self.workers}")
-        if self.clip_grad is not None and self.clip_grad <= 0:
-            raise ValueError(f"clip_grad must be positive or None, got {self.clip_grad}")
-        if self.compile is not None:
-            import torch
-
-            backends = torch.compiler.list_backends(exclude_tags=())
-            if self.compile not in backends:
-                raise ValueError(f"compile must be a torch.compile backend, one of {backends}, "
-                                 f"got {self.compile!r}")
-        for name in ("max_train_batches", "max_val_batches", "threads"):
-            value = getattr(self, name)
-            if value is not None and value <= 0:
-                raise ValueError(f"{name} must be positive or None, got {value}")
+        if self.data_dir is not None and self.data != "fashion-mnist":
+            raise ValueError(f"data_dir names the folder of the Fashion-MNIST files; it goes "
+                             f"with data='fashion-mnist', got data={self.data!r}")
 
     def to_dict(self) -> dict:
         out = dataclasses.asdict(self)
@@ -134,7 +182,7 @@ class TrainConfig:
         return out
 
     def save(self, path: str | Path) -> None:
-        Path(path).write_text(yaml.safe_dump(self.to_dict(), sort_keys=False))
+        atomic_write_text(path, yaml.safe_dump(self.to_dict(), sort_keys=False))
 
     @classmethod
     def from_dict(cls, values: dict) -> TrainConfig:
@@ -147,12 +195,30 @@ class TrainConfig:
     @classmethod
     def load(cls, path: str | Path) -> TrainConfig:
         path = Path(path)
+        if path.is_dir():
+            raise ValueError(f"config file {path} is a folder; give a YAML file")
         if not path.is_file():
             raise FileNotFoundError(f"config file {path} does not exist")
         try:
-            values = yaml.safe_load(path.read_text())
-        except yaml.YAMLError as err:
-            raise ValueError(f"{path} is not valid YAML: {err}") from None
+            values = yaml.load(path.read_text(), Loader=_ConfigLoader)
+        except (yaml.YAMLError, UnicodeDecodeError) as err:
+            problem = str(err).replace("\n", " ")
+            raise ValueError(f"{path} is not valid YAML: {problem}") from None
         if not isinstance(values, dict):
-            raise ValueError(f"{path} must hold a mapping of config keys, got {type(values)}")
+            raise ValueError(f"{path} must hold a mapping of config keys, got "
+                             f"{type(values).__name__}")
         return cls.from_dict(values)
+
+
+class _ConfigLoader(yaml.SafeLoader):
+    """YAML 1.1 reads 1e-3 as a string (its floats need a dot); a learning rate written so is
+    a number to anyone who writes it, so floats follow YAML 1.2 here."""
+
+
+# Only what YAML 1.1 misses, an exponent without a dot or without a sign (1e-3, 2.5e4):
+# its own resolvers come first and keep 1 an int and 1.5 a float.
+_ConfigLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?(?:[0-9][0-9_]*(?:\.[0-9_]*)?|\.[0-9_]+)[eE][-+]?[0-9]+$"),
+    list("-+0123456789."),
+)

@@ -3,6 +3,11 @@
 A run is deterministic given its config: every epoch reseeds all generators from (seed, epoch,
 rank) and the sampler shuffles from (seed, epoch), so a run resumed from the checkpoint of
 epoch k continues exactly as the uninterrupted run would have.
+
+Everything a run is given is checked before its folder is touched (the config by its rules,
+the model name, the data, the folder itself); one process at a time holds the folder (see
+:mod:`.run_folder`), and a run that ``overwrite`` replaces is set aside only once the new run
+has started.
 """
 
 from __future__ import annotations
@@ -11,8 +16,8 @@ import contextlib
 import copy
 import json
 import math
-import os
 import random
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -31,25 +36,48 @@ from torch.utils.data import DataLoader, DistributedSampler
 from tqdm import tqdm
 
 from ..accelerate import accelerate
-from ..checkpoints.io import check_state_dict, load_checkpoint, save_checkpoint, save_weights
+from ..checkpoints.io import (
+    atomic_write_text,
+    check_state_dict,
+    load_checkpoint,
+    save_checkpoint,
+    save_weights,
+)
 from ..complexity import count_macs, count_params
 from ..data import AugmentSettings, build_transforms, load_splits
 from ..data.fashion_mnist import FashionMNIST
 from ..data.tensor_loader import TensorAugment, TensorBatchLoader
 from ..data.transforms import default_norm
-from ..factory import build_model
+from ..factory import build_model, check_model_name
+from ..layers.checks import check_bool
 from ..layers.scheme import SchemeMlp
 from ..surgery import deploy
 from .config import TrainConfig
 from .distributed import DistContext, ShardSampler, all_reduce_sum, init_distributed
 from .evaluate import EvalResult, evaluate
 from .report import MetricsLog, plot_confusion, plot_curves, write_report
+from .run_folder import (
+    PreviousRun,
+    RunLock,
+    check_out_dir,
+    holds_run,
+    remove_stale_temporaries,
+)
 
-__all__ = ["FitResult", "TrainingDiverged", "fit", "scheme_layers"]
+__all__ = ["FitResult", "TrainingDiverged", "TrainingInterrupted", "fit", "scheme_layers"]
 
 
 class TrainingDiverged(RuntimeError):
     """The loss stopped being finite; the last checkpoint written before it is kept."""
+
+
+class TrainingInterrupted(KeyboardInterrupt):
+    """Ctrl-C (SIGINT) stopped the run; the message says what can be resumed, and how."""
+
+
+# What a checkpoint must hold for a run to continue from it.
+RESUME_KEYS = ("model", "optimizer", "scheduler", "rng", "epoch", "num_updates", "best_metric",
+               "best_epoch")
 
 
 @dataclass
@@ -85,7 +113,11 @@ def _seed_all(seed: int, epoch: int, rank: int) -> None:
 
 
 def _rng_state() -> dict:
-    state = {"python": random.getstate(), "numpy": np.random.get_state(),
+    # NumPy's key as a tensor: checkpoints are read with weights_only=True, which admits
+    # tensors and plain values, not arrays.
+    kind, keys, pos, has_gauss, cached = np.random.get_state()
+    state = {"python": random.getstate(),
+             "numpy": (kind, torch.from_numpy(keys.astype(np.int64)), pos, has_gauss, cached),
              "torch": torch.get_rng_state()}
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state_all()
@@ -94,7 +126,10 @@ def _rng_state() -> dict:
 
 def _set_rng_state(state: dict) -> None:
     random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
+    kind, keys, *rest = state["numpy"]
+    if isinstance(keys, torch.Tensor):  # an ndarray in checkpoints of vitmix 0.1
+        keys = keys.numpy().astype(np.uint32)
+    np.random.set_state((kind, keys, *rest))
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
@@ -126,7 +161,7 @@ class _Run:
                                   color_jitter=config.color_jitter)
         train_tf, eval_tf = build_transforms(config.img_size, config.in_chans, augment)
         self.data = load_splits(config.data, config.in_chans, train_tf, eval_tf,
-                                verify=config.verify_images)
+                                verify=config.verify_images, data_dir=config.data_dir)
         self.num_classes = len(self.data.classes)
 
         # The same initial weights on every rank (DDP also broadcasts rank 0's).
@@ -175,7 +210,9 @@ class _Run:
                                label_smoothing=config.label_smoothing,
                                num_classes=self.num_classes)
         self.criterion = build_criterion(config)
-        self.metrics = MetricsLog(run_dir / "metrics.csv")
+        self.metrics = MetricsLog(run_dir / "metrics.csv")  # the rows of this run only
+        self.config_saved = False  # config.yaml comes with the first checkpoint
+        self.saved_epoch = 0  # epochs held by the checkpoint on disk (0: none yet)
         self.epoch = 0
         self.num_updates = 0
         self.best_metric, self.best_epoch = -1.0, -1
@@ -232,8 +269,17 @@ class _Run:
         }
 
     def restore(self, ckpt: dict, source: Path) -> None:
-        check_state_dict(self.model, ckpt["model"], self.config.model, source,
-                         ckpt.get("model_name"))
+        missing = [key for key in RESUME_KEYS if key not in ckpt]
+        if missing:
+            raise ValueError(f"cannot resume from {source}: it lacks {', '.join(missing)}, so "
+                             f"it is not the training checkpoint of a vitmix run")
+        saved_name = ckpt.get("model_name")
+        if saved_name != self.config.model:
+            # Not "pass --model": --resume takes no flags. The folder itself is inconsistent.
+            raise ValueError(f"cannot resume: {source} holds a {saved_name!r} model, but "
+                             f"{self.run_dir / 'config.yaml'} trains {self.config.model!r}; "
+                             f"the folder mixes two runs (start a new run with --out instead)")
+        check_state_dict(self.model, ckpt["model"], self.config.model, source)
         self.model.load_state_dict(ckpt["model"])
         if self.ema is not None and ckpt.get("ema") is not None:
             self.ema.module.load_state_dict(ckpt["ema"])
@@ -245,16 +291,39 @@ class _Run:
         self.epoch, self.num_updates = ckpt["epoch"], ckpt["num_updates"]
         self.best_metric, self.best_epoch = ckpt["best_metric"], ckpt["best_epoch"]
         self.seconds = ckpt.get("seconds", 0.0)
+        self.metrics = MetricsLog.read(self.run_dir / "metrics.csv")
         self.metrics.truncate(self.epoch)
+        self.config_saved = True
+        self.saved_epoch = self.epoch
 
     def save(self, best: bool) -> None:
-        if not self.ctx.is_main:
-            return
-        state = self.state()
-        save_checkpoint(state, self.run_dir / "last.pth")
-        if best:
-            save_checkpoint(state, self.run_dir / "best.pth")
-        self.metrics.write()
+        if self.ctx.is_main:
+            if not self.config_saved:
+                # With the first checkpoint, not before: a run that fails before it has nothing
+                # to resume and leaves no config.yaml claiming otherwise.
+                self.config.save(self.run_dir / "config.yaml")
+                self.config_saved = True
+            state = self.state()
+            save_checkpoint(state, self.run_dir / "last.pth")
+            if best:
+                save_checkpoint(state, self.run_dir / "best.pth")
+            self.metrics.write()
+        self.saved_epoch = self.epoch
+
+    def resume_hint(self) -> str:
+        """What a run stopped after its first checkpoint continues from, and how."""
+        return (f"the last checkpoint, {self.run_dir / 'last.pth'}, holds epoch "
+                f"{self.saved_epoch}/{self.config.epochs}; continue with: vitmix train "
+                f"--resume {self.run_dir}")
+
+    def divergence_advice(self) -> str:
+        c = self.config
+        advice = f"Start again with a lower learning rate (--base-lr, now {c.base_lr:g})"
+        if c.clip_grad is None:
+            advice += " and gradient clipping on (--clip-grad 5)"
+        elif c.amp == "fp16":
+            advice += " or with --amp bf16, whose range fp16 lacks"
+        return advice
 
     # Training ----------------------------------------------------------------------------------
     def set_progress(self, progress: float) -> None:
@@ -296,11 +365,13 @@ class _Run:
                 all_reduce_sum(step_loss, ctx)
                 step_loss = float(step_loss) / ctx.world_size
                 if not math.isfinite(step_loss):
+                    kept = ("no checkpoint was written before it" if self.saved_epoch == 0 else
+                            f"the last good checkpoint is {self.run_dir / 'last.pth'} (epoch "
+                            f"{self.saved_epoch})")
                     raise TrainingDiverged(
                         f"the loss became {step_loss} at epoch {self.epoch + 1}, update "
-                        f"{self.num_updates}; training stopped. The last good checkpoint is "
-                        f"{self.run_dir / 'last.pth'} (epoch {self.epoch}); lower the learning "
-                        f"rate (--base-lr) or keep gradient clipping on")
+                        f"{self.num_updates}; training stopped, {kept}. "
+                        f"{self.divergence_advice()}")
                 scaled = loss / c.accum_steps
                 (self.scaler.scale(scaled) if self.scaler else scaled).backward()
             loss_sum += step_loss
@@ -372,6 +443,17 @@ class _Run:
         return row
 
     # The end -----------------------------------------------------------------------------------
+    def skipped_at_load(self) -> int:
+        """Images found unreadable while loading, by any process and worker, each counted once."""
+        counts = 0
+        for dataset in (self.data.train, self.data.val):
+            failed = getattr(dataset, "failed_at_load", None)
+            if failed is not None:
+                failed = failed.to(self.device, torch.int32)
+                all_reduce_sum(failed, self.ctx)
+                counts += int(failed.count_nonzero())
+        return counts
+
     def finish(self) -> FitResult:
         c = self.config
         start = time.perf_counter()
@@ -383,6 +465,9 @@ class _Run:
         deploy_report = deploy(deployed)
         deployed_result = self.evaluate(deployed, "deployed", full=True)
         self.seconds += time.perf_counter() - start
+        at_load = self.skipped_at_load()
+        at_build = sum(len(getattr(d, "skipped_paths", ())) for d in (self.data.train,
+                                                                       self.data.val))
         summary = {
             "model": c.model, "data": self.data.name, "epochs": self.epoch,
             "final_weights": c.final_weights, "trained": trained.summary(),
@@ -393,7 +478,7 @@ class _Run:
             "cca_weights_dropped": deploy_report.cca_weights,
             "train_seconds": self.seconds, "device": str(self.device),
             "world_size": self.ctx.world_size, "effective_batch": self.effective_batch,
-            "lr": self.lr, "skipped_images": self.data.skipped,
+            "lr": self.lr, "skipped_images": at_build + at_load, "skipped_at_load": at_load,
             "best_epoch": self.best_epoch, "best_metric": self.best_metric,
         }
         report_path = self.run_dir / "report.md"
@@ -405,7 +490,7 @@ class _Run:
             plots["confusion"] = plot_confusion(trained.confusion, self.data.classes,
                                                 self.run_dir / "confusion.png",
                                                 f"{c.model}: confusion matrix")
-            (self.run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
+            atomic_write_text(self.run_dir / "summary.json", json.dumps(summary, indent=2))
             write_report(report_path, c.to_dict(), summary, self.metrics.rows, plots,
                          self.data.classes, trained.per_class)
         self.ctx.barrier()
@@ -421,8 +506,30 @@ def build_criterion(config: TrainConfig) -> nn.Module:
     return nn.CrossEntropyLoss()
 
 
-RUN_FILES = ("last.pth", "best.pth", "metrics.csv", "summary.json", "report.md",
-             "model_deployed.safetensors")
+def _check_resumable(run_dir: Path) -> TrainConfig:
+    """The config of the run in ``run_dir``, after checking that there is one to continue."""
+    if run_dir.exists() and not run_dir.is_dir():
+        raise ValueError(f"cannot resume: {run_dir} is a file, not a run folder")
+    if not run_dir.is_dir():
+        raise FileNotFoundError(f"cannot resume: the run folder {run_dir} does not exist")
+    if not (run_dir / "last.pth").is_file():
+        raise FileNotFoundError(f"cannot resume: {run_dir / 'last.pth'} does not exist (a run "
+                                f"writes it at the end of its first epoch)")
+    return TrainConfig.load(run_dir / "config.yaml")
+
+
+def _check_new_run(run_dir: Path, overwrite: bool) -> PreviousRun | None:
+    """The run ``overwrite`` will replace (None when there is none), after checking that the
+    folder can take a new run."""
+    check_out_dir(run_dir)
+    if not holds_run(run_dir):
+        return None
+    if not overwrite:
+        raise ValueError(f"{run_dir} already holds a run; continue it with --resume {run_dir}, "
+                         f"replace it with --overwrite, or choose another --out")
+    previous = PreviousRun(run_dir)
+    previous.check_free()
+    return previous
 
 
 def fit(config: TrainConfig | None = None, resume: str | Path | None = None,
@@ -433,55 +540,109 @@ def fit(config: TrainConfig | None = None, resume: str | Path | None = None,
     The run folder (config.out_dir, or ``resume``) receives config.yaml, metrics.csv, last.pth
     and best.pth, model_deployed.safetensors, summary.json, report.md and its plots.
     ``on_epoch_end(row)`` is called on every rank after each epoch's checkpoint is written.
-    ``overwrite=True`` replaces an earlier run in the same folder instead of refusing.
+
+    ``overwrite=True`` replaces an earlier run in the same folder instead of refusing: once the
+    new run has started (data read, model built), the earlier run's files move to
+    ``<folder>.previous``; they move back if the new run stops before its first checkpoint,
+    and are deleted when it finishes. A folder in use by another live process is refused.
     """
+    check_bool("overwrite", overwrite)
     if resume is not None:
         run_dir = Path(resume)
-        if not (run_dir / "last.pth").is_file():
-            raise FileNotFoundError(f"cannot resume: {run_dir / 'last.pth'} does not exist")
-        saved = TrainConfig.load(run_dir / "config.yaml")
+        saved = _check_resumable(run_dir)
         if config is not None and config.to_dict() != saved.to_dict():
             raise ValueError(f"--resume continues the run in {run_dir} with its own "
                              f"config.yaml; do not pass another config")
-        config = saved
+        config, previous = saved, None
     elif config is None:
         raise ValueError("fit() needs a config or a run folder to resume")
     else:
         run_dir = Path(config.out_dir)
-        if overwrite:
-            if int(os.environ.get("RANK", "0")) == 0:
-                for name in RUN_FILES:
-                    (run_dir / name).unlink(missing_ok=True)
-        elif (run_dir / "last.pth").exists():
-            raise ValueError(f"{run_dir} already holds a run; continue it with "
-                             f"--resume {run_dir} or choose another --out")
+        previous = _check_new_run(run_dir, overwrite)
+    check_model_name(config.model)
     ctx = init_distributed(config.device)
+    log = print if ctx.is_main else (lambda *a, **k: None)
+    lock = RunLock(run_dir) if ctx.is_main else None
+    created = not run_dir.exists()
+    run = None
+    moved_aside = False
+    finished = False
     try:
-        if ctx.is_main:
-            run_dir.mkdir(parents=True, exist_ok=True)
-            if resume is None:
-                config.save(run_dir / "config.yaml")
+        if lock is not None:
+            lock.acquire()
+            for path in remove_stale_temporaries(run_dir):
+                log(f"removed {path.name}, a file a killed process left half-written")
         ctx.barrier()
         run = _Run(config, run_dir, ctx)
         if resume is not None:
             run.restore(load_checkpoint(run_dir / "last.pth"), run_dir / "last.pth")
-            if ctx.is_main:
-                print(f"resuming {run_dir} after epoch {run.epoch}/{config.epochs}")
-        log = print if ctx.is_main else (lambda *a, **k: None)
-        log(f"{config.model}: {run.params / 1e6:.3f}M params, {run.macs / 1e6:.1f}M MACs "
-            f"@{config.img_size}; {len(run.data.train)} train / {len(run.data.val)} val images"
-            f"{f', {run.data.skipped} unreadable skipped' if run.data.skipped else ''}; "
-            f"{ctx.world_size} process(es) on {ctx.device}; lr {run.lr:.3g}")
-        while run.epoch < config.epochs:
-            row = run.run_epoch()
-            cca = [v for k, v in row.items() if k.startswith("cca/")]
-            cca_text = f" cca max {max(cca):.3f}" if cca else ""
-            ema_text = f" ema {row['ema_top1']:.2f}" if "ema_top1" in row else ""
-            log(f"epoch {run.epoch}/{config.epochs}: loss {row['train_loss']:.4f} "
-                f"val top-1 {row['val_top1']:.2f}{ema_text}{cca_text} "
-                f"({row['epoch_seconds']:.0f}s, {row['train_images_per_s']:.0f} img/s)")
-            if on_epoch_end is not None:
-                on_epoch_end(row)
-        return run.finish()
+            log(f"resuming {run_dir} after epoch {run.epoch}/{config.epochs}")
+        elif previous is not None and ctx.is_main:
+            previous.move_aside()
+            moved_aside = True
+            log(f"the run that was in {run_dir} is now in {previous.path}; it is deleted when "
+                f"this run finishes")
+        ctx.barrier()
+        result = _train_to_the_end(run, log, on_epoch_end)
+        if moved_aside:
+            previous.discard()
+            moved_aside = False
+        finished = True
+        return result
+    except KeyboardInterrupt:
+        if run is not None and run.saved_epoch > 0:
+            hint = run.resume_hint()
+        elif resume is not None:  # stopped before this process trained: the run is as it was
+            hint = f"continue with: vitmix train --resume {run_dir}"
+        else:
+            hint = "no checkpoint was written yet, so there is nothing to resume"
+        raise TrainingInterrupted(hint) from None
     finally:
+        if lock is not None:
+            if not finished:
+                _tidy_after_failure(run_dir, previous if moved_aside else None,
+                                    wrote_config=resume is None and run is not None
+                                    and run.config_saved)
+            lock.release()
+            if created and not finished:
+                with contextlib.suppress(OSError):  # only when nothing is left in it
+                    run_dir.rmdir()
         ctx.close()
+
+
+def _train_to_the_end(run: _Run, log: Callable[[str], None],
+                      on_epoch_end: Callable[[dict], None] | None) -> FitResult:
+    config, ctx = run.config, run.ctx
+    log(f"{config.model}: {run.params / 1e6:.3f}M params, {run.macs / 1e6:.1f}M MACs "
+        f"@{config.img_size}; {len(run.data.train)} train / {len(run.data.val)} val images"
+        f"{f', {run.data.skipped} unreadable skipped' if run.data.skipped else ''}; "
+        f"{ctx.world_size} process(es) on {ctx.device}; lr {run.lr:.3g}")
+    while run.epoch < config.epochs:
+        row = run.run_epoch()
+        cca = [v for k, v in row.items() if k.startswith("cca/")]
+        cca_text = f" cca max {max(cca):.3f}" if cca else ""
+        ema_text = f" ema {row['ema_top1']:.2f}" if "ema_top1" in row else ""
+        log(f"epoch {run.epoch}/{config.epochs}: loss {row['train_loss']:.4f} "
+            f"val top-1 {row['val_top1']:.2f}{ema_text}{cca_text} "
+            f"({row['epoch_seconds']:.0f}s, {row['train_images_per_s']:.0f} img/s)")
+        if on_epoch_end is not None:
+            on_epoch_end(row)
+    result = run.finish()
+    if result.summary["skipped_at_load"]:
+        log(f"{result.summary['skipped_at_load']} images passed the header check but could "
+            f"not be read while loading; each was replaced by the next image")
+    return result
+
+
+def _tidy_after_failure(run_dir: Path, previous: PreviousRun | None, wrote_config: bool) -> None:
+    """A run that stopped before its first checkpoint gives the folder back as it found it."""
+    if wrote_config and not (run_dir / "last.pth").exists():
+        # Its first save failed half-way: no config.yaml may claim a run that cannot resume.
+        (run_dir / "config.yaml").unlink(missing_ok=True)
+    if previous is None:
+        return
+    if not (run_dir / "last.pth").exists() and previous.restore():
+        note = f"the run that was in {run_dir} is back in place"
+    else:
+        note = f"the run this one replaced is kept in {previous.path}"
+    print(f"vitmix train: {note}", file=sys.stderr)

@@ -39,9 +39,12 @@ class EvalResult:
         return self.count / self.seconds if self.seconds > 0 else float("nan")
 
     @property
-    def per_class(self) -> list[float]:
-        totals = self.confusion.sum(dim=1).clamp(min=1)
-        return (100.0 * self.confusion.diag() / totals).tolist()
+    def per_class(self) -> list[float | None]:
+        """Top-1 (%) of each class; None for a class without images (no accuracy at all,
+        rather than a 0% that reads as a class never recognised)."""
+        totals = self.confusion.sum(dim=1).tolist()
+        hits = self.confusion.diag().tolist()
+        return [100.0 * h / n if n else None for h, n in zip(hits, totals, strict=True)]
 
     def summary(self) -> dict:
         return {"top1": self.top1, "top5": self.top5, "loss": self.loss, "count": self.count,

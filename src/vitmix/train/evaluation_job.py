@@ -3,29 +3,56 @@
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 
 import torch
 from torch.utils.data import DataLoader
 
 from ..accelerate import accelerate
-from ..checkpoints.io import read_model
-from ..data import AugmentSettings, build_transforms, load_splits
-from .distributed import resolve_device
+from ..checkpoints.io import atomic_write_text, read_model
+from ..data import AugmentSettings, build_transforms, load_eval_split
+from ..factory import check_model_name
+from ..layers.checks import NON_NEGATIVE_INT, POSITIVE_INT, one_of
+from ..paths import check_output_folder
+from .config import DEVICES
+from .distributed import DistContext, resolve_device
 from .evaluate import check_tta, evaluate
 from .report import plot_confusion
 
 __all__ = ["evaluate_checkpoint"]
 
 
+def _check_arguments(model_name: str, img_size, in_chans, batch_size, workers, device, tta,
+                     out_dir) -> None:
+    """Everything that needs no file read, so that a typo fails at once."""
+    check_model_name(model_name)
+    if img_size is not None:  # None: the checkpoint's
+        POSITIVE_INT.check("img_size (--img-size)", img_size)
+    if in_chans is not None:
+        one_of(1, 3).check("in_chans (--in-chans)", in_chans)
+    POSITIVE_INT.check("batch_size (--batch-size)", batch_size)
+    NON_NEGATIVE_INT.check("workers (--workers)", workers)
+    one_of(*DEVICES).check("device (--device)", device)
+    check_tta(tta)
+    if out_dir is not None:
+        check_output_folder(out_dir, "--out")
+
+
 def evaluate_checkpoint(model_name: str, checkpoint: str | Path, data: str = "fashion-mnist",
                         img_size: int | None = None, in_chans: int | None = None,
                         batch_size: int = 256, workers: int = 2, device: str = "auto",
-                        out_dir: Path | None = None, tta: str | None = None) -> dict:
-    """Top-1/top-5/per-class accuracy and images/s; writes eval.json and confusion.png."""
-    if batch_size <= 0:
-        raise ValueError(f"batch_size must be positive, got {batch_size}")
-    check_tta(tta)  # before any data is read
+                        out_dir: Path | None = None, tta: str | None = None,
+                        data_dir: str | Path | None = None) -> dict:
+    """Top-1/top-5/per-class accuracy and images/s; writes eval.json and confusion.png.
+
+    Only the validation split is read (Fashion-MNIST's test files, or ``data/val``). When the
+    checkpoint names its classes, the images are labelled by those names, so a folder whose
+    classes differ from the checkpoint's is refused rather than scored by position; a class
+    without images gets None (no accuracy) in ``per_class_top1``.
+    """
+    _check_arguments(model_name, img_size, in_chans, batch_size, workers, device, tta, out_dir)
+    dev = resolve_device(device, 0)  # cuda asked for on a machine without: before any reading
     checkpoint = Path(checkpoint)
     saved = read_model(checkpoint, model_name)  # checks the file before any data is read
     kwargs = dict(saved.kwargs)
@@ -33,29 +60,29 @@ def evaluate_checkpoint(model_name: str, checkpoint: str | Path, data: str = "fa
     img_size = img_size or kwargs.get("img_size", 224)
     kwargs.update(in_chans=in_chans, img_size=img_size)
     _, eval_tf = build_transforms(img_size, in_chans, AugmentSettings())
-    splits = load_splits(data, in_chans, None, eval_tf)
-    num_classes = len(splits.classes)
+    split = load_eval_split(data, in_chans, eval_tf, classes=saved.classes, data_dir=data_dir,
+                            classes_from=f"the checkpoint {checkpoint}")
+    if saved.classes is None and split.name != "fashion-mnist":
+        print(f"vitmix eval: note: {checkpoint} does not name its classes; they are taken to be "
+              f"the folders of {split.name}/val in sorted order", file=sys.stderr)
+    num_classes = len(split.classes)
     if kwargs.setdefault("num_classes", num_classes) != num_classes:
         raise ValueError(f"checkpoint {checkpoint} classifies {kwargs['num_classes']} classes, "
                          f"the data {data} has {num_classes}")
     model = accelerate(saved.build(kwargs))  # fused CPU inference kernels, the same function
-    dev = resolve_device(device, 0)
     model.to(dev, memory_format=torch.channels_last).eval()
-    loader = DataLoader(splits.val, batch_size=batch_size, num_workers=workers,
+    loader = DataLoader(split.val, batch_size=batch_size, num_workers=workers,
                         pin_memory=dev.type == "cuda")
-    from .distributed import DistContext
-
     with torch.inference_mode():
         result = evaluate(model, loader, num_classes, DistContext(device=dev),
                           channels_last=True, tta=tta)
     out_dir = Path(out_dir) if out_dir else checkpoint.parent
-    out_dir.mkdir(parents=True, exist_ok=True)
     stem = checkpoint.stem
-    png = plot_confusion(result.confusion, splits.classes, out_dir / f"{stem}_confusion.png",
-                         f"{model_name} on {splits.name}")
-    summary = dict(result.summary(), data=splits.name, device=str(dev), classes=splits.classes,
+    png = plot_confusion(result.confusion, split.classes, out_dir / f"{stem}_confusion.png",
+                         f"{model_name} on {split.name}")
+    summary = dict(result.summary(), data=split.name, device=str(dev), classes=split.classes,
                    per_class_top1=result.per_class, confusion=result.confusion.tolist(),
                    confusion_png=str(png), checkpoint=str(checkpoint), model=model_name,
-                   tta=tta)
-    (out_dir / f"{stem}_eval.json").write_text(json.dumps(summary, indent=2))
+                   tta=tta, skipped_images=split.skipped)
+    atomic_write_text(out_dir / f"{stem}_eval.json", json.dumps(summary, indent=2))
     return summary

@@ -1,4 +1,4 @@
-"""metrics.csv, plots and report.md of a run folder."""
+"""metrics.csv, plots and report.md of a run folder, each written atomically."""
 
 from __future__ import annotations
 
@@ -11,21 +11,28 @@ import yaml
 matplotlib.use("Agg")  # files only, no display
 import matplotlib.pyplot as plt  # noqa: E402
 
-from ..checkpoints.io import atomic_write  # noqa: E402
+from ..checkpoints.io import atomic_write, atomic_write_text  # noqa: E402
 
-__all__ = ["MetricsLog", "plot_confusion", "plot_curves", "write_report"]
+__all__ = ["MetricsLog", "format_top1", "plot_confusion", "plot_curves", "save_figure",
+           "write_report"]
 
 
 class MetricsLog:
     """Rows of per-epoch metrics in a CSV; columns may grow (new CCA layers never appear mid-run,
-    but a resumed run re-reads what was written before)."""
+    but a resumed run re-reads what was written before, see :meth:`read`)."""
 
     def __init__(self, path: str | Path):
         self.path = Path(path)
         self.rows: list[dict] = []
-        if self.path.is_file():
-            with self.path.open(newline="") as f:
-                self.rows = [{k: _number(v) for k, v in row.items()} for row in csv.DictReader(f)]
+
+    @classmethod
+    def read(cls, path: str | Path) -> MetricsLog:
+        """The rows already in ``path`` (none when it is missing)."""
+        log = cls(path)
+        if log.path.is_file():
+            with log.path.open(newline="") as f:
+                log.rows = [{k: _number(v) for k, v in row.items()} for row in csv.DictReader(f)]
+        return log
 
     def truncate(self, epochs_done: int) -> None:
         """Forget rows beyond the checkpoint a run resumes from."""
@@ -59,6 +66,15 @@ def _number(text: str):
     return int(value) if value.is_integer() and "." not in text and "e" not in text else value
 
 
+def save_figure(fig, path: str | Path, dpi: int = 110) -> Path:
+    """Write a matplotlib figure as a PNG, atomically, and close it."""
+    try:
+        atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=dpi))
+    finally:
+        plt.close(fig)
+    return Path(path)
+
+
 def plot_curves(rows: list[dict], out_dir: Path) -> dict[str, Path]:
     """loss.png, accuracy.png and (when the model has CCA branches) cca_weights.png."""
     out_dir = Path(out_dir)
@@ -71,9 +87,7 @@ def plot_curves(rows: list[dict], out_dir: Path) -> dict[str, Path]:
     ax.set(xlabel="epoch", ylabel="cross-entropy", title="Loss")
     ax.legend()
     fig.tight_layout()
-    paths["loss"] = out_dir / "loss.png"
-    fig.savefig(paths["loss"], dpi=110)
-    plt.close(fig)
+    paths["loss"] = save_figure(fig, out_dir / "loss.png")
 
     fig, ax = plt.subplots(figsize=(5, 3.5))
     ax.plot(epochs, [r["val_top1"] for r in rows], marker="o", label="val top-1")
@@ -82,9 +96,7 @@ def plot_curves(rows: list[dict], out_dir: Path) -> dict[str, Path]:
     ax.set(xlabel="epoch", ylabel="accuracy (%)", title="Accuracy")
     ax.legend()
     fig.tight_layout()
-    paths["accuracy"] = out_dir / "accuracy.png"
-    fig.savefig(paths["accuracy"], dpi=110)
-    plt.close(fig)
+    paths["accuracy"] = save_figure(fig, out_dir / "accuracy.png")
 
     cca_cols = [k for k in rows[0] if k.startswith("cca/")] if rows else []
     if cca_cols:
@@ -97,9 +109,7 @@ def plot_curves(rows: list[dict], out_dir: Path) -> dict[str, Path]:
                ylim=(0, None))
         ax.legend(fontsize=6, ncol=2)
         fig.tight_layout()
-        paths["cca"] = out_dir / "cca_weights.png"
-        fig.savefig(paths["cca"], dpi=110)
-        plt.close(fig)
+        paths["cca"] = save_figure(fig, out_dir / "cca_weights.png")
     return paths
 
 
@@ -120,13 +130,12 @@ def plot_confusion(confusion, classes: list[str], path: Path, title: str = "") -
                             color="white" if rates[i, j] > 0.5 else "black")
     ax.set(xlabel="predicted", ylabel="true", title=title or "Confusion matrix")
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return Path(path)
+    return save_figure(fig, path)
 
 
 def write_report(path: Path, config: dict, summary: dict, rows: list[dict],
-                 plots: dict[str, Path], classes: list[str], per_class: list[float]) -> None:
+                 plots: dict[str, Path], classes: list[str],
+                 per_class: list[float | None]) -> None:
     lines = [f"# Training report: {config['model']} on {config['data']}", ""]
     lines += ["| | top-1 (%) | top-5 (%) | images/s |", "|---|---|---|---|"]
     for key, label in (("trained", f"trained model ({summary['final_weights']} weights)"),
@@ -143,13 +152,14 @@ def write_report(path: Path, config: dict, summary: dict, rows: list[dict],
               f"{summary['macs'] / 1e6:.1f}M",
               f"- effective batch {summary['effective_batch']}, peak lr {summary['lr']:.3g}",
               f"- largest CCA weight dropped by deploy: {summary['max_cca_weight_dropped']:.3g}",
-              f"- images skipped as unreadable: {summary['skipped_images']}", ""]
+              f"- images skipped as unreadable: {summary['skipped_images']} "
+              f"({summary.get('skipped_at_load', 0)} of them found damaged while loading)", ""]
     for key, title in (("loss", "Loss"), ("accuracy", "Accuracy"), ("cca", "CCA weight"),
                        ("confusion", "Confusion matrix")):
         if key in plots:
             lines += [f"![{title}]({Path(plots[key]).name})", ""]
     lines += ["## Per-class top-1 (%)", "", "| class | top-1 |", "|---|---|"]
-    lines += [f"| {c} | {a:.1f} |" for c, a in zip(classes, per_class, strict=True)]
+    lines += [f"| {c} | {format_top1(a)} |" for c, a in zip(classes, per_class, strict=True)]
     lines += ["", "## Per-epoch metrics", "", "See metrics.csv. Last epoch:", ""]
     if rows:
         last = rows[-1]
@@ -158,4 +168,9 @@ def write_report(path: Path, config: dict, summary: dict, rows: list[dict],
                   for k, v in last.items()]
     lines += ["", "## Config", "", "```yaml"]
     lines += [yaml.safe_dump(config, sort_keys=False).rstrip(), "```", ""]
-    Path(path).write_text("\n".join(lines))
+    atomic_write_text(path, "\n".join(lines))
+
+
+def format_top1(accuracy: float | None, digits: int = 1) -> str:
+    """A per-class top-1 for people: "no images" for a class the split has none of."""
+    return "no images" if accuracy is None else f"{accuracy:.{digits}f}"

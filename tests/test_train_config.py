@@ -1,0 +1,163 @@
+"""TrainConfig's rules: every field has one, and every wrong value, from Python, YAML or a flag,
+fails in one line naming the field, the value and what is allowed, before anything is read."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+import yaml
+
+from vitmix import cli
+from vitmix.layers.checks import Rule
+from vitmix.train import TrainConfig
+
+# One wrong value per field at least: a wrong type, and a value out of range or choices.
+# (field, value, what the message says is allowed)
+BAD_VALUES = [
+    ("model", "", "a non-empty string"),
+    ("model", 3, "a non-empty string"),
+    ("model_kwargs", [1, 2], "a mapping of argument names to values"),
+    ("model_kwargs", "{}", "a mapping of argument names to values"),
+    ("data", None, "a non-empty string"),
+    ("data_dir", 5, "a non-empty string or None"),
+    ("img_size", 0, "a positive integer"),
+    ("img_size", 32.0, "a positive integer"),
+    ("in_chans", 2, "one of 1, 3"),
+    ("in_chans", True, "one of 1, 3"),
+    ("out_dir", "  ", "a non-empty string"),
+    ("epochs", 0, "a positive integer"),
+    ("epochs", 2.5, "a positive integer"),
+    ("epochs", "10", "a positive integer"),
+    ("batch_size", -8, "a positive integer"),
+    ("accum_steps", 0, "a positive integer"),
+    ("base_lr", 0, "a positive number"),
+    ("base_lr", "1e-3", "a positive number"),
+    ("base_lr", float("inf"), "a positive number"),
+    ("min_lr", -1e-6, "a non-negative number"),
+    ("warmup_epochs", -1, "a non-negative number"),
+    ("weight_decay", float("nan"), "a non-negative number"),
+    ("clip_grad", 0, "a positive number or None"),
+    ("clip_grad", "5", "a positive number or None"),
+    ("drop_path", 1.0, r"a number in \[0, 1\)"),
+    ("ema", "false", "True or False"),
+    ("ema", 1, "True or False"),
+    ("ema_decay", 1.0, r"a number in \[0, 1\)"),
+    ("ema_warmup", None, "True or False"),
+    ("final_weights", "best", "one of 'ema', 'model'"),
+    ("amp", "fp8", "one of 'auto', 'off', 'bf16', 'fp16'"),
+    ("channels_last", "yes", "True or False"),
+    ("accelerate", 1, "True or False"),
+    ("compile", "no_such_backend", "None or a torch.compile backend"),
+    ("auto_augment", "no_such_policy", "None or a timm auto-augment string"),
+    ("auto_augment", 6, "None or a timm auto-augment string"),
+    ("re_prob", 1.5, r"a probability in \[0, 1\]"),
+    ("crop_scale", (0.8, 0.6), r"two numbers \(low, high\) with 0 < low <= high <= 1"),
+    ("crop_scale", (0.5,), r"two numbers \(low, high\)"),
+    ("crop_scale", "0.5 1", r"two numbers \(low, high\)"),
+    ("hflip", -0.1, r"a probability in \[0, 1\]"),
+    ("color_jitter", -0.4, "a non-negative number"),
+    ("mixup", -0.2, "a non-negative number"),
+    ("cutmix", "none", "a non-negative number"),
+    ("label_smoothing", 1.0, r"a number in \[0, 1\)"),
+    ("seed", -1, "a non-negative integer"),
+    ("workers", 1.5, "a non-negative integer"),
+    ("loader", "fast", "one of 'dataloader', 'tensor'"),
+    ("device", "tpu", "one of 'auto', 'cpu', 'cuda'"),
+    ("threads", 0, "a positive integer or None"),
+    ("eval_ema_each_epoch", 0, "True or False"),
+    ("max_train_batches", 0, "a positive integer or None"),
+    ("max_val_batches", 2.0, "a positive integer or None"),
+    ("verify_images", "none", "one of 'decode', 'header'"),
+    ("progress_bar", "no", "True or False"),
+]
+
+
+def test_every_field_has_a_rule_and_a_bad_value_here():
+    fields = dataclasses.fields(TrainConfig)
+    assert all(isinstance(f.metadata.get("rule"), Rule) for f in fields)
+    # A field added without a case above fails here: add one.
+    assert {f.name for f in fields} == {name for name, _, _ in BAD_VALUES}
+
+
+@pytest.mark.parametrize("name,value,allowed", BAD_VALUES,
+                         ids=[f"{n}={v!r}" for n, v, _ in BAD_VALUES])
+def test_a_wrong_value_names_the_field_the_value_and_what_is_allowed(name, value, allowed):
+    with pytest.raises(ValueError, match=f"^{name} must be {allowed}.*, got "
+                                         f"{__import__('re').escape(repr(value))}$"):
+        TrainConfig(**{name: value})
+
+
+def test_the_defaults_and_every_field_round_trip_through_yaml(tmp_path):
+    config = TrainConfig(data_dir="/data/fm", clip_grad=None, auto_augment=None,
+                         crop_scale=(0.5, 1), threads=2, compile="eager")
+    config.save(tmp_path / "config.yaml")
+    assert TrainConfig.load(tmp_path / "config.yaml") == config
+    assert [p.name for p in tmp_path.iterdir()] == ["config.yaml"]  # written atomically
+
+
+def test_cross_field_rules():
+    with pytest.raises(ValueError, match="batch_size must be even, got 7"):
+        TrainConfig(batch_size=7)
+    TrainConfig(batch_size=7, mixup=0)
+    with pytest.raises(ValueError, match=r"warmup_epochs must lie in \[0, epochs=2\], got 3"):
+        TrainConfig(epochs=2, warmup_epochs=3)
+    with pytest.raises(ValueError, match="the tensor loader has no RandAugment"):
+        TrainConfig(loader="tensor")
+    with pytest.raises(ValueError, match="data_dir names the folder of the Fashion-MNIST files"):
+        TrainConfig(data="/data/imagenet", data_dir="/data/fm")
+    assert TrainConfig(ema=False).final_weights == "model"
+
+
+def test_yaml_values_are_checked_by_the_same_rules(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("epochs: ten\n")
+    with pytest.raises(ValueError, match="^epochs must be a positive integer, got 'ten'$"):
+        TrainConfig.load(path)
+    path.write_text("crop_scale: [0.9, 0.1]\n")
+    with pytest.raises(ValueError, match=r"^crop_scale must be two numbers"):
+        TrainConfig.load(path)
+    path.write_text("- epochs\n")
+    with pytest.raises(ValueError, match="must hold a mapping of config keys, got list"):
+        TrainConfig.load(path)
+    path.write_text("epochs: [1, 2\n")
+    with pytest.raises(ValueError, match="not valid YAML"):
+        TrainConfig.load(path)
+    with pytest.raises(ValueError, match="unknown config keys.*lr_base"):
+        TrainConfig.from_dict({"lr_base": 1.0})
+    with pytest.raises(ValueError, match="is a folder; give a YAML file"):
+        TrainConfig.load(tmp_path)
+    # YAML 1.1 reads 1e-3 as a string; people write it for a number, and get one.
+    path.write_text("base_lr: 1e-3\nmin_lr: 2.5E-7\nepochs: 3\nmixup: 0.5\n")
+    config = TrainConfig.load(path)
+    assert (config.base_lr, config.min_lr, config.epochs, config.mixup) == (1e-3, 2.5e-7, 3, 0.5)
+
+
+def test_the_command_line_refuses_bad_values_in_one_line_with_exit_code_2(tmp_path, capsys):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(yaml.safe_dump({"mixup": "lots"}))
+    cases = [
+        (["--config", str(bad)], "vitmix train: error: mixup must be a non-negative number, "
+                                 "got 'lots'"),
+        (["--base-lr", "-1"], "vitmix train: error: base_lr must be a positive number, got -1.0"),
+        (["--drop-path", "1.5"], r"vitmix train: error: drop_path must be a number in [0, 1), "
+                                 r"got 1.5"),
+        (["--config", str(tmp_path / "none.yaml")], "vitmix train: error: config file"),
+    ]
+    for args, message in cases:
+        out = tmp_path / "run"
+        assert cli.main(["train", "--out", str(out), *args]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith(message) and err.count("\n") == 1, err
+        assert not out.exists()
+
+
+@pytest.mark.parametrize("text,message", [
+    ("[1, 2]", "must be a JSON object such as"),
+    ("{cca: 1}", "not JSON"),
+])
+def test_model_kwargs_must_be_a_json_object(capsys, text, message):
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(["train", "--model-kwargs", text])
+    assert exit_info.value.code == 2
+    assert f"argument --model-kwargs: {message}" in capsys.readouterr().err

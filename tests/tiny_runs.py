@@ -1,0 +1,75 @@
+"""Tiny training runs for the tests: a generated image tree, a config that trains on it in about
+a second, and the command line a child process runs it with."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import warnings
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from vitmix.train import TrainConfig, fit
+
+TINY = dict(depths=[1, 1, 1, 1], dims=[16, 32, 32, 32])
+CLASSES = ("circle", "square", "stripes")
+SRC = str(Path(__file__).resolve().parents[1] / "src")
+
+
+def _pattern(kind: int, rng: np.random.Generator, size: int = 28) -> np.ndarray:
+    yy, xx = np.mgrid[:size, :size]
+    if kind == 0:
+        img = ((yy - size / 2) ** 2 + (xx - size / 2) ** 2 < (size / 3) ** 2) * 200.0
+    elif kind == 1:
+        img = ((abs(yy - size / 2) < size / 4) & (abs(xx - size / 2) < size / 4)) * 200.0
+    else:
+        img = ((xx // 4) % 2) * 200.0
+    return np.clip(img + rng.normal(0, 25, img.shape), 0, 255).astype(np.uint8)
+
+
+def make_image_tree(root: Path, per_split: dict[str, int] | None = None,
+                    classes=CLASSES) -> Path:
+    """root/train and root/val of grey PNGs of simple shapes (8 and 4 per class)."""
+    rng = np.random.default_rng(0)
+    for split, n in (per_split or {"train": 8, "val": 4}).items():
+        for k, name in enumerate(classes):
+            (root / split / name).mkdir(parents=True, exist_ok=True)
+            for i in range(n):
+                Image.fromarray(_pattern(k % 3, rng)).save(root / split / name / f"{i}.png")
+    return root
+
+
+def tiny_config(image_tree: Path, out: Path, **overrides) -> TrainConfig:
+    values = dict(model="schemeformer_ppaa_t_e8_g4", model_kwargs=dict(TINY), data=str(image_tree),
+                  img_size=32, in_chans=1, out_dir=str(out), epochs=2, batch_size=8,
+                  base_lr=4e-2, warmup_epochs=0.5, workers=0, threads=1, progress_bar=False,
+                  ema_decay=0.5, seed=3)
+    values.update(overrides)
+    return TrainConfig(**values)
+
+
+def tiny_args(image_tree: Path, out: Path, epochs: int = 2) -> list[str]:
+    """`vitmix train` arguments of the same run as tiny_config's."""
+    return ["--data", str(image_tree), "--out", str(out), "--model-kwargs", json.dumps(TINY),
+            "--epochs", str(epochs), "--batch-size", "8", "--base-lr", "4e-2",
+            "--warmup-epochs", "0.5", "--workers", "0", "--threads", "1", "--ema-decay", "0.5",
+            "--seed", "3", "--no-progress-bar"]
+
+
+def quiet_fit(*args, **kwargs):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the broken PNG of the fixture warns by design
+        return fit(*args, **kwargs)
+
+
+def child_env() -> dict[str, str]:
+    """The environment of a child process that imports this checkout's vitmix."""
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONWARNINGS="ignore")
+    env["PYTHONPATH"] = SRC + os.pathsep + env.get("PYTHONPATH", "")
+    return env
+
+
+PYTHON = sys.executable
