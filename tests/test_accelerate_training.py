@@ -114,11 +114,15 @@ def test_activation_with_parameters_is_not_taken():
 
 
 @pytest.mark.parametrize("per_sample", [True, False])
-def test_covariance_mix_gradcheck_and_float64_formula(small_chunks, monkeypatch, per_sample):
+@pytest.mark.parametrize("tokens_per_sample", [3, 6])
+@pytest.mark.parametrize("per_channel", [False, True])
+def test_covariance_mix_gradcheck_and_float64_formula(small_chunks, monkeypatch, per_sample,
+                                                      tokens_per_sample, per_channel):
     monkeypatch.setattr(training, "CCA_PER_SAMPLE_MIN_MACS", 1 if per_sample else 10**12)
-    tokens = torch.randn(5, 3, 4, dtype=F64, requires_grad=True)
-    y = torch.randn(5, 3, 4, dtype=F64, requires_grad=True)
-    weight = torch.tensor(0.3, dtype=F64, requires_grad=True)
+    tokens = torch.randn(5, tokens_per_sample, 4, dtype=F64, requires_grad=True)
+    y = torch.randn(5, tokens_per_sample, 4, dtype=F64, requires_grad=True)
+    weight = (torch.rand(4, dtype=F64) if per_channel else torch.tensor(0.3, dtype=F64))
+    weight.requires_grad_()
     fn = lambda t, yy, w: training.covariance_mix(t, yy, w, 0.7)  # noqa: E731
     assert torch.autograd.gradcheck(fn, (tokens, y, weight))
     torch.testing.assert_close(fn(tokens, y, weight),
@@ -368,3 +372,38 @@ def test_whole_models_train_as_the_plain_models(lean_calls, name):
     assert_same_training_step(model.double().to(memory_format=torch.channels_last), x,
                               rtol=1e-9, atol=1e-9)
     assert "block_diagonal_mlp" in lean_calls
+
+
+def _metaformer_block(token_mixer: str, groups: int, cca: bool) -> nn.Module:
+    from vitmix.models.metaformer import MetaFormerBlock
+    torch.manual_seed(0)
+    block = MetaFormerBlock(16, token_mixer, mlp_ratio=4, mlp_groups=groups, cca=cca,
+                            cca_schedule="learned", drop=0.0, drop_path=0.0,
+                            layer_scale_init=1e-5, head_dim=8)
+    with torch.no_grad():  # layer scales far from 1e-5, so that every branch shows
+        for name, p in block.named_parameters():
+            if name.endswith("gamma"):
+                p.copy_(torch.randn_like(p))
+    return block.train()
+
+
+@pytest.mark.parametrize("token_mixer", ["pool", "attn"])
+@pytest.mark.parametrize("groups,cca", [(1, False), (4, True)])
+def test_metaformer_block_folds_its_mlp_layer_scale_in_training(lean_calls, token_mixer, groups,
+                                                                 cca):
+    block = _metaformer_block(token_mixer, groups, cca).double()
+    x = torch.randn(2, 16, 4, 6, dtype=F64).contiguous(memory_format=torch.channels_last)
+    assert_same_training_step(block, x, rtol=1e-9, atol=1e-9)
+    assert "block_diagonal_mlp" in lean_calls
+    # ls2 no longer keeps the MLP branch's output for its gradient.
+    x32 = x.float().requires_grad_()
+    plain, lean = block.float(), accelerate(copy.deepcopy(block.float()))
+    assert _saved_bytes(lean, x32) < _saved_bytes(plain, x32) - x32.numel() * 4
+
+
+def test_metaformer_block_with_an_mlp_the_functions_cannot_take_trains_plainly(lean_calls):
+    block = _metaformer_block("pool", 2, True)
+    block.mlp.act = nn.PReLU()
+    x = torch.randn(2, 16, 4, 4)
+    assert_same_training_step(block, x)
+    assert lean_calls == []

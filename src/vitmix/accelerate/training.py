@@ -395,7 +395,7 @@ class _CovarianceMix(torch.autograd.Function):
             tokens_c, grad_c = tokens.to(dtype), grad_out.to(dtype)
             pd = _product_dtype(tokens_c, acc)
             gx = torch.empty_like(tokens) if need_x else None
-            grad_w = torch.zeros((), dtype=acc, device=tokens.device)
+            grad_w = torch.zeros(w.shape, dtype=acc, device=tokens.device)
             for s in _cca_chunks(tokens_c):
                 x, g = tokens_c[s].to(pd), grad_c[s].to(pd)
                 attn = _attention(tokens_c[s], scale, acc)  # recomputed
@@ -407,17 +407,23 @@ class _CovarianceMix(torch.autograd.Function):
                     rows = (g * mixed).sum(1, dtype=acc).unsqueeze(-1)
                 else:
                     rows = (products * attn).sum(-1, keepdim=True)
-                grad_w += rows.sum()
+                grad_w += rows.sum() if w.dim() == 0 else rows.sum((0, 2))
                 if gx is None:
                     continue
-                # The softmax's backward over w: A (P - c). With L = scale X^T X, X's gradient
-                # is w [G A + scale X (dL + dL^T)].
-                grad_logits = products.sub_(rows).mul_(attn).to(pd)
-                attn = attn.to(pd)
-                t = _bmm(g, attn)
+                # The softmax's backward: dL = diag(w) A (P - c). With L = scale X^T X, X's
+                # gradient is (G diag(w)) A + scale X (dL + dL^T); a scalar w factors out.
+                grad_logits = products.sub_(rows).mul_(attn)
+                if w.dim() == 1:
+                    grad_logits.mul_(w.view(-1, 1))
+                    g = g * w.to(pd)
+                grad_logits = grad_logits.to(pd)
+                t = _bmm(g, attn.to(pd))
                 t = _bmm(x, grad_logits, add=t, alpha=scale)
                 t = _bmm(x, grad_logits.transpose(1, 2), add=t, alpha=scale)
-                torch.mul(t, w, out=gx[s])
+                if w.dim() == 0:
+                    torch.mul(t, w, out=gx[s])
+                else:
+                    gx[s] = t
         return (gx, grad_out if need_y else None,
                 grad_w.to(weight.dtype) if need_w else None, None, None)
 
@@ -426,8 +432,8 @@ def covariance_mix(tokens: torch.Tensor, y: torch.Tensor, weight: torch.Tensor,
                    scale: float) -> torch.Tensor:
     """``y + weight * CCA(tokens)`` for (B, N, C) tokens and a (B, N, C) ``y``: CCA's output is
     ``X softmax(scale X^T X)^T`` per sample, as in
-    :class:`vitmix.layers.ChannelCovarianceAttention`. ``weight`` is a 0-dim tensor (gradients
-    flow to it)."""
+    :class:`vitmix.layers.ChannelCovarianceAttention`. ``weight`` is a 0-dim tensor or one value
+    per channel (C,); gradients flow to it."""
     return _CovarianceMix.apply(tokens, y, weight, float(scale), compute_dtype(tokens))
 
 
