@@ -407,3 +407,50 @@ def test_metaformer_block_with_an_mlp_the_functions_cannot_take_trains_plainly(l
     x = torch.randn(2, 16, 4, 4)
     assert_same_training_step(block, x)
     assert lean_calls == []
+
+
+# ---- CUDA: the same functions through F.linear and batched products ---------------------------
+
+cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device here")
+
+
+@cuda
+def test_functions_on_cuda_gradcheck_in_float64(small_chunks):
+    dev = torch.device("cuda")
+    rule = training.activation_rule(nn.GELU())
+    x = torch.randn(19, 6, dtype=F64, device=dev, requires_grad=True)
+    w1, b1, w2, b2 = (t.detach().to(dev).requires_grad_()
+                      for t in block_weights(2, 3, 4, 3, bias=True))
+
+    def mlp(*args):
+        torch.manual_seed(2)
+        return training.block_diagonal_mlp(*args, act=rule, drop=0.3)
+
+    assert torch.autograd.gradcheck(mlp, (x, w1, b1, w2, b2))
+    tokens = torch.randn(4, 3, 5, dtype=F64, device=dev, requires_grad=True)
+    y = torch.randn(4, 3, 5, dtype=F64, device=dev, requires_grad=True)
+    weight = torch.rand(5, dtype=F64, device=dev, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda t, yy, w: training.covariance_mix(t, yy, w, 0.4),
+                                    (tokens, y, weight))
+
+
+@cuda
+@pytest.mark.parametrize("name", ["metaformer_ppaa_t", "schemeformer_ppaa_t_e8_g2"])
+def test_models_train_on_cuda_with_bfloat16_autocast_as_the_plain_models(name):
+    torch.manual_seed(0)
+    model = timm.create_model(name, num_classes=5, img_size=32).cuda().train()
+    lean = accelerate(copy.deepcopy(model))
+    x = torch.randn(4, 3, 32, 32, device="cuda").contiguous(memory_format=torch.channels_last)
+    results = []
+    for module in (model, lean):
+        with torch.autocast("cuda", dtype=torch.bfloat16):
+            out = module(x)
+        out.float().square().mean().backward()
+        results.append((out.float(), {n: p.grad for n, p in module.named_parameters()}))
+    (want, want_grads), (got, got_grads) = results
+    torch.testing.assert_close(got, want, rtol=3e-2, atol=3e-2)
+    largest = max(g.abs().max() for g in want_grads.values())
+    for name_, grad in want_grads.items():
+        scale = torch.maximum(grad.abs().max(), largest / 100)
+        torch.testing.assert_close(got_grads[name_] / scale, grad / scale, rtol=5e-2, atol=5e-2,
+                                   msg=name_)
