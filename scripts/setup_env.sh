@@ -31,7 +31,7 @@ fi
 uv=(bash "$repo/scripts/uv.sh")
 cd "$repo"
 if [ "$lock" = locked ]; then
-    UV_PROJECT_ENVIRONMENT="$venv" "${uv[@]}" sync --quiet --frozen --extra dev --extra export
+    UV_PROJECT_ENVIRONMENT="$venv" "${uv[@]}" sync --quiet --frozen --extra dev --extra export --extra data
 else
     [ -x "$venv/bin/python" ] || "${uv[@]}" venv --quiet "$venv"
     VIRTUAL_ENV="$venv" "${uv[@]}" pip sync --quiet requirements/oldest.txt
