@@ -217,8 +217,13 @@ def test_the_evaluation_split_reads_val_alone_in_the_checkpoint_class_order(tmp_
                        r"not have \(its classes: \['cat', 'dog'\]\)"):
         load_eval_split(str(tmp_path), 3, classes=["cat", "dog"],
                         classes_from="the checkpoint m.pth")
-    with pytest.raises(FileNotFoundError, match="has no val/ folder; vitmix eval reads"):
+    with pytest.raises(FileNotFoundError, match=r"val holds none of the datasets vitmix reads: "
+                       r"an ImageFolder tree \(.*/val/val/<class>/<image>\), webdataset shards "
+                       r"\(val-\*.tar\) or .*; it holds ant/, cat/$"):
         load_eval_split(str(tmp_path / "val"), 3)
+    (tmp_path / "only_train" / "train").mkdir(parents=True)
+    with pytest.raises(FileNotFoundError, match="has no val/ folder; vitmix eval reads"):
+        load_eval_split(str(tmp_path / "only_train"), 3)
 
 
 def test_the_fashion_mnist_evaluation_reads_the_test_files_alone(tmp_path):
