@@ -21,6 +21,7 @@ from vitmix.data import (
     SafeImageFolder,
     build_transforms,
     fashion_mnist,
+    image_folder,
     load_eval_split,
     load_splits,
     read_idx,
@@ -170,6 +171,23 @@ def test_image_folder_header_mode_replaces_a_damaged_body_at_load_time(tmp_path)
         image, _ = ds[1]
     assert ds.skipped_at_load == 1
     np.testing.assert_array_equal(np.asarray(image), np.asarray(ds[2][0]))
+
+
+def test_auto_verification_decodes_small_trees_and_checks_large_ones_while_loading(
+        tmp_path, monkeypatch):
+    make_image_folder(tmp_path, classes=("a",), per_class=3)
+    good = (tmp_path / "a" / "1.png").read_bytes()
+    (tmp_path / "a" / "1.png").write_bytes(good[: len(good) - 40])
+    with pytest.warns(UserWarning, match="skipped 1 unreadable"):
+        small = SafeImageFolder(tmp_path, mode="L")  # 3 images: decoded up front
+    assert (small.verify, len(small), small.skipped) == ("decode", 2, 1)
+    monkeypatch.setattr(image_folder, "AUTO_DECODE_LIMIT", 2)
+    for verify in ("auto", "none"):  # more images than the limit: nothing is opened up front
+        large = SafeImageFolder(tmp_path, mode="L", verify=verify)
+        assert (large.verify, len(large), large.skipped) == ("none", 3, 0)
+        with pytest.warns(UserWarning, match="1.png"):
+            large[1]
+        assert large.skipped_at_load == 1
 
 
 def test_images_found_damaged_in_dataloader_workers_are_counted_once(tmp_path):
