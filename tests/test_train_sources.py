@@ -96,3 +96,17 @@ def test_two_process_ddp_run_on_a_saved_dataset(tmp_path):
     data = SOURCES["saved"](tmp_path / "saved")
     proc = _ddp_run(data, tmp_path / "ddp")
     _check_ddp_run(proc, tmp_path / "ddp", val_count=12)
+
+
+def test_a_shard_shorter_than_its_info_stops_the_run_in_one_line(tmp_path, capsys):
+    """Found in a DataLoader worker, said as the worker said it, without its traceback."""
+    data = make_shards(tmp_path / "shards", shard_size=100)
+    info = {"splits": {split: {"filenames": [f"{split}-0000.tar"], "shard_lengths": [n]}
+                       for split, n in (("train", 30), ("val", 12))}}
+    (data / "_info.json").write_text(json.dumps(info))
+    run = tmp_path / "run"
+    assert cli.main(["train", *_args(data, run, workers=1)]) == 2
+    err = capsys.readouterr().err
+    assert err == (f"vitmix train: error: webdataset shard {data / 'train-0000.tar'} holds 24 "
+                   f"samples, but {data / '_info.json'} gave 30\n")
+    assert not run.exists()  # stopped before its first checkpoint: nothing left

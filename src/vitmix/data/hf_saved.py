@@ -124,8 +124,8 @@ def load_saved_splits(root: Path, splits: tuple[str, ...], mode: str, transforms
     datasets = _datasets()
     if not (root / DICT_FILE).is_file():
         raise ValueError(f"{root} holds one Hugging Face Dataset without splits; vitmix reads a "
-                         f"DatasetDict with a 'train' and a 'validation' (or 'test') split, saved "
-                         f"with DatasetDict(train=..., validation=...).save_to_disk({str(root)!r})")
+                         f"DatasetDict with a 'train' and a 'validation' (or 'test') split, as "
+                         f"DatasetDict(train=..., validation=...).save_to_disk(PATH) writes it")
     try:
         saved = datasets.load_from_disk(str(root))
     except Exception as err:  # datasets raises many kinds for a damaged or foreign folder
