@@ -8,7 +8,8 @@ shards names the classes, one per line in label order (timm's class-map format).
 
 Why not timm's ReaderWds: it hands whole shards to the (rank, worker) pairs round-robin and then
 cuts or repeats each worker's stream to the same length (webdataset's ``with_epoch``), so some
-samples come twice in an epoch and others not at all, and a worker without a shard never ends.
+samples come twice in an epoch and others not at all (shards of 7, 3, 5 and 9 samples read by
+two workers: 2 of the 24 twice, 2 never).
 Here the epoch is one sequence: the shards in an order drawn from (seed, epoch), their samples in
 file order. Rank r of W takes the r-th of W equal ranges of it, and each DataLoader worker a
 contiguous part of its rank's range, so the ranges cover every sample exactly once while each
