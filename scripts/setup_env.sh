@@ -41,7 +41,8 @@ fi
 "$venv/bin/python" - "$lock" <<'PY'
 import platform, sys
 from importlib.metadata import version
-names = ("torch", "torchvision", "timm", "numpy", "safetensors", "onnx", "onnxruntime", "pytest")
+names = ("torch", "torchvision", "timm", "numpy", "safetensors", "onnx", "onnxruntime", "webdataset",
+         "datasets", "pytest")
 print(f"setup: {sys.argv[1]} set, Python {platform.python_version()}, "
       + ", ".join(f"{n} {version(n)}" for n in names))
 PY
