@@ -46,6 +46,7 @@ from ..checkpoints.io import (
 from ..complexity import count_macs, count_params
 from ..data import AugmentSettings, build_transforms, load_splits
 from ..data.fashion_mnist import FashionMNIST
+from ..data.shards import ShardStream, StreamPlan
 from ..data.tensor_loader import TensorAugment, TensorBatchLoader
 from ..data.transforms import default_norm
 from ..factory import build_model, check_model_name
@@ -161,7 +162,9 @@ class _Run:
                                   color_jitter=config.color_jitter)
         train_tf, eval_tf = build_transforms(config.img_size, config.in_chans, augment)
         self.data = load_splits(config.data, config.in_chans, train_tf, eval_tf,
-                                verify=config.verify_images, data_dir=config.data_dir)
+                                verify=config.verify_images, data_dir=config.data_dir,
+                                image_key=config.data_image_key,
+                                label_key=config.data_label_key)
         self.num_classes = len(self.data.classes)
 
         # The same initial weights on every rank (DDP also broadcasts rank 0's).
@@ -224,6 +227,9 @@ class _Run:
         if len(self.data.train) < c.batch_size * ctx.world_size:
             raise ValueError(f"the training set has {len(self.data.train)} images, fewer than "
                              f"one batch of {c.batch_size} per process")
+        if isinstance(self.data.train, ShardStream):
+            self._build_stream_loaders()
+            return
         self.sampler = DistributedSampler(self.data.train, num_replicas=ctx.world_size,
                                           rank=ctx.rank, shuffle=True, seed=c.seed,
                                           drop_last=True)
@@ -239,6 +245,26 @@ class _Run:
         self.val_loader = DataLoader(self.data.val, batch_size=c.batch_size * 2,
                                      sampler=val_sampler, num_workers=c.workers, pin_memory=pin)
         batches = len(self.train_loader)
+        self.batches_per_epoch = min(batches, c.max_train_batches or batches)
+
+    def _build_stream_loaders(self) -> None:
+        """Webdataset shards: each rank and worker reads its own part of every epoch (see
+        vitmix.data.shards), the same whole number of batches on every rank."""
+        c, ctx = self.config, self.ctx
+        if c.loader == "tensor":
+            raise ValueError(f"loader='tensor' needs an in-memory dataset (fashion-mnist), got "
+                             f"{c.data!r}; use the default loader for webdataset shards")
+        pin = self.device.type == "cuda"
+        train = self.data.train.planned(StreamPlan(ctx.rank, ctx.world_size, c.batch_size,
+                                                   shuffle=True, seed=c.seed))
+        self.sampler = train  # what set_epoch orders each epoch, as a DistributedSampler does
+        # Each worker yields whole batches of its own range: nothing to drop at the end.
+        self.train_loader = DataLoader(train, batch_size=c.batch_size, num_workers=c.workers,
+                                       pin_memory=pin)
+        val = self.data.val.planned(StreamPlan(ctx.rank, ctx.world_size))
+        self.val_loader = DataLoader(val, batch_size=c.batch_size * 2, num_workers=c.workers,
+                                     pin_memory=pin)
+        batches = train.batches_per_rank()
         self.batches_per_epoch = min(batches, c.max_train_batches or batches)
 
     def _tensor_loader(self) -> TensorBatchLoader:
@@ -429,6 +455,7 @@ class _Run:
                        ema_top5=ema_result.top5)
             if self.config.final_weights == "ema":
                 metric = ema_result.top1
+        row["skipped_images"] = self.skipped_images()  # all ranks: it sums over them
         for name, layer in scheme_layers(self.model).items():
             row[f"cca/{name}"] = layer.cca_weight()
         epoch_seconds = time.perf_counter() - start
@@ -443,6 +470,10 @@ class _Run:
         return row
 
     # The end -----------------------------------------------------------------------------------
+    def skipped_images(self) -> int:
+        """Unreadable images so far: left out when the data was read, and met while loading."""
+        return self.data.skipped_up_front + self.skipped_at_load()
+
     def skipped_at_load(self) -> int:
         """Images found unreadable while loading, by any process and worker, each counted once."""
         counts = 0
@@ -466,8 +497,7 @@ class _Run:
         deployed_result = self.evaluate(deployed, "deployed", full=True)
         self.seconds += time.perf_counter() - start
         at_load = self.skipped_at_load()
-        at_build = sum(len(getattr(d, "skipped_paths", ())) for d in (self.data.train,
-                                                                       self.data.val))
+        at_build = self.data.skipped_up_front
         summary = {
             "model": c.model, "data": self.data.name, "epochs": self.epoch,
             "final_weights": c.final_weights, "trained": trained.summary(),
@@ -629,9 +659,18 @@ def _train_to_the_end(run: _Run, log: Callable[[str], None],
             on_epoch_end(row)
     result = run.finish()
     if result.summary["skipped_at_load"]:
-        log(f"{result.summary['skipped_at_load']} images passed the header check but could "
-            f"not be read while loading; each was replaced by the next image")
+        log(_skipped_at_load_note(run, result.summary["skipped_at_load"]))
     return result
+
+
+def _skipped_at_load_note(run: _Run, count: int) -> str:
+    checked = getattr(run.data.train, "verify", None)
+    passed = {"header": "passed the header check but ",
+              "decode": "passed the check at the start but "}.get(checked, "")
+    streamed = isinstance(run.data.train, ShardStream)
+    instead = ("each was replaced by the next sample in training and left out of evaluation"
+               if streamed else "each was replaced by the next image")
+    return f"{count} images {passed}could not be read while loading; {instead}"
 
 
 def _tidy_after_failure(run_dir: Path, previous: PreviousRun | None, wrote_config: bool) -> None:
