@@ -52,6 +52,7 @@ class Candidate:
     model: str
     kwargs: dict = field(default_factory=dict)
     lean: bool = False  # vitmix.accelerate applied
+    store_hidden: bool = False  # ... with the MLPs' hidden activation kept for backward
     compiled: bool = False
     dense: bool = False  # the baseline the ratios divide by
 
@@ -79,6 +80,8 @@ def candidates(setting: Setting) -> list[Candidate]:
             Candidate("dense, lean", S12_DENSE, lean=True, dense=True),
             Candidate("E8G4 CCA learned, plain", S12_SCHEME),
             Candidate("E8G4 CCA learned, lean", S12_SCHEME, lean=True),
+            Candidate("E8G4 CCA learned, lean, hidden stored", S12_SCHEME, lean=True,
+                      store_hidden=True),
             Candidate("E8G4 CCA cosine, lean", S12_SCHEME, {"cca_schedule": "cosine"}, lean=True),
             Candidate("E8G4 no CCA, plain", S12_SCHEME, {"cca": False}),
             Candidate("E8G4 no CCA, lean", S12_SCHEME, {"cca": False}, lean=True),
@@ -144,7 +147,7 @@ def build(candidate: Candidate, setting: Setting, device: torch.device):
                               **candidate.kwargs)
     model = model.to(device).to(memory_format=torch.channels_last).train()
     if candidate.lean:
-        accelerate(model)
+        accelerate(model, store_hidden=candidate.store_hidden)
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
     forward = torch.compile(model) if candidate.compiled else model
     x = torch.randn(setting.batch, setting.in_chans, setting.img_size, setting.img_size,
