@@ -86,7 +86,7 @@ def test_fashion_mnist_validates_on_held_out_training_images_and_tests_on_its_te
     assert train_base is loaded.train and train_base.transform is train_tf
     assert val_base.transform is eval_tf and val_base.images is loaded.train.images
     assert splits.test is loaded.val and splits.test.split == "test"
-    assert splits.val_name == (f"12 images held out of the training images (60; split seed "
+    assert splits.val_name == (f"12 of the 60 training images, held out (split seed "
                                f"{VAL_SPLIT_SEED})")
     assert splits.test_name == "Fashion-MNIST's test split, 6 images"
     assert not splits.val_is_test and splits.held_out.digest == hold_out_validation(

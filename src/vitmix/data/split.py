@@ -143,13 +143,13 @@ def hold_out_validation(splits: DataSplits, size: int, eval_transform=None) -> D
                          f"{name} (it holds that many out of training), got {size}")
     held = HeldOut(held_out_indices(_targets(train, name), size), train)
     keep = np.setdiff1d(np.arange(len(train)), held.indices)
-    where = "the training images" if fashion else f"the images of {name}/train"
+    where = "training images" if fashion else f"images of {name}/train"
     test_name = None if splits.val is None else f"{own}, {len(splits.val)} images"
     return DataSplits(
         Subset(train, keep.tolist()), Subset(_eval_view(train, eval_transform),
                                              held.indices.tolist()),
         splits.classes, name, test=splits.val, held_out=held,
-        val_name=f"{size} images held out of {where} ({len(train)}; split seed {held.seed})",
+        val_name=f"{size} of the {len(train)} {where}, held out (split seed {held.seed})",
         test_name=test_name)
 
 
