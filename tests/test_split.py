@@ -51,8 +51,10 @@ def test_the_draw_never_changes():
 
 def test_a_draw_that_would_empty_a_class_or_the_training_set_is_refused():
     with pytest.raises(ValueError, match=r"holding out 4 of 5 images would leave class 1 \(1 "
-                                         r"images\) without training images"):
+                                         r"images\) without training images; hold out fewer"):
         held_out_indices([0, 0, 0, 0, 1], 4)
+    with pytest.raises(ValueError, match=r"would leave class 'zebra' \(1 images\) without"):
+        held_out_indices([0, 0, 0, 0, 1], 4, class_names=["ant", "zebra"])
     with pytest.raises(ValueError, match="must leave items to train on: size 5 of 5"):
         held_out_indices([0, 1, 0, 1, 0], 5)
 

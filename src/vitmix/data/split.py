@@ -71,12 +71,14 @@ def _mix(values: np.ndarray, seed: int) -> np.ndarray:
         return z ^ (z >> np.uint64(31))
 
 
-def held_out_indices(targets: Any, size: int, seed: int = VAL_SPLIT_SEED) -> np.ndarray:
+def held_out_indices(targets: Any, size: int, seed: int = VAL_SPLIT_SEED,
+                     class_names: list[str] | None = None) -> np.ndarray:
     """Sorted indices of ``size`` items of ``targets`` (one class label per item), stratified.
 
     Each class gives ``size * class_count / total`` items, rounded by largest remainders (ties
     to the lower class), chosen by the order of a fixed hash of (seed, index). ValueError when
-    ``size`` is not in [0, len(targets)) or a class would keep no item.
+    ``size`` is not in [0, len(targets)) or a class would keep no item (named by
+    ``class_names[label]`` when given).
     """
     targets = np.asarray(targets)
     total = len(targets)
@@ -92,8 +94,9 @@ def held_out_indices(targets: Any, size: int, seed: int = VAL_SPLIT_SEED) -> np.
                if q >= n]
     if emptied:
         label, count = emptied[0]
-        raise ValueError(f"holding out {size} of {total} images would leave class {label} "
-                         f"({count} images) without training images")
+        name = repr(class_names[label]) if class_names is not None else label
+        raise ValueError(f"holding out {size} of {total} images would leave class {name} "
+                         f"({count} images) without training images; hold out fewer")
     keys = _mix(np.arange(total), seed)
     chosen = []
     for c, q in enumerate(quota):
@@ -141,7 +144,8 @@ def hold_out_validation(splits: DataSplits, size: int, eval_transform=None) -> D
     if size >= len(train):
         raise ValueError(f"val_split must be smaller than the {len(train)} training images of "
                          f"{name} (it holds that many out of training), got {size}")
-    held = HeldOut(held_out_indices(_targets(train, name), size), train)
+    held = HeldOut(held_out_indices(_targets(train, name), size,
+                                    class_names=list(splits.classes)), train)
     keep = np.setdiff1d(np.arange(len(train)), held.indices)
     where = "training images" if fashion else f"images of {name}/train"
     test_name = None if splits.val is None else f"{own}, {len(splits.val)} images"
