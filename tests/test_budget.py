@@ -191,6 +191,25 @@ def test_the_first_plan_is_a_guess_that_ends_nothing():
     assert budget.planned == 100
 
 
+def test_a_run_at_the_end_of_its_schedules_stays_there():
+    machine = Machine(update_s=0.1)
+    budget = TimeBudget(2, 500, 128, 100, 100, clock=machine.clock)
+    budget.start()
+    budget.probe(1e-4)
+    budget.plan(0, 0)
+    n = 0
+    while not budget.finished(n):
+        machine.update()
+        n += 1
+        budget.after_update(n, n % 500 or 500)
+    assert budget.progress == 1.0 and n == budget.planned and budget.ended
+    # The epoch it ended in is validated and saved; a plan made then, though it would find
+    # time for more (here: five minutes given back), ends the run all the same.
+    machine.t -= 300
+    budget.epoch_ended(n)
+    assert budget.finished(n) and budget.planned == n
+
+
 def test_a_budget_too_short_for_one_evaluation_is_refused_in_one_line():
     budget = TimeBudget(0.05, 100, 128, epoch_eval_images=5000, final_eval_images=25000)
     with pytest.raises(BudgetTooShort, match=(

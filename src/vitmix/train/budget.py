@@ -120,6 +120,7 @@ class TimeBudget:
         self.eval_image_s: float | None = None
         self.planned = 0
         self.measured = False  # whether a plan came from measured update times yet
+        self.ended = False  # the planned updates are made: the schedules are at their end
         self.epoch_ends_measured = 0
         self.next_plan_at = FIRST_REPLAN_UPDATES
         self.history: list[list[float]] = []  # [updates done, seconds used, planned updates]
@@ -190,7 +191,8 @@ class TimeBudget:
         self.progress += (1.0 - self.progress) / max(1, self.planned - num_updates + 1)
         if num_updates == self.warmup_updates:
             self.warmup_progress = self.progress
-
+        # Once the schedules are at their end the run is over, whatever a later plan says.
+        self.ended = self.measured and num_updates >= self.planned
     def epoch_ended(self, num_updates: int) -> None:
         """An epoch's evaluation and checkpoint are done: plan again."""
         self._gap = "epoch" if self._last_update is not None else self._gap
@@ -225,7 +227,7 @@ class TimeBudget:
                            in_epoch)
         step = max(1, min(MAX_REPLAN_UPDATES, round(REPLAN_SECONDS / self.update_s)))
         self.next_plan_at = num_updates + (step if self.measured else FIRST_REPLAN_UPDATES)
-        self.planned = num_updates + more
+        self.planned = num_updates if self.ended else num_updates + more
         if not self.measured:
             # A guess: it must not end the schedules before the first measured plan.
             self.planned = max(self.planned, self.next_plan_at + 1)
@@ -234,7 +236,7 @@ class TimeBudget:
 
     def finished(self, num_updates: int) -> bool:
         """Whether the run has made its planned updates (only a measured plan ends a run)."""
-        return self.measured and num_updates >= self.planned
+        return self.ended or (self.measured and num_updates >= self.planned)
 
     @staticmethod
     def _smooth(old: float | None, new: float, weight: float) -> float:
@@ -244,7 +246,8 @@ class TimeBudget:
     def state_dict(self) -> dict:
         return {"used": self.used(), "update_s": self.update_s, "epoch_end_s": self.epoch_end_s,
                 "eval_image_s": self.eval_image_s, "planned": self.planned,
-                "measured": self.measured, "next_plan_at": self.next_plan_at,
+                "measured": self.measured, "ended": self.ended,
+                "next_plan_at": self.next_plan_at,
                 "epoch_ends_measured": self.epoch_ends_measured, "progress": self.progress,
                 "warmup_updates": self.warmup_updates, "warmup_progress": self.warmup_progress,
                 "history": [list(h) for h in self.history]}
@@ -256,6 +259,7 @@ class TimeBudget:
         self.update_s, self.epoch_end_s = state["update_s"], state["epoch_end_s"]
         self.eval_image_s, self.planned = state["eval_image_s"], int(state["planned"])
         self.measured, self.next_plan_at = bool(state["measured"]), int(state["next_plan_at"])
+        self.ended = bool(state["ended"])
         self.epoch_ends_measured = int(state["epoch_ends_measured"])
         self.progress, self.warmup_progress = state["progress"], state["warmup_progress"]
         self.warmup_updates = int(state["warmup_updates"])
