@@ -13,7 +13,7 @@ import torch
 import yaml
 from torch.utils.data import Subset
 
-from tiny_runs import make_image_tree, quiet_fit, tiny_args, tiny_config
+from tiny_runs import TINY, make_image_tree, quiet_fit, tiny_args, tiny_config
 from vitmix import cli
 from vitmix.checkpoints.io import load_checkpoint
 from vitmix.commands.train import result_line
@@ -174,3 +174,29 @@ def test_processes_that_hold_out_different_images_are_caught(monkeypatch):
         monkeypatch.setattr(distributed.dist, "all_reduce", all_reduce_with(peer))
         assert distributed.same_on_every_rank(12345, ctx) is same
     assert distributed.same_on_every_rank(1, distributed.DistContext())  # one process
+
+
+def test_fashion_mnist_without_a_held_out_split_says_its_test_numbers_are_optimistic(
+        tmp_path, capsys):
+    from test_data import make_fashion_root
+
+    (tmp_path / "fm").mkdir()
+    make_fashion_root(tmp_path / "fm", n_train=48, n_test=12)
+    common = dict(data="fashion-mnist", data_dir=str(tmp_path / "fm"), img_size=32, epochs=1,
+                  model_kwargs=dict(TINY))
+    # The default holds out 5000 images: more than this small copy has.
+    with pytest.raises(ValueError, match=r"^val_split must be smaller than the 48 training "
+                                         r"images of fashion-mnist \(it holds that many out of "
+                                         r"training\), got 'auto' \(5000 for fashion-mnist\)$"):
+        quiet_fit(tiny_config(tmp_path, tmp_path / "auto", **common))
+    run = tmp_path / "run"
+    result = quiet_fit(tiny_config(tmp_path, run, val_split=0, **common))
+    summary = result.summary
+    assert summary["val"]["is_test"] and summary["test"] is None
+    assert summary["val"]["images"] == 12 and result.final_split == "test"
+    assert result_line(result).startswith(
+        f"test top-1 {result.top1:.2f}% (top-5 {result.top5:.2f}%), deployed model "
+        f"{result.deployed_top1:.2f}%; no held-out validation (the epochs were validated on "
+        f"the test)")
+    assert ("No held-out validation split: the epochs were validated on the test images"
+            in (run / "report.md").read_text())

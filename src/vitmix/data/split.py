@@ -121,13 +121,14 @@ def _eval_view(dataset: Dataset, transform) -> Dataset:
     return view
 
 
-def hold_out_validation(splits: DataSplits, size: int, eval_transform=None) -> DataSplits:
+def hold_out_validation(splits: DataSplits, size: int, eval_transform=None,
+                        asked: int | str | None = None) -> DataSplits:
     """``splits`` with ``size`` training images validating and its validation split, if any,
     becoming the test split; with ``size`` 0, ``splits`` as read, with their names filled in.
 
     ``splits.val`` is the data's own second split (Fashion-MNIST's test files, or val/; None
     for a folder without val/). ValueError when ``size`` leaves no training images, or none of
-    a class.
+    a class; ``asked`` is the val_split setting ``size`` came from, for the message.
     """
     name = splits.name
     fashion = name == FASHION_MNIST
@@ -142,8 +143,9 @@ def hold_out_validation(splits: DataSplits, size: int, eval_transform=None) -> D
                           val_is_test=fashion)
     train = splits.train
     if size >= len(train):
+        got = f"{asked!r} ({size} for {name})" if asked == AUTO else size
         raise ValueError(f"val_split must be smaller than the {len(train)} training images of "
-                         f"{name} (it holds that many out of training), got {size}")
+                         f"{name} (it holds that many out of training), got {got}")
     held = HeldOut(held_out_indices(_targets(train, name), size,
                                     class_names=list(splits.classes)), train)
     keep = np.setdiff1d(np.arange(len(train)), held.indices)

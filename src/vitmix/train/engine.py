@@ -186,7 +186,7 @@ class _Run:
         loaded = load_splits(config.data, config.in_chans, train_tf, eval_tf,
                              verify=config.verify_images, data_dir=config.data_dir,
                              require_val=val_split == 0)
-        self.data = hold_out_validation(loaded, val_split, eval_tf)
+        self.data = hold_out_validation(loaded, val_split, eval_tf, asked=config.val_split)
         self._check_split_on_every_rank()
         self.num_classes = len(self.data.classes)
 
