@@ -65,7 +65,7 @@ def simulate(machine: Machine, minutes=30.0, updates_per_epoch=200, batch=256,
     budget.probe((machine.t - start) / (2 * batch))
     budget.plan(0, 0)
     warmup = min(warmup_updates, budget.planned // 2)
-    budget.warmup_updates = warmup
+    budget.set_warmup(warmup)
     scheduler = CosineLRScheduler(optimizer, t_initial=budget.planned - warmup, lr_min=MIN_LR,
                                   warmup_t=warmup, warmup_lr_init=LR * 1e-3,
                                   warmup_prefix=True, t_in_epochs=False)
@@ -135,6 +135,43 @@ def test_a_run_spans_its_budget_and_ends_inside_it(name):
     plans = [planned for _, _, planned in budget.history]
     assert len(plans) > 5 and plans[-1] == budget.planned
     assert max(plans[-5:]) <= 1.05 * min(plans[-5:])
+
+
+def test_while_the_plan_holds_the_schedules_are_those_of_a_run_without_a_budget():
+    planned, warmup = 300, 40
+    budget = TimeBudget(10, 100, 128, 100, 100, clock=lambda: 0.0)
+    budget.start()
+    budget.planned, budget.measured, budget.next_plan_at = planned, True, 10**9
+    budget.set_warmup(warmup)
+
+    def scheduler():
+        optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=LR)
+        return optimizer, CosineLRScheduler(optimizer, t_initial=planned - warmup, lr_min=MIN_LR,
+                                            warmup_t=warmup, warmup_lr_init=LR * 1e-3,
+                                            warmup_prefix=True, t_in_epochs=False)
+
+    (opt_a, by_budget), (opt_b, by_count) = scheduler(), scheduler()
+    for n in range(1, planned + 1):
+        budget.after_update(n, n % 100 or 100)
+        by_budget.step_update(budget.lr_position(n, warmup, planned - warmup))
+        by_count.step_update(n)
+        assert budget.progress == pytest.approx(n / planned, rel=1e-12, abs=1e-12)
+        assert opt_a.param_groups[0]["lr"] == pytest.approx(opt_b.param_groups[0]["lr"],
+                                                            rel=1e-9), n
+    assert budget.finished(planned) and opt_a.param_groups[0]["lr"] == pytest.approx(MIN_LR)
+
+
+def test_a_warm_up_longer_than_half_the_run_ends_half_way():
+    # The probe guesses updates 13x too fast: the warm-up of 1000 updates, half the first
+    # plan at most, turns out longer than the ~880 updates that fit.
+    run = simulate(Machine(update_s=2.0), warmup_updates=1000)
+    assert run["warmup"] == 1000 and run["updates"] < 1000
+    lrs = [lr for _, _, lr in run["trace"]]
+    peak = max(range(len(lrs)), key=lrs.__getitem__)
+    assert lrs[peak] == pytest.approx(LR) and run["trace"][peak][1] == pytest.approx(0.5, abs=0.01)
+    assert all(b >= a for a, b in zip(lrs[:peak], lrs[1:peak + 1], strict=True))
+    assert all(b <= a for a, b in zip(lrs[peak:], lrs[peak + 1:], strict=False))
+    assert run["lr"] == pytest.approx(MIN_LR) and run["end"] <= 1800
 
 
 def test_a_slower_machine_makes_fewer_updates_in_the_same_budget():

@@ -23,9 +23,11 @@ The schedules follow the run's *progress*, which each update advances by an equa
 what is left of it over the updates left in the plan: (1 - p) / (planned - done). With a plan
 that never changes this is done / planned exactly, as in a run without a budget; when the plan
 changes, the pace changes from there on, so progress never jumps and never goes back, and it
-reaches 1 with the last planned update. The CCA cosine takes it as it is; the learning rate's
-cosine (after a warm-up of a fixed number of updates) takes the part after the warm-up, as a
-position on a timm CosineLRScheduler made once, so timm's schedule is used unchanged.
+reaches 1 with the last planned update. The CCA cosine takes it as it is. The learning rate
+warms up over the updates asked for, or until the progress is 1/2 if that comes first (a plan
+that shrank below twice the warm-up), then its cosine takes the progress made since, as a
+position on a timm CosineLRScheduler made once, so timm's schedule is used unchanged. With a
+plan that never changes, all of this is exactly what the scheduler does without a budget.
 
 What the clock counts: from the probe on, everything (the first updates' one-time costs such as
 compilation, data loading, evaluations, checkpoints, the final evaluations, the deployed model
@@ -126,11 +128,16 @@ class TimeBudget:
         self.history: list[list[float]] = []  # [updates done, seconds used, planned updates]
         self.progress = 0.0  # of the whole run, in [0, 1]
         self.warmup_updates = 0
-        self.warmup_progress = 0.0  # the progress at the warm-up's last update
+        self.warmup_progress: float | None = 0.0  # the progress where the warm-up ended
         self._started: float | None = None
         self._last_update: float | None = None
         self._gap = "start"  # what the next interval between updates holds besides an update
         self._window_s, self._window_n = 0.0, 0
+
+    def set_warmup(self, updates: int) -> None:
+        """The learning rate's warm-up: this many updates (none: the cosine from the start)."""
+        self.warmup_updates = updates
+        self.warmup_progress = 0.0 if updates == 0 else None
 
     # The clock ------------------------------------------------------------------------------
     def start(self) -> None:
@@ -189,21 +196,27 @@ class TimeBudget:
             self.plan(num_updates, in_epoch)
         # An equal share of the progress left for each update left in the plan.
         self.progress += (1.0 - self.progress) / max(1, self.planned - num_updates + 1)
-        if num_updates == self.warmup_updates:
+        if self.warmup_progress is None and self._warmup_done(num_updates) >= 1:
             self.warmup_progress = self.progress
         # Once the schedules are at their end the run is over, whatever a later plan says.
         self.ended = self.measured and num_updates >= self.planned
+
+    def _warmup_done(self, num_updates: int) -> float:
+        """How much of the warm-up is done: its updates, or half the run if that is further."""
+        return min(1.0, max(num_updates / self.warmup_updates, 2 * self.progress))
+
     def epoch_ended(self, num_updates: int) -> None:
         """An epoch's evaluation and checkpoint are done: plan again."""
         self._gap = "epoch" if self._last_update is not None else self._gap
         self.plan(num_updates, 0)
 
     def lr_position(self, num_updates: int, warmup_t: int, t_initial: int) -> float:
-        """Where a timm CosineLRScheduler made with ``warmup_t`` and ``t_initial`` (warm-up
-        prefix) stands after ``num_updates``: the warm-up by update count, then the cosine by
-        the progress made since the warm-up's end (``t_initial`` at the end of the plan)."""
-        if num_updates <= warmup_t:
-            return float(num_updates)
+        """Where a timm CosineLRScheduler made with ``warmup_t`` (the budget's warm-up, see
+        :meth:`set_warmup`) and ``t_initial``, warm-up prefix, stands after ``num_updates``:
+        in the warm-up, then the cosine by the progress made since the warm-up's end
+        (``t_initial`` at the end of the plan, where the learning rate is min_lr)."""
+        if self.warmup_progress is None:
+            return warmup_t * self._warmup_done(num_updates)
         share = (self.progress - self.warmup_progress) / max(1e-12, 1 - self.warmup_progress)
         return warmup_t + min(1.0, share) * t_initial
 

@@ -183,7 +183,7 @@ class TrainConfig:
                              f"(--color-jitter 0) with it, got {self.color_jitter}")
         if self.final_weights == "ema" and not self.ema:
             self.final_weights = "model"
-        # With a budget the epochs are what fits; the warm-up is capped to half the run there.
+        # With a budget the epochs are what fits; the warm-up is capped at half the run there.
         if self.time_budget is None and self.warmup_epochs > self.epochs:
             raise ValueError(f"warmup_epochs must lie in [0, epochs={self.epochs}], "
                              f"got {self.warmup_epochs}")

@@ -231,11 +231,12 @@ class _Run:
         else:
             self.budget = self._start_budget(clock)
             self.total_updates = self.budget.planned
-            # The warm-up is what was asked for, but no more than half the run as first
-            # estimated: a warm-up the budget cannot hold would leave no cosine at all.
+            # The warm-up is what was asked for, but no more than half the run (half the first
+            # plan here, half the progress in the budget): a warm-up the budget cannot hold
+            # would leave no cosine at all.
             warmup = min(round(config.warmup_epochs * self.updates_per_epoch),
                          self.total_updates // 2)
-            self.budget.warmup_updates = warmup
+            self.budget.set_warmup(warmup)
         self.scheduler = CosineLRScheduler(
             self.optimizer, t_initial=self.total_updates - warmup, lr_min=config.min_lr,
             warmup_t=warmup, warmup_lr_init=self.lr * 1e-3, warmup_prefix=True,
