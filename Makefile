@@ -31,5 +31,5 @@ lint: env
 # Re-resolve both locks after a change to pyproject.toml's dependencies (needs the network).
 lock:
 	bash scripts/uv.sh lock
-	bash scripts/uv.sh pip compile pyproject.toml --extra dev --extra export --resolution lowest-direct \
+	bash scripts/uv.sh pip compile pyproject.toml --extra dev --extra export --extra data --resolution lowest-direct \
 		--python-version 3.11 --generate-hashes --quiet -o requirements/oldest.txt

@@ -31,7 +31,7 @@ fi
 uv=(bash "$repo/scripts/uv.sh")
 cd "$repo"
 if [ "$lock" = locked ]; then
-    UV_PROJECT_ENVIRONMENT="$venv" "${uv[@]}" sync --quiet --frozen --extra dev --extra export
+    UV_PROJECT_ENVIRONMENT="$venv" "${uv[@]}" sync --quiet --frozen --extra dev --extra export --extra data
 else
     [ -x "$venv/bin/python" ] || "${uv[@]}" venv --quiet "$venv"
     VIRTUAL_ENV="$venv" "${uv[@]}" pip sync --quiet requirements/oldest.txt
@@ -41,7 +41,8 @@ fi
 "$venv/bin/python" - "$lock" <<'PY'
 import platform, sys
 from importlib.metadata import version
-names = ("torch", "torchvision", "timm", "numpy", "safetensors", "onnx", "onnxruntime", "pytest")
+names = ("torch", "torchvision", "timm", "numpy", "safetensors", "onnx", "onnxruntime", "webdataset",
+         "datasets", "pytest")
 print(f"setup: {sys.argv[1]} set, Python {platform.python_version()}, "
       + ", ".join(f"{n} {version(n)}" for n in names))
 PY

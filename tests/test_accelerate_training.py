@@ -114,11 +114,15 @@ def test_activation_with_parameters_is_not_taken():
 
 
 @pytest.mark.parametrize("per_sample", [True, False])
-def test_covariance_mix_gradcheck_and_float64_formula(small_chunks, monkeypatch, per_sample):
-    monkeypatch.setattr(training, "CCA_PER_SAMPLE_MIN_TOKENS", 1 if per_sample else 10**9)
-    tokens = torch.randn(5, 3, 4, dtype=F64, requires_grad=True)
-    y = torch.randn(5, 3, 4, dtype=F64, requires_grad=True)
-    weight = torch.tensor(0.3, dtype=F64, requires_grad=True)
+@pytest.mark.parametrize("tokens_per_sample", [3, 6])
+@pytest.mark.parametrize("per_channel", [False, True])
+def test_covariance_mix_gradcheck_and_float64_formula(small_chunks, monkeypatch, per_sample,
+                                                      tokens_per_sample, per_channel):
+    monkeypatch.setattr(training, "CCA_PER_SAMPLE_MIN_MACS", 1 if per_sample else 10**12)
+    tokens = torch.randn(5, tokens_per_sample, 4, dtype=F64, requires_grad=True)
+    y = torch.randn(5, tokens_per_sample, 4, dtype=F64, requires_grad=True)
+    weight = (torch.rand(4, dtype=F64) if per_channel else torch.tensor(0.3, dtype=F64))
+    weight.requires_grad_()
     fn = lambda t, yy, w: training.covariance_mix(t, yy, w, 0.7)  # noqa: E731
     assert torch.autograd.gradcheck(fn, (tokens, y, weight))
     torch.testing.assert_close(fn(tokens, y, weight),
@@ -126,12 +130,22 @@ def test_covariance_mix_gradcheck_and_float64_formula(small_chunks, monkeypatch,
 
 
 @pytest.mark.parametrize("per_sample", [True, False])
-def test_covariance_mix_in_float32_through_onednn(monkeypatch, per_sample):
-    monkeypatch.setattr(training, "CCA_PER_SAMPLE_MIN_TOKENS", 1 if per_sample else 10**9)
-    tokens, y = torch.randn(3, 20, 16), torch.randn(3, 20, 16)
-    got = training.covariance_mix(tokens, y, torch.tensor(0.6), 0.25)
-    torch.testing.assert_close(got.double(), reference_cca_mix(tokens, y, torch.tensor(0.6), 0.25),
-                               rtol=1e-5, atol=1e-5)
+@pytest.mark.parametrize("tokens_per_sample", [3, 20])  # fewer and more tokens than channels
+def test_covariance_mix_in_float32_through_onednn(monkeypatch, per_sample, tokens_per_sample):
+    monkeypatch.setattr(training, "CCA_PER_SAMPLE_MIN_MACS", 1 if per_sample else 10**12)
+    torch.manual_seed(0)
+    tokens = torch.randn(3, tokens_per_sample, 16, requires_grad=True)
+    y = torch.randn(3, tokens_per_sample, 16, requires_grad=True)
+    weight = torch.tensor(0.6, requires_grad=True)
+    grad = torch.randn(3, tokens_per_sample, 16)
+    got = training.covariance_mix(tokens, y, weight, 0.25)
+    got.backward(grad)
+    leaves = [t.detach().double().requires_grad_() for t in (tokens, y, weight)]
+    want = reference_cca_mix(*leaves, 0.25)
+    want.backward(grad.double())
+    torch.testing.assert_close(got.double(), want, rtol=1e-5, atol=1e-5)
+    for got_leaf, want_leaf in zip((tokens, y, weight), leaves, strict=True):
+        torch.testing.assert_close(got_leaf.grad.double(), want_leaf.grad, rtol=1e-4, atol=1e-4)
 
 
 # ---- products, linear layers ---------------------------------------------------------------
@@ -352,7 +366,91 @@ def test_whole_models_train_as_the_plain_models(lean_calls, name):
         for pname, p in model.named_parameters():
             if pname.endswith("gamma"):
                 p.normal_()
-    x = torch.randn(2, 3, 32, 32).contiguous(memory_format=torch.channels_last)
-    assert_same_training_step(model.to(memory_format=torch.channels_last), x, rtol=1e-3,
-                              atol=1e-4)
+    # In float64, where the functions' chunking, recomputation and gradients are checked without
+    # float32 rounding, which through a whole model's BatchNorms grows to about 1e-4.
+    x = torch.randn(2, 3, 32, 32, dtype=F64).contiguous(memory_format=torch.channels_last)
+    assert_same_training_step(model.double().to(memory_format=torch.channels_last), x,
+                              rtol=1e-9, atol=1e-9)
     assert "block_diagonal_mlp" in lean_calls
+
+
+def _metaformer_block(token_mixer: str, groups: int, cca: bool) -> nn.Module:
+    from vitmix.models.metaformer import MetaFormerBlock
+    torch.manual_seed(0)
+    block = MetaFormerBlock(16, token_mixer, mlp_ratio=4, mlp_groups=groups, cca=cca,
+                            cca_schedule="learned", drop=0.0, drop_path=0.0,
+                            layer_scale_init=1e-5, head_dim=8)
+    with torch.no_grad():  # layer scales far from 1e-5, so that every branch shows
+        for name, p in block.named_parameters():
+            if name.endswith("gamma"):
+                p.copy_(torch.randn_like(p))
+    return block.train()
+
+
+@pytest.mark.parametrize("token_mixer", ["pool", "attn"])
+@pytest.mark.parametrize("groups,cca", [(1, False), (4, True)])
+def test_metaformer_block_folds_its_mlp_layer_scale_in_training(lean_calls, token_mixer, groups,
+                                                                 cca):
+    block = _metaformer_block(token_mixer, groups, cca).double()
+    x = torch.randn(2, 16, 4, 6, dtype=F64).contiguous(memory_format=torch.channels_last)
+    assert_same_training_step(block, x, rtol=1e-9, atol=1e-9)
+    assert "block_diagonal_mlp" in lean_calls
+    # ls2 no longer keeps the MLP branch's output for its gradient.
+    x32 = x.float().requires_grad_()
+    plain, lean = block.float(), accelerate(copy.deepcopy(block.float()))
+    assert _saved_bytes(lean, x32) < _saved_bytes(plain, x32) - x32.numel() * 4
+
+
+def test_metaformer_block_with_an_mlp_the_functions_cannot_take_trains_plainly(lean_calls):
+    block = _metaformer_block("pool", 2, True)
+    block.mlp.act = nn.PReLU()
+    x = torch.randn(2, 16, 4, 4)
+    assert_same_training_step(block, x)
+    assert lean_calls == []
+
+
+# ---- CUDA: the same functions through F.linear and batched products ---------------------------
+
+cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device here")
+
+
+@cuda
+def test_functions_on_cuda_gradcheck_in_float64(small_chunks):
+    dev = torch.device("cuda")
+    rule = training.activation_rule(nn.GELU())
+    x = torch.randn(19, 6, dtype=F64, device=dev, requires_grad=True)
+    w1, b1, w2, b2 = (t.detach().to(dev).requires_grad_()
+                      for t in block_weights(2, 3, 4, 3, bias=True))
+
+    def mlp(*args):
+        torch.manual_seed(2)
+        return training.block_diagonal_mlp(*args, act=rule, drop=0.3)
+
+    assert torch.autograd.gradcheck(mlp, (x, w1, b1, w2, b2))
+    tokens = torch.randn(4, 3, 5, dtype=F64, device=dev, requires_grad=True)
+    y = torch.randn(4, 3, 5, dtype=F64, device=dev, requires_grad=True)
+    weight = torch.rand(5, dtype=F64, device=dev, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda t, yy, w: training.covariance_mix(t, yy, w, 0.4),
+                                    (tokens, y, weight))
+
+
+@cuda
+@pytest.mark.parametrize("name", ["metaformer_ppaa_t", "schemeformer_ppaa_t_e8_g2"])
+def test_models_train_on_cuda_with_bfloat16_autocast_as_the_plain_models(name):
+    torch.manual_seed(0)
+    model = timm.create_model(name, num_classes=5, img_size=32).cuda().train()
+    lean = accelerate(copy.deepcopy(model))
+    x = torch.randn(4, 3, 32, 32, device="cuda").contiguous(memory_format=torch.channels_last)
+    results = []
+    for module in (model, lean):
+        with torch.autocast("cuda", dtype=torch.bfloat16):
+            out = module(x)
+        out.float().square().mean().backward()
+        results.append((out.float(), {n: p.grad for n, p in module.named_parameters()}))
+    (want, want_grads), (got, got_grads) = results
+    torch.testing.assert_close(got, want, rtol=3e-2, atol=3e-2)
+    largest = max(g.abs().max() for g in want_grads.values())
+    for name_, grad in want_grads.items():
+        scale = torch.maximum(grad.abs().max(), largest / 100)
+        torch.testing.assert_close(got_grads[name_] / scale, grad / scale, rtol=5e-2, atol=5e-2,
+                                   msg=name_)

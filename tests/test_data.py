@@ -21,6 +21,7 @@ from vitmix.data import (
     SafeImageFolder,
     build_transforms,
     fashion_mnist,
+    image_folder,
     load_eval_split,
     load_splits,
     read_idx,
@@ -172,6 +173,23 @@ def test_image_folder_header_mode_replaces_a_damaged_body_at_load_time(tmp_path)
     np.testing.assert_array_equal(np.asarray(image), np.asarray(ds[2][0]))
 
 
+def test_auto_verification_decodes_small_trees_and_checks_large_ones_while_loading(
+        tmp_path, monkeypatch):
+    make_image_folder(tmp_path, classes=("a",), per_class=3)
+    good = (tmp_path / "a" / "1.png").read_bytes()
+    (tmp_path / "a" / "1.png").write_bytes(good[: len(good) - 40])
+    with pytest.warns(UserWarning, match="skipped 1 unreadable"):
+        small = SafeImageFolder(tmp_path, mode="L")  # 3 images: decoded up front
+    assert (small.verify, len(small), small.skipped) == ("decode", 2, 1)
+    monkeypatch.setattr(image_folder, "AUTO_DECODE_LIMIT", 2)
+    for verify in ("auto", "none"):  # more images than the limit: nothing is opened up front
+        large = SafeImageFolder(tmp_path, mode="L", verify=verify)
+        assert (large.verify, len(large), large.skipped) == ("none", 3, 0)
+        with pytest.warns(UserWarning, match="1.png"):
+            large[1]
+        assert large.skipped_at_load == 1
+
+
 def test_images_found_damaged_in_dataloader_workers_are_counted_once(tmp_path):
     """With --verify-images header a damaged body shows only when a worker process loads it;
     the count must reach the process that writes the report, once per image, not per epoch."""
@@ -217,8 +235,13 @@ def test_the_evaluation_split_reads_val_alone_in_the_checkpoint_class_order(tmp_
                        r"not have \(its classes: \['cat', 'dog'\]\)"):
         load_eval_split(str(tmp_path), 3, classes=["cat", "dog"],
                         classes_from="the checkpoint m.pth")
-    with pytest.raises(FileNotFoundError, match="has no val/ folder; vitmix eval reads"):
+    with pytest.raises(FileNotFoundError, match=r"val holds none of the datasets vitmix reads: "
+                       r"an ImageFolder tree \(.*/val/val/<class>/<image>\), webdataset shards "
+                       r"\(val-\*.tar\) or .*; it holds ant/, cat/$"):
         load_eval_split(str(tmp_path / "val"), 3)
+    (tmp_path / "only_train" / "train").mkdir(parents=True)
+    with pytest.raises(FileNotFoundError, match="has no val/ folder; vitmix eval reads"):
+        load_eval_split(str(tmp_path / "only_train"), 3)
 
 
 def test_the_fashion_mnist_evaluation_reads_the_test_files_alone(tmp_path):

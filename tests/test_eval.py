@@ -126,7 +126,7 @@ def test_eval_arguments_are_checked_before_any_file_is_read(trained, tmp_path, c
          "workers (--workers) must be a non-negative integer, got -1"),
         (["--checkpoint", deployed, "--out", deployed], "is a file; give a folder"),
         (["--checkpoint", deployed, "--data", str(root / "train")],
-         "has no val/ folder; vitmix eval reads"),
+         "train holds none of the datasets vitmix reads: an ImageFolder tree ("),
     ]
     for args, message in cases:
         assert main(["eval", "--model", MODEL, "--data", str(root), *args]) == 2

@@ -21,6 +21,8 @@ BAD_VALUES = [
     ("model_kwargs", "{}", "a mapping of argument names to values"),
     ("data", None, "a non-empty string"),
     ("data_dir", 5, "a non-empty string or None"),
+    ("data_image_key", "", "a non-empty string or None"),
+    ("data_label_key", 1, "a non-empty string or None"),
     ("img_size", 0, "a positive integer"),
     ("img_size", 32.0, "a positive integer"),
     ("in_chans", 2, "one of 1, 3"),
@@ -76,7 +78,7 @@ BAD_VALUES = [
     ("eval_ema_each_epoch", 0, "True or False"),
     ("max_train_batches", 0, "a positive integer or None"),
     ("max_val_batches", 2.0, "a positive integer or None"),
-    ("verify_images", "none", "one of 'decode', 'header'"),
+    ("verify_images", "quick", "one of 'auto', 'decode', 'header', 'none'"),
     ("progress_bar", "no", "True or False"),
 ]
 
@@ -121,6 +123,10 @@ def test_cross_field_rules():
         TrainConfig(loader="tensor")
     with pytest.raises(ValueError, match="data_dir names the folder of the Fashion-MNIST files"):
         TrainConfig(data="/data/imagenet", data_dir="/data/fm")
+    with pytest.raises(ValueError, match="data_label_key names the image or label of a Hugging "
+                       "Face dataset or of webdataset samples; Fashion-MNIST has no other"):
+        TrainConfig(data_label_key="fine_label")
+    assert TrainConfig(data="/data/shards", data_label_key="fine_label").data_label_key
     assert TrainConfig(ema=False).final_weights == "model"
 
 

@@ -200,3 +200,26 @@ def test_fashion_mnist_without_a_held_out_split_says_its_test_numbers_are_optimi
         f"the test)")
     assert ("No held-out validation split: the epochs were validated on the test images"
             in (run / "report.md").read_text())
+
+
+def test_a_saved_dataset_holds_out_validation_and_shards_say_why_they_cannot(tmp_path, capsys):
+    from tiny_runs import make_saved_dataset, make_shards
+
+    saved = make_saved_dataset(tmp_path / "saved")
+    run = tmp_path / "run"
+    result = quiet_fit(tiny_config(saved, run, epochs=1, val_split=6))
+    summary = result.summary
+    # Drawn class by class from the saved training split's label column; its validation split
+    # is the test split now.
+    assert summary["val"]["held_out"]["images"] == summary["val"]["trained"]["count"] == 6
+    assert summary["test"]["trained"]["count"] == 12 and result.final_split == "test"
+    labels = json.loads((saved / "train" / "dataset_info.json").read_text())
+    assert labels["features"]["label"]["names"] == ["circle", "square", "stripes"]
+    shards = make_shards(tmp_path / "shards")
+    assert cli.main(["train", *tiny_args(shards, tmp_path / "r2", epochs=1),
+                     "--val-split", "6"]) == 2
+    assert capsys.readouterr().err == (
+        f"vitmix train: error: cannot hold out a validation split of {shards}: its training set "
+        f"is read as a stream (webdataset shards), without the random access that picks images "
+        f"out of it; give it val-*.tar shards and --val-split 0\n")
+    assert not (tmp_path / "r2").exists()

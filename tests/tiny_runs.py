@@ -3,6 +3,7 @@ a second, and the command line a child process runs it with."""
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import sys
@@ -39,6 +40,67 @@ def make_image_tree(root: Path, per_split: dict[str, int] | None = None,
             (root / split / name).mkdir(parents=True, exist_ok=True)
             for i in range(n):
                 Image.fromarray(_pattern(k % 3, rng)).save(root / split / name / f"{i}.png")
+    return root
+
+
+def _png(pixels: np.ndarray) -> bytes:
+    buffer = io.BytesIO()
+    Image.fromarray(pixels).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def _shuffled_samples(n: int, classes, rng: np.random.Generator,
+                      damaged: int | None = None) -> list[tuple[int, bytes]]:
+    """(label, PNG) pairs in random order; the one at ``damaged`` cut in half (its header reads,
+    its pixels do not)."""
+    samples = [(k, _png(_pattern(k % 3, rng))) for k in range(len(classes)) for _ in range(n)]
+    samples = [samples[i] for i in rng.permutation(len(samples))]
+    if damaged is not None:
+        label, png = samples[damaged]
+        samples[damaged] = label, png[: len(png) // 2]
+    return samples
+
+
+def make_shards(root: Path, per_split: dict[str, int] | None = None, shard_size: int = 5,
+                classes=CLASSES, write_classes: bool = True,
+                damaged: dict[str, int] | None = None) -> Path:
+    """root/train-*.tar and root/val-*.tar, webdataset samples of a PNG and a .cls label (8 and
+    4 per class, in random order, as shards should be written), and classes.txt; ``damaged``
+    maps a split to the sample whose image is cut short."""
+    import webdataset as wds
+
+    rng = np.random.default_rng(0)
+    root.mkdir(parents=True, exist_ok=True)
+    for split, n in (per_split or {"train": 8, "val": 4}).items():
+        with wds.ShardWriter(str(root / f"{split}-%04d.tar"), maxcount=shard_size,
+                             verbose=0) as sink:
+            samples = _shuffled_samples(n, classes, rng, (damaged or {}).get(split))
+            for i, (label, png) in enumerate(samples):
+                sink.write({"__key__": f"{split}{i:05d}", "png": png, "cls": label})
+    if write_classes:
+        (root / "classes.txt").write_text("".join(f"{name}\n" for name in classes))
+    return root
+
+
+def make_saved_dataset(root: Path, per_split: dict[str, int] | None = None, classes=CLASSES,
+                       image_key: str = "image", label_key: str = "label",
+                       class_names: bool = True, damaged: dict[str, int] | None = None) -> Path:
+    """A Hugging Face DatasetDict (train 8 and validation 4 per class) saved with save_to_disk:
+    an Image column and a ClassLabel (or, without ``class_names``, integer) column; ``damaged``
+    maps a split to the row whose image is cut short."""
+    import datasets
+
+    datasets.disable_progress_bars()
+    rng = np.random.default_rng(0)
+    label = datasets.ClassLabel(names=list(classes)) if class_names else datasets.Value("int64")
+    features = datasets.Features({image_key: datasets.Image(), label_key: label})
+    splits = {}
+    for split, n in (per_split or {"train": 8, "validation": 4}).items():
+        samples = _shuffled_samples(n, classes, rng, (damaged or {}).get(split))
+        splits[split] = datasets.Dataset.from_dict(
+            {image_key: [{"bytes": png, "path": None} for _, png in samples],
+             label_key: [k for k, _ in samples]}, features=features)
+    datasets.DatasetDict(splits).save_to_disk(str(root))
     return root
 
 

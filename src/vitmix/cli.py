@@ -36,14 +36,23 @@ def _describe_os_error(err: OSError) -> str:
     return str(err)
 
 
+def _one_line(err: Exception) -> str:
+    """The message of an error; of one raised in a DataLoader worker, whose re-raised copy
+    carries the worker's traceback, the original message alone."""
+    text = _describe_os_error(err) if isinstance(err, OSError) else str(err)
+    if text.startswith("Caught ") and "\nOriginal Traceback" in text:
+        last = text.rstrip().splitlines()[-1]
+        text = last.removeprefix(f"{type(err).__name__}: ")
+    return text
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return int(args.func(args) or 0)
     except (ValueError, *_BAD_PATHS) as err:
         # Errors meant for people: one line, no traceback.
-        text = _describe_os_error(err) if isinstance(err, OSError) else str(err)
-        print(f"vitmix {args.command}: error: {text}", file=sys.stderr)
+        print(f"vitmix {args.command}: error: {_one_line(err)}", file=sys.stderr)
         return exit_codes.BAD_INPUT
     except OSError as err:
         print(f"vitmix {args.command}: error: {_describe_os_error(err)}", file=sys.stderr)

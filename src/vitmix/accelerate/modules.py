@@ -119,14 +119,38 @@ class AcceleratedMlp(Mlp):
         if kernels.inference_allowed(x, self.fc1.weight):
             return kernels.apply_row_kernel(self.row_kernel(), x, self.fc2.weight.shape[0],
                                             channels_first)
+        lean = self.lean_forward(x)
+        return lean if lean is not None else super().forward(x)
+
+    def lean_forward(self, x: torch.Tensor, out_scale: torch.Tensor | None = None
+                     ) -> torch.Tensor | None:
+        """``out_scale * self(x)`` through the memory-lean training functions (``out_scale``, a
+        per-channel LayerScale, is folded into fc2), or None where they do not apply."""
+        channels_first = type(self.fc1) is nn.Conv2d
         act = _lean_activation(self.act, self.drop1)
-        if act is None or not training.training_allowed(x, self.fc1.weight):
-            return super().forward(x)
+        if (act is None or (channels_first and x.dim() != 4)
+                or not training.training_allowed(x, self.fc1.weight)):
+            return None
         rows, back = kernels.rows_and_back(x, channels_first)
+        w2, b2 = _as_groups(self.fc2.weight), self.fc2.bias
+        if out_scale is not None:
+            w2, b2 = _scale_outputs(w2, b2, out_scale)
         y = training.block_diagonal_mlp(
-            rows, _as_groups(self.fc1.weight), self.fc1.bias, _as_groups(self.fc2.weight),
-            self.fc2.bias, act, _dropout_p(self.drop1), getattr(self, "store_hidden", False))
+            rows, _as_groups(self.fc1.weight), self.fc1.bias, w2, b2, act,
+            _dropout_p(self.drop1), getattr(self, "store_hidden", False))
         return back(self.drop2(y))
+
+
+def _scale_outputs(weight: torch.Tensor, bias: torch.Tensor | None, scale: torch.Tensor
+                   ) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """A (G, out/G, in/G) layer's weight and bias with output channel k times ``scale[k]``
+    (a scalar, or one value per output channel): ``scale * (W h + b) = (scale W) h + scale b``,
+    so autograd finds the scale's gradient through the weights instead of keeping the layer's
+    output for it."""
+    if scale.dim() == 0:
+        return scale * weight, None if bias is None else scale * bias
+    return (scale.view(weight.shape[0], weight.shape[1], 1) * weight,
+            None if bias is None else scale * bias)
 
 
 def _group_chunks(bias: torch.Tensor | None, groups: int) -> list[torch.Tensor | None]:
@@ -187,23 +211,31 @@ class AcceleratedSchemeMlp(SchemeMlp):
         return derived(self, self._kernels)[1]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        lean = self.lean_forward(x)
+        return lean if lean is not None else super().forward(x)
+
+    def lean_forward(self, x: torch.Tensor, out_scale: torch.Tensor | None = None
+                     ) -> torch.Tensor | None:
+        """``out_scale * self(x)`` through the memory-lean training functions, or None where they
+        do not apply (then the plain forward runs, and says what is wrong with x).
+
+        The mixing weight a and ``out_scale`` (a per-channel LayerScale) are folded into fc2,
+        a * (W2 h + b2) = (a W2) h + a b2, so autograd finds their gradients through the weights,
+        and CCA is added into the MLP's output by one function."""
         act = _lean_activation(self.act, self.drop1)
         if (act is None or x.dim() < (3 if self.channels_first else 1)
                 or not training.training_allowed(x, self.fc1.weight)):
-            return super().forward(x)  # which also says what is wrong with x
-        return self._lean_forward(x, act)
-
-    def _lean_forward(self, x: torch.Tensor, act: training.ActivationRule) -> torch.Tensor:
-        """The memory-lean training path: the mixing weight a folded into fc2 (a * (W2 h + b2)
-        = (a W2) h + a b2, so autograd finds a's gradient through the weights) and CCA added
-        into the MLP's output by one function."""
+            return None
         where = "dimension 1 (channels first)" if self.channels_first else "the last dimension"
         self.fc1._check_channels(x.shape[1] if self.channels_first else x.shape[-1], where)
         rows, back = kernels.rows_and_back(x, self.channels_first)
-        w2, b2 = self.fc2.weight, self.fc2.bias
+        mlp_scale = out_scale
         if self.cca is not None:
             a, cca_w = self.mix_weights()
-            w2, b2 = a * w2, None if b2 is None else a * b2
+            mlp_scale = a if out_scale is None else a * out_scale
+        w2, b2 = self.fc2.weight, self.fc2.bias
+        if mlp_scale is not None:
+            w2, b2 = _scale_outputs(w2, b2, mlp_scale)
         y = training.block_diagonal_mlp(rows, self.fc1.weight, self.fc1.bias, w2, b2, act,
                                         _dropout_p(self.drop1),
                                         getattr(self, "store_hidden", False))
@@ -213,7 +245,8 @@ class AcceleratedSchemeMlp(SchemeMlp):
             batch, channels = (x.shape[0] if x.dim() > 1 else 1), rows.shape[-1]
             tokens = rows.view(batch, -1, channels)
             scale = self.cca.logit_scale(channels, tokens.shape[1])
-            y = training.covariance_mix(tokens, y.view(batch, -1, channels), cca_w,
+            weight = cca_w if out_scale is None else cca_w * out_scale
+            y = training.covariance_mix(tokens, y.view(batch, -1, channels), weight,
                                         scale).view(-1, channels)
         return back(y)
 
@@ -243,6 +276,8 @@ class AcceleratedMetaFormerBlock(MetaFormerBlock):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         # The cheap checks first: the MLP's kernel is only looked up when it can be used.
         gamma1, gamma2 = _layer_scale(self.ls1), _layer_scale(self.ls2)
+        if gamma2 is not None and hasattr(self.mlp, "lean_forward") and self.training:
+            return self._lean_forward(x, gamma2)
         if (self.training or gamma1 is None or gamma2 is None
                 or not kernels.inference_allowed(x, self.norm1.weight)):
             return super().forward(x)
@@ -258,6 +293,18 @@ class AcceleratedMetaFormerBlock(MetaFormerBlock):
         t = self.norm2(x)
         added = kernels.add_rows_(x, kernel, t, gamma2, channels_first=True)
         return added if added is not None else x + self.ls2(self.mlp(t))
+
+
+    def _lean_forward(self, x: torch.Tensor, gamma2: torch.Tensor) -> torch.Tensor:
+        """Training: the MLP branch's LayerScale folded into the MLP's fc2 (see
+        :meth:`AcceleratedSchemeMlp.lean_forward`), which spares a pass over the branch's output
+        forward and backward and the copy of it autograd would keep for the scale's gradient."""
+        x = x + self.drop_path1(self.ls1(self.token_mixer(self.norm1(x))))
+        t = self.norm2(x)
+        branch = self.mlp.lean_forward(t, out_scale=gamma2)
+        if branch is None:
+            branch = self.ls2(self.mlp(t))
+        return x + self.drop_path2(branch)
 
 
 class AcceleratedGroupMixBlock(GroupMixBlock):

@@ -319,68 +319,48 @@ def block_diagonal_mlp(rows: torch.Tensor, w1: torch.Tensor, b1: torch.Tensor | 
 # ---- CCA and the mixing -------------------------------------------------------------------------
 
 
-def _cca_chunk_samples(channels: int, element_size: int) -> int:
-    return max(1, CCA_CHUNK_BYTES // (channels * channels * element_size))
+# From this much product work per sample (N C^2 multiply-adds) on, CCA's products run sample by
+# sample through oneDNN on the CPU (see matmul_t); below it one batched product per chunk of
+# samples saves the per-call overhead, which would outweigh products that small.
+CCA_PER_SAMPLE_MIN_MACS = 1 << 22
 
 
-# From this many tokens per sample on, CCA's products run sample by sample on the CPU (through
-# oneDNN, see matmul_t); with fewer, the C x C softmax outweighs them and one batched product per
-# chunk of samples saves the per-call overhead.
-CCA_PER_SAMPLE_MIN_TOKENS = 16
-
-
-def _gram(x: torch.Tensor, scale: float) -> torch.Tensor:
-    """scale * X^T X for (N, C) tokens, or (b, N, C) a batch of them."""
-    if x.dim() == 2:
-        return matmul_t(x.t(), x.t()).mul_(scale)
-    return torch.baddbmm(x.new_zeros(1, 1, 1), x.transpose(1, 2), x, beta=0, alpha=scale)
-
-
-def _attention(x: torch.Tensor, scale: float) -> torch.Tensor:
-    """softmax(scale X^T X), the softmax in at least float32."""
-    return torch.softmax(_gram(x, scale), dim=-1,
-                         dtype=torch.promote_types(x.dtype, torch.float32))
-
-
-def _mix_forward(x: torch.Tensor, y: torch.Tensor, w: torch.Tensor, scale: float,
-                 out: torch.Tensor) -> None:
-    """out = y + X (w A)^T for one sample (N, C) or a chunk of them (b, N, C)."""
-    mixing = _attention(x, scale).mul_(w).to(x.dtype)
-    if x.dim() == 2:
-        out.copy_(matmul_t(x, mixing, add=y))
+def _cca_chunks(tokens: torch.Tensor) -> list[slice]:
+    """Chunks of samples: single samples where each has work enough for its own products,
+    else as many as keep a chunk's C x C attention near CCA_CHUNK_BYTES."""
+    n, c = tokens.shape[1:]
+    if (tokens.device.type == "cpu" and _onednn(tokens, tokens)
+            and n * c * c >= CCA_PER_SAMPLE_MIN_MACS):
+        step = 1
     else:
-        torch.baddbmm(y, x, mixing.transpose(-1, -2), out=out)
+        step = max(1, CCA_CHUNK_BYTES // (c * c * 4))
+    return _chunks(tokens.shape[0], step)
 
 
-def _mix_backward(x: torch.Tensor, g: torch.Tensor, w: torch.Tensor, scale: float,
-                  gx: torch.Tensor | None) -> torch.Tensor:
-    """Writes the gradient of X into ``gx`` (when given) and returns the gradient of w, for one
-    sample (N, C) or a chunk (b, N, C), with A recomputed."""
-    acc = w.dtype
-    attn = _attention(x, scale)
-    one = x.dim() == 2
-    products = (matmul_t(g.t(), x.t()) if one else torch.bmm(g.transpose(1, 2), x)).to(acc)
-    grad_w = torch.dot(attn.view(-1), products.view(-1))
-    if gx is None:
-        return grad_w
-    grad_attn = products.mul_(w)  # the gradient of A, (G^T X) w
-    grad_logits = torch.ops.aten._softmax_backward_data(grad_attn, attn, -1, attn.dtype)
-    # L = scale X^T X, so X's gradient through L is X (dL + dL^T) scale, symmetric.
-    sym = (grad_logits + grad_logits.transpose(-1, -2)).mul_(scale).to(x.dtype)
-    mixing = attn.mul_(w).to(x.dtype)
-    if one:
-        through_mix = matmul_t(g, mixing.t())
-        gx.copy_(matmul_t(x, sym, add=through_mix))
-    else:
-        torch.baddbmm(torch.bmm(g, mixing), x, sym, out=gx)
-    return grad_w
+def _bmm(a: torch.Tensor, b: torch.Tensor, add: torch.Tensor | None = None,
+         alpha: float = 1.0) -> torch.Tensor:
+    """``add + alpha * a @ b`` for (k, n, m) @ (k, m, p) batches; a batch of one goes through
+    matmul_t (oneDNN on the CPU)."""
+    if a.shape[0] == 1 and _onednn(a, b):
+        w = b[0].t() if alpha == 1.0 else b[0].t() * alpha
+        out = matmul_t(a[0], w, add=None if add is None else add[0])
+        return out.unsqueeze(0)
+    if add is None:
+        return torch.bmm(a, b) if alpha == 1.0 else torch.baddbmm(
+            a.new_zeros(1, 1, 1), a, b, beta=0, alpha=alpha)
+    return torch.baddbmm(add, a, b, alpha=alpha)
 
 
-def _sample_chunks(tokens: torch.Tensor) -> list:
-    """Single samples (an int index) when the products run per sample, else slices."""
-    if tokens.device.type == "cpu" and tokens.shape[1] >= CCA_PER_SAMPLE_MIN_TOKENS:
-        return list(range(tokens.shape[0]))
-    return _chunks(tokens.shape[0], _cca_chunk_samples(tokens.shape[-1], 4))
+def _attention(x: torch.Tensor, scale: float, acc: torch.dtype) -> torch.Tensor:
+    """softmax(scale X^T X) for (b, N, C) tokens, in ``acc`` (at least float32)."""
+    return torch.softmax(_bmm(x.transpose(1, 2), x, alpha=scale), dim=-1, dtype=acc)
+
+
+def _product_dtype(x: torch.Tensor, acc: torch.dtype) -> torch.dtype:
+    """The dtype of CCA's products: with fewer tokens than channels the (N, C) operands are the
+    small ones, so they are raised to the attention's precision rather than A lowered to theirs."""
+    n, c = x.shape[-2:]
+    return acc if n < c else x.dtype
 
 
 class _CovarianceMix(torch.autograd.Function):
@@ -389,12 +369,17 @@ class _CovarianceMix(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, tokens, y, weight, scale: float, dtype: torch.dtype):
+        acc = torch.promote_types(dtype, torch.float32)
         with torch.no_grad(), _no_autocast(tokens.device):
             out = torch.empty(y.shape, dtype=dtype, device=y.device)
-            w = weight.to(torch.promote_types(dtype, torch.float32))
-            tokens_c, y_c = tokens.to(dtype), y.to(dtype)
-            for s in _sample_chunks(tokens_c):
-                _mix_forward(tokens_c[s], y_c[s], w, scale, out[s])
+            w = weight.to(acc)
+            tokens_c = tokens.to(dtype)
+            pd = _product_dtype(tokens_c, acc)
+            for s in _cca_chunks(tokens_c):
+                x = tokens_c[s]
+                attn = _attention(x, scale, acc).to(pd)
+                mixed = _bmm(x.to(pd), attn.transpose(1, 2))
+                torch.addcmul(y[s].to(pd), mixed, w, out=out[s])
         ctx.scale, ctx.dtype = scale, dtype
         ctx.save_for_backward(tokens, weight)
         return out
@@ -403,16 +388,43 @@ class _CovarianceMix(torch.autograd.Function):
     def backward(ctx, grad_out):
         tokens, weight = ctx.saved_tensors
         scale, dtype = ctx.scale, ctx.dtype
+        acc = torch.promote_types(dtype, torch.float32)
         need_x, need_y, need_w = ctx.needs_input_grad[:3]
         with torch.no_grad(), _no_autocast(tokens.device):
-            w = weight.to(torch.promote_types(dtype, torch.float32))
-            tokens_c, g = tokens.to(dtype), grad_out.to(dtype)
-            gx = torch.empty_like(tokens_c) if need_x else None
-            grad_w = torch.zeros((), dtype=w.dtype, device=tokens.device)
-            for s in _sample_chunks(tokens_c):
-                grad_w += _mix_backward(tokens_c[s], g[s], w, scale,
-                                        None if gx is None else gx[s])
-        return (None if gx is None else gx.to(tokens.dtype), grad_out if need_y else None,
+            w = weight.to(acc)
+            tokens_c, grad_c = tokens.to(dtype), grad_out.to(dtype)
+            pd = _product_dtype(tokens_c, acc)
+            gx = torch.empty_like(tokens) if need_x else None
+            grad_w = torch.zeros(w.shape, dtype=acc, device=tokens.device)
+            for s in _cca_chunks(tokens_c):
+                x, g = tokens_c[s].to(pd), grad_c[s].to(pd)
+                attn = _attention(tokens_c[s], scale, acc)  # recomputed
+                # P = G^T X is the gradient of A over w; c_i = sum_j P_ij A_ij, which equals
+                # sum_n G_ni (X A^T)_ni: with fewer tokens than channels that is the cheaper way.
+                products = _bmm(g.transpose(1, 2), x).to(acc)
+                if x.shape[1] < x.shape[2]:
+                    mixed = _bmm(x, attn.to(pd).transpose(1, 2))
+                    rows = (g * mixed).sum(1, dtype=acc).unsqueeze(-1)
+                else:
+                    rows = (products * attn).sum(-1, keepdim=True)
+                grad_w += rows.sum() if w.dim() == 0 else rows.sum((0, 2))
+                if gx is None:
+                    continue
+                # The softmax's backward: dL = diag(w) A (P - c). With L = scale X^T X, X's
+                # gradient is (G diag(w)) A + scale X (dL + dL^T); a scalar w factors out.
+                grad_logits = products.sub_(rows).mul_(attn)
+                if w.dim() == 1:
+                    grad_logits.mul_(w.view(-1, 1))
+                    g = g * w.to(pd)
+                grad_logits = grad_logits.to(pd)
+                t = _bmm(g, attn.to(pd))
+                t = _bmm(x, grad_logits, add=t, alpha=scale)
+                t = _bmm(x, grad_logits.transpose(1, 2), add=t, alpha=scale)
+                if w.dim() == 0:
+                    torch.mul(t, w, out=gx[s])
+                else:
+                    gx[s] = t
+        return (gx, grad_out if need_y else None,
                 grad_w.to(weight.dtype) if need_w else None, None, None)
 
 
@@ -420,8 +432,8 @@ def covariance_mix(tokens: torch.Tensor, y: torch.Tensor, weight: torch.Tensor,
                    scale: float) -> torch.Tensor:
     """``y + weight * CCA(tokens)`` for (B, N, C) tokens and a (B, N, C) ``y``: CCA's output is
     ``X softmax(scale X^T X)^T`` per sample, as in
-    :class:`vitmix.layers.ChannelCovarianceAttention`. ``weight`` is a 0-dim tensor (gradients
-    flow to it)."""
+    :class:`vitmix.layers.ChannelCovarianceAttention`. ``weight`` is a 0-dim tensor or one value
+    per channel (C,); gradients flow to it."""
     return _CovarianceMix.apply(tokens, y, weight, float(scale), compute_dtype(tokens))
 
 

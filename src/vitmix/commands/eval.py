@@ -9,7 +9,8 @@ from pathlib import Path
 
 def register(subparsers) -> None:
     p = subparsers.add_parser(
-        "eval", help="evaluate a checkpoint on Fashion-MNIST's test split or an ImageFolder val/",
+        "eval", help="evaluate a checkpoint on Fashion-MNIST's test split or a dataset's "
+                     "validation split",
         description="Evaluate a trained model: a run's model_deployed.safetensors, or its "
                     "last.pth / best.pth (their EMA weights when the run kept an EMA).",
     )
@@ -19,8 +20,15 @@ def register(subparsers) -> None:
                         "--arch schemeformer` write it)")
     p.add_argument("--checkpoint", required=True, help=".safetensors or .pth checkpoint")
     p.add_argument("--data", default="fashion-mnist",
-                   help="'fashion-mnist' (its test split) or a folder with val/<class>/<image> "
-                        "(default: fashion-mnist)")
+                   help="'fashion-mnist' (its test split), or a folder: val/<class>/<image>, "
+                        "webdataset shards val-*.tar, or a Hugging Face DatasetDict saved with "
+                        "save_to_disk (its validation or test split) (default: fashion-mnist)")
+    p.add_argument("--data-image-key", default=None,
+                   help="the image column of a saved Hugging Face dataset, or the image file "
+                        "extension of webdataset samples (default: image/img; any image)")
+    p.add_argument("--data-label-key", default=None,
+                   help="the label column of a saved Hugging Face dataset, or the label file "
+                        "extension of webdataset samples (default: label/labels; cls)")
     p.add_argument("--data-dir", default=None,
                    help="the folder of the Fashion-MNIST idx files (default: "
                         "$VITMIX_FASHION_MNIST_DIR, else /usr/share/datasets/fashion-mnist)")
@@ -52,6 +60,7 @@ def run(args: argparse.Namespace) -> int:
         img_size=args.img_size, in_chans=args.in_chans, batch_size=args.batch_size,
         workers=args.workers, device=args.device,
         out_dir=Path(args.out) if args.out else None, tta=args.tta, data_dir=args.data_dir,
+        image_key=args.data_image_key, label_key=args.data_label_key,
     )
     tta = f", {args.tta} test-time augmentation" if args.tta else ""
     print(f"{args.model} on {result['data']} ({result['count']} images{tta}): "

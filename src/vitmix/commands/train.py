@@ -1,4 +1,5 @@
-"""`vitmix train`: train a model on Fashion-MNIST or an ImageFolder tree (also under torchrun)."""
+"""`vitmix train`: train a model on Fashion-MNIST, an ImageFolder tree, webdataset shards or a
+saved Hugging Face dataset (also under torchrun)."""
 
 from __future__ import annotations
 
@@ -17,8 +18,13 @@ HELP = {
     "model": "timm model name (vitmix registers schemeformer_* and metaformer_*)",
     "model_kwargs": "extra timm.create_model arguments as JSON, "
                     "e.g. '{\"cca_schedule\": \"cosine\"}'",
-    "data": "'fashion-mnist' (Debian package dataset-fashion-mnist) or a folder with "
-            "train/ and val/",
+    "data": "'fashion-mnist' (Debian package dataset-fashion-mnist) or a folder: an "
+            "ImageFolder tree (train/, val/), webdataset shards (train-*.tar, val-*.tar) or a "
+            "Hugging Face DatasetDict saved with save_to_disk",
+    "data_image_key": "the image column of a saved Hugging Face dataset, or the image file "
+                      "extension of webdataset samples (default: image/img; any image)",
+    "data_label_key": "the label column of a saved Hugging Face dataset, or the label file "
+                      "extension of webdataset samples (default: label/labels; cls)",
     "data_dir": "the folder of the Fashion-MNIST idx files (default: $VITMIX_FASHION_MNIST_DIR, "
                 "else /usr/share/datasets/fashion-mnist)",
     "img_size": "input size the images are resized to (a multiple of 32 for MetaFormers)",
@@ -58,7 +64,9 @@ HELP = {
     "threads": "torch intra-op threads per process",
     "max_train_batches": "stop each epoch after this many batches (smoke tests)",
     "max_val_batches": "evaluate on this many batches only (smoke tests)",
-    "verify_images": "ImageFolder: 'decode' every image once up front, or check 'header's only",
+    "verify_images": "ImageFolder: 'decode' every image once up front, check 'header's only, or "
+                     "'none' (damaged images are found while loading, as in every source); "
+                     "'auto' decodes splits of up to 10,000 images",
 }
 
 
@@ -105,7 +113,8 @@ METAVARS = {"val_split": "N", "time_budget": "MINUTES"}
 
 def register(subparsers) -> None:
     p = subparsers.add_parser(
-        "train", help="train a model (Fashion-MNIST or ImageFolder); DDP under torchrun",
+        "train", help="train a model (Fashion-MNIST, ImageFolder, webdataset shards, a saved "
+                      "Hugging Face dataset); DDP under torchrun",
         description="Train a timm/vitmix model. Every option defaults to TrainConfig; "
                     "--config YAML sets many at once (flags given here win).",
     )

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-from torch.utils.data import Dataset, Subset
+from torch.utils.data import Dataset, IterableDataset, Subset
 
 from .datasets import FASHION_MNIST, DataSplits
 
@@ -106,6 +106,11 @@ def held_out_indices(targets: Any, size: int, seed: int = VAL_SPLIT_SEED,
 
 
 def _targets(dataset: Dataset, name: str) -> list[int]:
+    if isinstance(dataset, IterableDataset):
+        raise ValueError(f"cannot hold out a validation split of {name}: its training set is "
+                         f"read as a stream (webdataset shards), without the random access "
+                         f"that picks images out of it; give it val-*.tar shards and "
+                         f"--val-split 0")
     targets = getattr(dataset, "targets", None)
     if targets is None:
         raise ValueError(f"cannot hold out a validation split of {name}: its training set does "

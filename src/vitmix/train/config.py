@@ -95,9 +95,14 @@ class TrainConfig:
     # What to train on what.
     model: str = setting("schemeformer_ppaa_t_e8_g4", TEXT)
     model_kwargs: dict = setting({}, KEYWORDS)  # extra timm.create_model arguments
-    data: str = setting("fashion-mnist", TEXT)  # or a folder holding train/ and val/
+    # Or a folder: an ImageFolder tree, webdataset shards or a saved Hugging Face dataset.
+    data: str = setting("fashion-mnist", TEXT)
     # The folder of the Fashion-MNIST idx files (None: $VITMIX_FASHION_MNIST_DIR, else Debian's).
     data_dir: str | None = setting(None, optional(TEXT))
+    # The image and label of a saved Hugging Face dataset (column names) or of webdataset
+    # samples (file extensions); None: "image"/"img" and "label"/"labels", or any image and "cls".
+    data_image_key: str | None = setting(None, optional(TEXT))
+    data_label_key: str | None = setting(None, optional(TEXT))
     img_size: int = setting(32, POSITIVE_INT)
     in_chans: int = setting(1, one_of(1, 3))
     out_dir: str = setting("runs/train", TEXT)
@@ -159,8 +164,9 @@ class TrainConfig:
     # Per epoch: short runs for smoke tests.
     max_train_batches: int | None = setting(None, optional(POSITIVE_INT))
     max_val_batches: int | None = setting(None, optional(POSITIVE_INT))
-    # ImageFolder: "decode" every image once, or check its "header" only.
-    verify_images: str = setting("decode", one_of(*VERIFY_MODES))
+    # ImageFolder: "decode" every image once, check its "header" only, or "none" up front (all
+    # sources find damaged images while loading); "auto" decodes up to 10,000 images per split.
+    verify_images: str = setting("auto", one_of(*VERIFY_MODES))
     progress_bar: bool = setting(True, BOOL)
 
     def __post_init__(self) -> None:
@@ -190,6 +196,10 @@ class TrainConfig:
         if self.data_dir is not None and self.data != "fashion-mnist":
             raise ValueError(f"data_dir names the folder of the Fashion-MNIST files; it goes "
                              f"with data='fashion-mnist', got data={self.data!r}")
+        for name in ("data_image_key", "data_label_key"):
+            if getattr(self, name) is not None and self.data == "fashion-mnist":
+                raise ValueError(f"{name} names the image or label of a Hugging Face dataset or "
+                                 f"of webdataset samples; Fashion-MNIST has no other")
 
     def to_dict(self) -> dict:
         out = dataclasses.asdict(self)

@@ -53,6 +53,7 @@ from ..checkpoints.io import (
 from ..complexity import count_macs, count_params
 from ..data import AugmentSettings, build_transforms, load_splits
 from ..data.fashion_mnist import FashionMNIST
+from ..data.shards import ShardStream, StreamPlan
 from ..data.split import hold_out_validation, resolve_val_split, unwrap_subset
 from ..data.tensor_loader import TensorAugment, TensorBatchLoader
 from ..data.transforms import default_norm
@@ -185,6 +186,7 @@ class _Run:
         val_split = resolve_val_split(config.val_split, config.data)
         loaded = load_splits(config.data, config.in_chans, train_tf, eval_tf,
                              verify=config.verify_images, data_dir=config.data_dir,
+                             image_key=config.data_image_key, label_key=config.data_label_key,
                              require_val=val_split == 0)
         self.data = hold_out_validation(loaded, val_split, eval_tf, asked=config.val_split)
         self._check_split_on_every_rank()
@@ -272,7 +274,7 @@ class _Run:
         """Start the clock, time an evaluation forward, and make the first plan (an error when
         the budget cannot hold one evaluation and the final ones)."""
         c, world = self.config, self.ctx.world_size
-        per_epoch = len(self.val_loader.sampler)
+        per_epoch = math.ceil(len(self.data.val) / world)  # this process's part
         if c.max_val_batches is not None:
             per_epoch = min(per_epoch, c.max_val_batches * self.val_loader.batch_size)
         if c.ema and c.eval_ema_each_epoch:
@@ -343,6 +345,9 @@ class _Run:
         if len(self.data.train) < c.batch_size * ctx.world_size:
             raise ValueError(f"the training set has {len(self.data.train)} images, fewer than "
                              f"one batch of {c.batch_size} per process")
+        if isinstance(self.data.train, ShardStream):
+            self._build_stream_loaders()
+            return
         self.sampler = DistributedSampler(self.data.train, num_replicas=ctx.world_size,
                                           rank=ctx.rank, shuffle=True, seed=c.seed,
                                           drop_last=True)
@@ -361,11 +366,36 @@ class _Run:
         self.batches_per_epoch = min(batches, c.max_train_batches or batches)
 
     def _eval_loader(self, dataset) -> DataLoader:
-        """Each process evaluates its shard; every image counts once over all processes."""
+        """Each process evaluates its part; every image counts once over all processes (a
+        stream of webdataset shards plans its own parts, see vitmix.data.shards)."""
         c, ctx = self.config, self.ctx
+        pin = self.device.type == "cuda"
+        if isinstance(dataset, ShardStream):
+            return DataLoader(dataset.planned(StreamPlan(ctx.rank, ctx.world_size)),
+                              batch_size=c.batch_size * 2, num_workers=c.workers, pin_memory=pin)
         return DataLoader(dataset, batch_size=c.batch_size * 2,
                           sampler=ShardSampler(len(dataset), ctx.rank, ctx.world_size),
-                          num_workers=c.workers, pin_memory=self.device.type == "cuda")
+                          num_workers=c.workers, pin_memory=pin)
+
+    def _build_stream_loaders(self) -> None:
+        """Webdataset shards: each rank and worker reads its own part of every epoch (see
+        vitmix.data.shards), the same whole number of batches on every rank."""
+        c, ctx = self.config, self.ctx
+        if c.loader == "tensor":
+            raise ValueError(f"loader='tensor' needs an in-memory dataset (fashion-mnist), got "
+                             f"{c.data!r}; use the default loader for webdataset shards")
+        pin = self.device.type == "cuda"
+        train = self.data.train.planned(StreamPlan(ctx.rank, ctx.world_size, c.batch_size,
+                                                   shuffle=True, seed=c.seed))
+        self.sampler = train  # what set_epoch orders each epoch, as a DistributedSampler does
+        # Each worker yields whole batches of its own range: nothing to drop at the end.
+        self.train_loader = DataLoader(train, batch_size=c.batch_size, num_workers=c.workers,
+                                       pin_memory=pin)
+        self.val_loader = self._eval_loader(self.data.val)
+        self.test_loader = (self._eval_loader(self.data.test) if self.data.test is not None
+                            else None)
+        batches = train.batches_per_rank()
+        self.batches_per_epoch = min(batches, c.max_train_batches or batches)
 
     def _tensor_loader(self) -> TensorBatchLoader:
         c = self.config
@@ -588,6 +618,7 @@ class _Run:
                        ema_top5=ema_result.top5)
             if self.config.final_weights == "ema":
                 metric = ema_result.top1
+        row["skipped_images"] = self.skipped_images()  # all ranks: it sums over them
         for name, layer in scheme_layers(self.model).items():
             row[f"cca/{name}"] = layer.cca_weight()
         epoch_seconds = time.perf_counter() - start
@@ -618,6 +649,10 @@ class _Run:
         return result
 
     # The end -----------------------------------------------------------------------------------
+    def skipped_images(self) -> int:
+        """Unreadable images so far: left out when the data was read, and met while loading."""
+        return self.data.skipped_up_front + self.skipped_at_load()
+
     def skipped_at_load(self) -> int:
         """Images found unreadable while loading, by any process and worker, each counted once."""
         counts = 0
@@ -652,7 +687,7 @@ class _Run:
         final_split = "test" if test is not None or data.val_is_test else "val"
         self.seconds += time.perf_counter() - start
         at_load = self.skipped_at_load()
-        at_build = sum(len(getattr(d, "skipped_paths", ())) for d in data.sources())
+        at_build = data.skipped_up_front
         held = data.held_out
         val_section = {
             "split": data.val_name, "images": len(data.val), "is_test": data.val_is_test,
@@ -859,9 +894,18 @@ def _train_to_the_end(run: _Run, log: Callable[[str], None],
             on_epoch_end(row)
     result = run.finish()
     if result.summary["skipped_at_load"]:
-        log(f"{result.summary['skipped_at_load']} images passed the header check but could "
-            f"not be read while loading; each was replaced by the next image")
+        log(_skipped_at_load_note(run, result.summary["skipped_at_load"]))
     return result
+
+
+def _skipped_at_load_note(run: _Run, count: int) -> str:
+    checked = getattr(unwrap_subset(run.data.train)[0], "verify", None)
+    passed = {"header": "passed the header check but ",
+              "decode": "passed the check at the start but "}.get(checked, "")
+    streamed = isinstance(run.data.train, ShardStream)
+    instead = ("each was replaced by the next sample in training and left out of evaluation"
+               if streamed else "each was replaced by the next image")
+    return f"{count} images {passed}could not be read while loading; {instead}"
 
 
 def _tidy_after_failure(run_dir: Path, previous: PreviousRun | None, wrote_config: bool) -> None:

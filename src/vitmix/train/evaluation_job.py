@@ -11,9 +11,9 @@ from torch.utils.data import DataLoader
 
 from ..accelerate import accelerate
 from ..checkpoints.io import atomic_write_text, read_model
-from ..data import AugmentSettings, build_transforms, load_eval_split
+from ..data import AugmentSettings, SafeImageFolder, build_transforms, load_eval_split
 from ..factory import check_model_name
-from ..layers.checks import NON_NEGATIVE_INT, POSITIVE_INT, one_of
+from ..layers.checks import NON_NEGATIVE_INT, POSITIVE_INT, TEXT, one_of, optional
 from ..paths import check_output_folder
 from .config import DEVICES
 from .distributed import DistContext, resolve_device
@@ -24,7 +24,7 @@ __all__ = ["evaluate_checkpoint"]
 
 
 def _check_arguments(model_name: str, img_size, in_chans, batch_size, workers, device, tta,
-                     out_dir) -> None:
+                     out_dir, image_key, label_key) -> None:
     """Everything that needs no file read, so that a typo fails at once."""
     check_model_name(model_name)
     if img_size is not None:  # None: the checkpoint's
@@ -35,6 +35,8 @@ def _check_arguments(model_name: str, img_size, in_chans, batch_size, workers, d
     NON_NEGATIVE_INT.check("workers (--workers)", workers)
     one_of(*DEVICES).check("device (--device)", device)
     check_tta(tta)
+    optional(TEXT).check("image_key (--data-image-key)", image_key)
+    optional(TEXT).check("label_key (--data-label-key)", label_key)
     if out_dir is not None:
         check_output_folder(out_dir, "--out")
 
@@ -43,15 +45,18 @@ def evaluate_checkpoint(model_name: str, checkpoint: str | Path, data: str = "fa
                         img_size: int | None = None, in_chans: int | None = None,
                         batch_size: int = 256, workers: int = 2, device: str = "auto",
                         out_dir: Path | None = None, tta: str | None = None,
-                        data_dir: str | Path | None = None) -> dict:
+                        data_dir: str | Path | None = None, image_key: str | None = None,
+                        label_key: str | None = None) -> dict:
     """Top-1/top-5/per-class accuracy and images/s; writes eval.json and confusion.png.
 
-    Only the validation split is read (Fashion-MNIST's test files, or ``data/val``). When the
+    Only the validation split is read (Fashion-MNIST's test files, ``data/val``, the val shards
+    or the validation split of a saved Hugging Face dataset). When the
     checkpoint names its classes, the images are labelled by those names, so a folder whose
     classes differ from the checkpoint's is refused rather than scored by position; a class
     without images gets None (no accuracy) in ``per_class_top1``.
     """
-    _check_arguments(model_name, img_size, in_chans, batch_size, workers, device, tta, out_dir)
+    _check_arguments(model_name, img_size, in_chans, batch_size, workers, device, tta, out_dir,
+                     image_key, label_key)
     dev = resolve_device(device, 0)  # cuda asked for on a machine without: before any reading
     checkpoint = Path(checkpoint)
     saved = read_model(checkpoint, model_name)  # checks the file before any data is read
@@ -61,8 +66,9 @@ def evaluate_checkpoint(model_name: str, checkpoint: str | Path, data: str = "fa
     kwargs.update(in_chans=in_chans, img_size=img_size)
     _, eval_tf = build_transforms(img_size, in_chans, AugmentSettings())
     split = load_eval_split(data, in_chans, eval_tf, classes=saved.classes, data_dir=data_dir,
-                            classes_from=f"the checkpoint {checkpoint}")
-    if saved.classes is None and split.name != "fashion-mnist":
+                            classes_from=f"the checkpoint {checkpoint}", image_key=image_key,
+                            label_key=label_key)
+    if saved.classes is None and isinstance(split.val, SafeImageFolder):
         print(f"vitmix eval: note: {checkpoint} does not name its classes; they are taken to be "
               f"the folders of {split.name}/val in sorted order", file=sys.stderr)
     num_classes = len(split.classes)
