@@ -146,3 +146,8 @@ def test_short_fashion_mnist_run_with_the_tensor_loader(tmp_path, in_chans):
         result = fit(config)
     summary = json.loads((tmp_path / "run" / "summary.json").read_text())
     assert summary["epochs"] == 1 and math.isfinite(result.top1)
+    # By default 5000 training images validate (the tensor loader trains on the other 55,000)
+    # and the 10,000 test images are evaluated once, at the end.
+    assert summary["val"]["held_out"]["images"] == summary["val"]["trained"]["count"] == 5000
+    assert summary["test"]["trained"]["count"] == summary["test"]["deployed"]["count"] == 10000
+    assert result.final_split == "test"

@@ -19,6 +19,8 @@ from torch.utils.data import DataLoader, TensorDataset
 from tiny_runs import TINY, child_env, make_image_tree, quiet_fit, tiny_args, tiny_config
 from vitmix import cli
 from vitmix.checkpoints.io import load_checkpoint
+from vitmix.data import load_splits
+from vitmix.data.split import hold_out_validation
 from vitmix.layers.scheme import cosine_cca_weight
 from vitmix.train import TrainConfig, TrainingDiverged, evaluate, fit
 from vitmix.train import engine as engine_module
@@ -339,16 +341,23 @@ def test_two_process_ddp_run_on_cpu(image_tree, tmp_path):
            "-m", "vitmix", "train", "--data", str(image_tree),
            "--out", str(out), "--model-kwargs", json.dumps(TINY), "--epochs", "2",
            "--batch-size", "4", "--workers", "0", "--threads", "1", "--device", "cpu",
-           "--no-progress-bar"]
+           "--no-progress-bar", "--val-split", "6"]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=240)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert proc.stdout.count("report: ") == 1  # only rank 0 speaks
     summary = json.loads((out / "summary.json").read_text())
     assert summary["world_size"] == 2 and summary["effective_batch"] == 8
-    assert summary["trained"]["count"] == 12  # every val image counted once over both ranks
+    # Both processes held out the same 6 training images (each checked the others' split),
+    # and every image of each split counted once over both.
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        here = hold_out_validation(load_splits(str(image_tree), 1), 6).held_out.digest
+    assert summary["val"]["held_out"]["digest"] == here
+    assert summary["val"]["trained"]["count"] == 6 and summary["test"]["trained"]["count"] == 12
     assert summary["deployed"]["top1"] == pytest.approx(summary["trained"]["top1"])
     ckpt = load_checkpoint(out / "last.pth")
-    assert ckpt["num_updates"] == 2 * 3  # 24 readable images, 2 ranks x 4: 3 steps per epoch
+    assert ckpt["val_split_digest"] == here
+    assert ckpt["num_updates"] == 2 * 2  # 18 training images, 2 ranks x 4: 2 steps per epoch
     assert not list(out.glob("*.tmp"))
 
 

@@ -28,9 +28,17 @@ BAD_VALUES = [
     ("in_chans", 2, "one of 1, 3"),
     ("in_chans", True, "one of 1, 3"),
     ("out_dir", "  ", "a non-empty string"),
+    ("val_split", -1, r"'auto', a non-negative integer \(0: none\) or None"),
+    ("val_split", "5000", r"'auto', a non-negative integer \(0: none\) or None"),
+    ("val_split", 0.5, r"'auto', a non-negative integer \(0: none\) or None"),
+    ("val_split", True, r"'auto', a non-negative integer \(0: none\) or None"),
     ("epochs", 0, "a positive integer"),
     ("epochs", 2.5, "a positive integer"),
     ("epochs", "10", "a positive integer"),
+    ("time_budget", -5, "a positive number or None"),
+    ("time_budget", 0, "a positive number or None"),
+    ("time_budget", "30", "a positive number or None"),
+    ("time_budget", float("inf"), "a positive number or None"),
     ("batch_size", -8, "a positive integer"),
     ("accum_steps", 0, "a positive integer"),
     ("base_lr", 0, "a positive number"),
@@ -92,9 +100,13 @@ def test_a_wrong_value_names_the_field_the_value_and_what_is_allowed(name, value
 
 def test_the_defaults_and_every_field_round_trip_through_yaml(tmp_path):
     config = TrainConfig(data_dir="/data/fm", clip_grad=None, auto_augment=None,
-                         crop_scale=(0.5, 1), threads=2, compile="eager")
+                         crop_scale=(0.5, 1), threads=2, compile="eager", time_budget=2.5)
     config.save(tmp_path / "config.yaml")
     assert TrainConfig.load(tmp_path / "config.yaml") == config
+    assert TrainConfig().val_split == "auto" and TrainConfig().time_budget is None
+    for val_split in ("auto", 5000, 0, None):
+        TrainConfig(val_split=val_split).save(tmp_path / "config.yaml")
+        assert TrainConfig.load(tmp_path / "config.yaml").val_split == val_split
     assert [p.name for p in tmp_path.iterdir()] == ["config.yaml"]  # written atomically
 
 
@@ -104,6 +116,9 @@ def test_cross_field_rules():
     TrainConfig(batch_size=7, mixup=0)
     with pytest.raises(ValueError, match=r"warmup_epochs must lie in \[0, epochs=2\], got 3"):
         TrainConfig(epochs=2, warmup_epochs=3)
+    # With a time budget the epochs are what fits, and the warm-up is capped where it is
+    # planned (at half the run).
+    TrainConfig(epochs=2, warmup_epochs=3, time_budget=10)
     with pytest.raises(ValueError, match="the tensor loader has no RandAugment"):
         TrainConfig(loader="tensor")
     with pytest.raises(ValueError, match="data_dir names the folder of the Fashion-MNIST files"):
@@ -148,6 +163,10 @@ def test_the_command_line_refuses_bad_values_in_one_line_with_exit_code_2(tmp_pa
         (["--base-lr", "-1"], "vitmix train: error: base_lr must be a positive number, got -1.0"),
         (["--drop-path", "1.5"], r"vitmix train: error: drop_path must be a number in [0, 1), "
                                  r"got 1.5"),
+        (["--time-budget", "-5"], "vitmix train: error: time_budget must be a positive number "
+                                  "or None, got -5.0"),
+        (["--val-split", "-3"], "vitmix train: error: val_split must be 'auto', a non-negative "
+                                "integer (0: none) or None, got -3"),
         (["--config", str(tmp_path / "none.yaml")], "vitmix train: error: config file"),
     ]
     for args, message in cases:
@@ -156,6 +175,21 @@ def test_the_command_line_refuses_bad_values_in_one_line_with_exit_code_2(tmp_pa
         err = capsys.readouterr().err
         assert err.startswith(message) and err.count("\n") == 1, err
         assert not out.exists()
+
+
+def test_val_split_and_time_budget_flags(capsys):
+    from vitmix.commands.train import config_from_args
+
+    parse = cli.build_parser().parse_args
+    for text, value in (("auto", "auto"), ("none", None), ("0", 0), ("5000", 5000)):
+        assert config_from_args(parse(["train", "--val-split", text])).val_split == value
+    assert config_from_args(parse(["train", "--time-budget", "2.5"])).time_budget == 2.5
+    assert config_from_args(parse(["train", "--time-budget", "none"])).time_budget is None
+    with pytest.raises(SystemExit) as exit_info:
+        parse(["train", "--val-split", "many"])
+    assert exit_info.value.code == 2
+    assert ("argument --val-split: must be auto, none or a number of images, got 'many'"
+            in capsys.readouterr().err)
 
 
 @pytest.mark.parametrize("text,message", [

@@ -39,7 +39,7 @@ def test_train_and_eval_in_one_process(source, tmp_path, capsys):
         warnings.simplefilter("ignore")  # the damaged images warn where they are met
         assert cli.main(["train", *_args(data, run)]) == 0
     out = capsys.readouterr().out
-    assert "24 train / 12 val images" in out and "report: " in out
+    assert "24 train / 12 validation images" in out and "report: " in out
     summary = json.loads((run / "summary.json").read_text())
     assert summary["classes"] == ["circle", "square", "stripes"]
     assert load_checkpoint(run / "last.pth")["num_updates"] == 6  # 24 images, batches of 4

@@ -2,8 +2,9 @@
 an ImageFolder tree (train/ and val/), webdataset tar shards (train-*.tar, val-*.tar) or a
 Hugging Face DatasetDict saved with ``save_to_disk`` (dataset_dict.json).
 
-Training reads both splits; evaluation reads the validation split alone (Fashion-MNIST's test
-files, ``val/``, the val shards or the validation split), in the class order the checkpoint was
+Training reads both splits (an ImageFolder tree may lack val/ when validation is held out of
+train/, see :mod:`.split`); evaluation reads the second split alone (Fashion-MNIST's test files,
+``val/``, the val shards or the validation split), in the class order the checkpoint was
 trained with.
 """
 
@@ -11,6 +12,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from torch.utils.data import Dataset
 
@@ -32,19 +34,41 @@ _LOADING_CHECKS = ("auto", "none")
 
 @dataclass
 class DataSplits:
+    """What a run trains on (``train``), validates on every epoch and chooses by (``val``), and
+    evaluates once at the end (``test``, None when the data has no split left for it).
+
+    As :func:`load_splits` reads them, ``val`` is the data's own second split (None for a tree
+    without val/); :func:`.split.hold_out_validation` then sets the three roles and their names.
+    """
+
     train: Dataset
-    val: Dataset
+    val: Dataset | None
     classes: list[str]
     name: str
+    test: Dataset | None = None
+    held_out: Any = None  # a split.HeldOut when val is a part of the training images
+    val_name: str = ""  # for people: which images validate, and where they come from
+    test_name: str | None = None
+    val_is_test: bool = False  # Fashion-MNIST without a held-out split validates on its test
+
+    def sources(self) -> list[Dataset]:
+        """The datasets as read, each once (a held-out part shares its training set's)."""
+        found = ([self.held_out.source, self.test] if self.held_out is not None
+                 else [self.train, self.val, self.test])
+        unique: list[Dataset] = []
+        for dataset in found:
+            if dataset is not None and all(dataset is not d for d in unique):
+                unique.append(dataset)
+        return unique
 
     @property
     def skipped(self) -> int:
-        return getattr(self.train, "skipped", 0) + getattr(self.val, "skipped", 0)
+        return sum(getattr(d, "skipped", 0) for d in self.sources())
 
     @property
     def skipped_up_front(self) -> int:
         """Images left out when the data was read (an image folder's up-front check)."""
-        return sum(len(getattr(split, "skipped_paths", ())) for split in (self.train, self.val))
+        return sum(len(getattr(split, "skipped_paths", ())) for split in self.sources())
 
 
 @dataclass
@@ -132,11 +156,14 @@ def _load_other(kind: str, data: str, splits: tuple[str, ...], mode: str, transf
 
 def load_splits(data: str, in_chans: int, train_transform=None, eval_transform=None,
                 verify: str = "auto", data_dir: str | Path | None = None,
-                image_key: str | None = None, label_key: str | None = None) -> DataSplits:
+                image_key: str | None = None, label_key: str | None = None,
+                require_val: bool = True) -> DataSplits:
     """Fashion-MNIST (train / test, from ``data_dir`` when given), ``data/train`` and
     ``data/val`` of an ImageFolder tree, whose every training class must have images, or the
     train and validation splits of webdataset shards or a saved Hugging Face dataset
-    (``image_key`` and ``label_key`` name their image and label; None finds them)."""
+    (``image_key`` and ``label_key`` name their image and label; None finds them).
+    ``require_val=False`` admits a tree without val/ (its validation is then held out of
+    train/); ``val`` is None then."""
     mode = _check_in_chans(in_chans)
     if data == FASHION_MNIST:
         train = FashionMNIST("train", root=data_dir, transform=train_transform)
@@ -153,7 +180,10 @@ def load_splits(data: str, in_chans: int, train_transform=None, eval_transform=N
     needs = (f"an ImageFolder dataset needs {data}/train/<class>/<image> and "
              f"{data}/val/<class>/<image>")
     root = _image_root(data, "train", needs)
-    _image_root(data, "val", needs)
+    has_val = (root / "val").is_dir()
+    if require_val and not has_val:
+        _image_root(data, "val", f"{needs}, or pass --val-split N (val_split) to hold out N "
+                                 f"training images for validation")
     train = SafeImageFolder(root / "train", train_transform, mode=mode, verify=verify)
     empty = [c for c, n in zip(train.classes, train.images_per_class(), strict=True) if n == 0]
     if empty:
@@ -161,8 +191,8 @@ def load_splits(data: str, in_chans: int, train_transform=None, eval_transform=N
         # shift every later class index.
         raise ValueError(f"{root / 'train'} has class folders without readable images: "
                          f"{empty}; add images to them or remove them")
-    val = SafeImageFolder(root / "val", eval_transform, mode=mode, classes=train.classes,
-                          verify=verify)
+    val = (SafeImageFolder(root / "val", eval_transform, mode=mode, classes=train.classes,
+                           verify=verify) if has_val else None)
     return DataSplits(train, val, train.classes, str(root))
 
 

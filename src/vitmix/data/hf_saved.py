@@ -58,6 +58,12 @@ class SavedImageDataset(Dataset):
     def skipped(self) -> int:
         return count_failed(self.failed_at_load)
 
+    @property
+    def targets(self) -> list[int]:
+        """The label of every row (the label column alone is read): what a validation split
+        held out of this one is drawn by, class by class."""
+        return list(self.table[self.label_key])
+
     def _load(self, position: int):
         row = self.table[position]
         image = row[self.image_key]

@@ -71,9 +71,14 @@ def _is_compile_backend(value: Any) -> bool:
     return isinstance(value, str) and value in torch.compiler.list_backends(exclude_tags=())
 
 
+def _is_val_split(value: Any) -> bool:
+    return value is None or value == "auto" or NON_NEGATIVE_INT.test(value)
+
+
 CROP_SCALE = Rule("two numbers (low, high) with 0 < low <= high <= 1", _is_crop_scale)
 AUTO_AUGMENT = Rule("None or a timm auto-augment string such as 'rand-m9-mstd0.5'",
                     _is_auto_augment)
+VAL_SPLIT = Rule("'auto', a non-negative integer (0: none) or None", _is_val_split)
 COMPILE_BACKEND = Rule("None or a torch.compile backend (torch.compiler.list_backends(), "
                        "e.g. 'inductor')", _is_compile_backend)
 
@@ -101,8 +106,17 @@ class TrainConfig:
     img_size: int = setting(32, POSITIVE_INT)
     in_chans: int = setting(1, one_of(1, 3))
     out_dir: str = setting("runs/train", TEXT)
+    # Training images held out to validate on (every choice is made on them; the test split is
+    # evaluated once, at the end). "auto": 5000 for Fashion-MNIST, whose only other split is
+    # its test split; none for a folder, whose val/ validates. With N > 0 a folder's val/
+    # becomes its test split, and a folder without val/ needs N > 0. 0 or None: none.
+    val_split: int | str | None = setting("auto", VAL_SPLIT)
     # Optimisation; lr = base_lr * (batch_size * accum_steps * world_size) / 1024.
-    epochs: int = setting(10, POSITIVE_INT)
+    epochs: int = setting(10, POSITIVE_INT)  # ignored when time_budget is set
+    # Minutes of wall time for the whole run, evaluations and checkpoints included (None: off,
+    # epochs decide). The schedules span the updates that fit, estimated from the measured
+    # speed and re-estimated as the run goes (train/budget.py).
+    time_budget: float | None = setting(None, optional(POSITIVE_NUMBER))
     batch_size: int = setting(128, POSITIVE_INT)
     accum_steps: int = setting(1, POSITIVE_INT)
     base_lr: float = setting(5e-4, POSITIVE_NUMBER)
@@ -175,7 +189,8 @@ class TrainConfig:
                              f"(--color-jitter 0) with it, got {self.color_jitter}")
         if self.final_weights == "ema" and not self.ema:
             self.final_weights = "model"
-        if self.warmup_epochs > self.epochs:
+        # With a budget the epochs are what fits; the warm-up is capped at half the run there.
+        if self.time_budget is None and self.warmup_epochs > self.epochs:
             raise ValueError(f"warmup_epochs must lie in [0, epochs={self.epochs}], "
                              f"got {self.warmup_epochs}")
         if self.data_dir is not None and self.data != "fashion-mnist":

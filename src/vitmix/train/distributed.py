@@ -9,7 +9,8 @@ import torch
 import torch.distributed as dist
 from torch.utils.data import Sampler
 
-__all__ = ["DistContext", "ShardSampler", "all_reduce_sum", "init_distributed"]
+__all__ = ["DistContext", "ShardSampler", "all_reduce_max", "all_reduce_sum", "init_distributed",
+           "same_on_every_rank"]
 
 
 @dataclass
@@ -65,6 +66,24 @@ def all_reduce_sum(tensor: torch.Tensor, ctx: DistContext) -> torch.Tensor:
     if ctx.enabled:
         dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
     return tensor
+
+
+def all_reduce_max(values: list[float], ctx: DistContext) -> list[float]:
+    """The largest of each value over all processes (the values themselves in one process)."""
+    if not ctx.enabled:
+        return list(values)
+    tensor = torch.tensor(values, dtype=torch.float64, device=ctx.device)
+    dist.all_reduce(tensor, op=dist.ReduceOp.MAX)
+    return tensor.tolist()
+
+
+def same_on_every_rank(value: int, ctx: DistContext) -> bool:
+    """Whether every process holds the same integer (below 2**62); True in one process."""
+    if not ctx.enabled:
+        return True
+    tensor = torch.tensor([value, -value], dtype=torch.int64, device=ctx.device)
+    dist.all_reduce(tensor, op=dist.ReduceOp.MAX)
+    return int(tensor[0]) == value and -int(tensor[1]) == value
 
 
 class ShardSampler(Sampler[int]):

@@ -2,7 +2,12 @@
 
 A run is deterministic given its config: every epoch reseeds all generators from (seed, epoch,
 rank) and the sampler shuffles from (seed, epoch), so a run resumed from the checkpoint of
-epoch k continues exactly as the uninterrupted run would have.
+epoch k continues exactly as the uninterrupted run would have. A run with a time budget
+(:mod:`.budget`) is the exception: its schedules follow the measured speed of the machine.
+
+Every choice (the best checkpoint) is made on the validation split; the test split, when the
+data has one, is evaluated once, at the end (:mod:`vitmix.data.split` holds the validation
+split out of the training images where the data ships none).
 
 Everything a run is given is checked before its folder is touched (the config by its rules,
 the model name, the data, the folder itself); one process at a time holds the folder (see
@@ -14,6 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import dataclasses
 import json
 import math
 import random
@@ -25,6 +31,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import yaml
 from timm.data import Mixup
 from timm.loss import LabelSmoothingCrossEntropy, SoftTargetCrossEntropy
 from timm.optim import create_optimizer_v2
@@ -47,14 +54,23 @@ from ..complexity import count_macs, count_params
 from ..data import AugmentSettings, build_transforms, load_splits
 from ..data.fashion_mnist import FashionMNIST
 from ..data.shards import ShardStream, StreamPlan
+from ..data.split import hold_out_validation, resolve_val_split, unwrap_subset
 from ..data.tensor_loader import TensorAugment, TensorBatchLoader
 from ..data.transforms import default_norm
 from ..factory import build_model, check_model_name
 from ..layers.checks import check_bool
 from ..layers.scheme import SchemeMlp
 from ..surgery import deploy
+from .budget import TimeBudget
 from .config import TrainConfig
-from .distributed import DistContext, ShardSampler, all_reduce_sum, init_distributed
+from .distributed import (
+    DistContext,
+    ShardSampler,
+    all_reduce_max,
+    all_reduce_sum,
+    init_distributed,
+    same_on_every_rank,
+)
 from .evaluate import EvalResult, evaluate
 from .report import MetricsLog, plot_confusion, plot_curves, write_report
 from .run_folder import (
@@ -83,6 +99,9 @@ RESUME_KEYS = ("model", "optimizer", "scheduler", "rng", "epoch", "num_updates",
 
 @dataclass
 class FitResult:
+    """The final numbers: ``top1`` ... ``deployed_top5`` on ``final_split``, the test split
+    ("test") or, where the data has none, the validation split ("val")."""
+
     run_dir: Path
     top1: float
     top5: float
@@ -90,6 +109,8 @@ class FitResult:
     deployed_top5: float
     report: Path
     summary: dict
+    final_split: str = "test"
+    val_top1: float | None = None  # the final weights on the validation split
 
 
 def scheme_layers(model: nn.Module) -> dict[str, SchemeMlp]:
@@ -152,7 +173,8 @@ def _autocast_factory(amp: str, device: torch.device):
 class _Run:
     """State of one training run; its methods are the phases of :func:`fit`."""
 
-    def __init__(self, config: TrainConfig, run_dir: Path, ctx: DistContext):
+    def __init__(self, config: TrainConfig, run_dir: Path, ctx: DistContext,
+                 clock: Callable[[], float] | None = None):
         self.config, self.run_dir, self.ctx = config, run_dir, ctx
         self.device = ctx.device
         if config.threads:
@@ -161,10 +183,13 @@ class _Run:
                                   scale=config.crop_scale, hflip=config.hflip,
                                   color_jitter=config.color_jitter)
         train_tf, eval_tf = build_transforms(config.img_size, config.in_chans, augment)
-        self.data = load_splits(config.data, config.in_chans, train_tf, eval_tf,
-                                verify=config.verify_images, data_dir=config.data_dir,
-                                image_key=config.data_image_key,
-                                label_key=config.data_label_key)
+        val_split = resolve_val_split(config.val_split, config.data)
+        loaded = load_splits(config.data, config.in_chans, train_tf, eval_tf,
+                             verify=config.verify_images, data_dir=config.data_dir,
+                             image_key=config.data_image_key, label_key=config.data_label_key,
+                             require_val=val_split == 0)
+        self.data = hold_out_validation(loaded, val_split, eval_tf, asked=config.val_split)
+        self._check_split_on_every_rank()
         self.num_classes = len(self.data.classes)
 
         # The same initial weights on every rank (DDP also broadcasts rank 0's).
@@ -200,8 +225,20 @@ class _Run:
                                              filter_bias_and_bn=True)
         self._build_loaders()
         self.updates_per_epoch = math.ceil(self.batches_per_epoch / config.accum_steps)
-        self.total_updates = config.epochs * self.updates_per_epoch
-        warmup = min(round(config.warmup_epochs * self.updates_per_epoch), self.total_updates - 1)
+        self.budget = None
+        if config.time_budget is None:
+            self.total_updates = config.epochs * self.updates_per_epoch
+            warmup = min(round(config.warmup_epochs * self.updates_per_epoch),
+                         self.total_updates - 1)
+        else:
+            self.budget = self._start_budget(clock)
+            self.total_updates = self.budget.planned
+            # The warm-up is what was asked for, but no more than half the run (half the first
+            # plan here, half the progress in the budget): a warm-up the budget cannot hold
+            # would leave no cosine at all.
+            warmup = min(round(config.warmup_epochs * self.updates_per_epoch),
+                         self.total_updates // 2)
+            self.budget.set_warmup(warmup)
         self.scheduler = CosineLRScheduler(
             self.optimizer, t_initial=self.total_updates - warmup, lr_min=config.min_lr,
             warmup_t=warmup, warmup_lr_init=self.lr * 1e-3, warmup_prefix=True,
@@ -221,6 +258,87 @@ class _Run:
         self.best_metric, self.best_epoch = -1.0, -1
         self.last_eval: dict[str, EvalResult] = {}
         self.seconds = 0.0
+        self.updates_in_epoch = 0
+
+    def _check_split_on_every_rank(self) -> None:
+        """Every process must validate on the same images, or the images one process trains on
+        validate another (the same draw from different data: a damaged file on one host)."""
+        held = self.data.held_out
+        if held is not None and not same_on_every_rank(int(held.digest[:15], 16), self.ctx):
+            raise ValueError(f"the processes hold out different validation images of "
+                             f"{self.data.name} (rank {self.ctx.rank}: split {held.digest}); "
+                             f"every process must read the same training images")
+
+    # The time budget ---------------------------------------------------------------------------
+    def _start_budget(self, clock: Callable[[], float] | None) -> TimeBudget:
+        """Start the clock, time an evaluation forward, and make the first plan (an error when
+        the budget cannot hold one evaluation and the final ones)."""
+        c, world = self.config, self.ctx.world_size
+        per_epoch = math.ceil(len(self.data.val) / world)  # this process's part
+        if c.max_val_batches is not None:
+            per_epoch = min(per_epoch, c.max_val_batches * self.val_loader.batch_size)
+        if c.ema and c.eval_ema_each_epoch:
+            per_epoch *= 2
+        val = math.ceil(len(self.data.val) / world)
+        final = 0 if self._final_val_reused() else val
+        final += 2 * math.ceil(len(self.data.test) / world) if self.data.test is not None else val
+        budget = TimeBudget(c.time_budget, self.updates_per_epoch, c.batch_size * c.accum_steps,
+                            per_epoch, final, clock=clock,
+                            reduce_max=lambda values: all_reduce_max(values, self.ctx))
+        budget.start()
+        budget.probe(self._probe_evaluation(budget.clock))
+        budget.plan(0, 0)
+        return budget
+
+    def _probe_evaluation(self, clock: Callable[[], float]) -> float:
+        """Seconds per evaluated image: the faster of two timed forwards of an evaluation batch
+        of zeros, after an untimed one that pays the one-time costs (no generator is drawn
+        from, so the run's random state is untouched)."""
+        c = self.config
+        batch = self.val_loader.batch_size
+        x = torch.zeros(batch, c.in_chans, c.img_size, c.img_size, device=self.device)
+        if c.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        was_training = self.model.training
+        self.model.eval()
+        times = []
+        with torch.no_grad(), self.autocast():
+            for _ in range(3):
+                self._synchronize()
+                start = clock()
+                self.model(x)
+                self._synchronize()
+                times.append(clock() - start)
+        self.model.train(was_training)
+        return max(min(times[1:]), 0.0) / batch
+
+    def _synchronize(self) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+
+    def _final_val_reused(self) -> bool:
+        """Whether the last epoch's validation of the final weights is their final one."""
+        c = self.config
+        return c.max_val_batches is None and (c.final_weights == "model"
+                                              or c.eval_ema_each_epoch)
+
+    def progress(self) -> float:
+        """How far the run is, for the CCA schedule: updates done of all, or under a budget the
+        progress it keeps (the same while its plan holds)."""
+        if self.budget is None:
+            return self.num_updates / self.total_updates
+        return self.budget.progress
+
+    def keep_training(self) -> bool:
+        if self.budget is None:
+            return self.epoch < self.config.epochs
+        return not self.budget.finished(self.num_updates)
+
+    def epochs_label(self) -> str:
+        """The epochs of the run for people: planned ones are an estimate under a budget."""
+        if self.budget is None:
+            return str(self.config.epochs)
+        return f"~{max(self.epoch, math.ceil(self.total_updates / self.updates_per_epoch))}"
 
     def _build_loaders(self) -> None:
         c, ctx = self.config, self.ctx
@@ -241,11 +359,23 @@ class _Run:
             self.train_loader = DataLoader(self.data.train, batch_size=c.batch_size,
                                            sampler=self.sampler, num_workers=c.workers,
                                            drop_last=True, pin_memory=pin)
-        val_sampler = ShardSampler(len(self.data.val), ctx.rank, ctx.world_size)
-        self.val_loader = DataLoader(self.data.val, batch_size=c.batch_size * 2,
-                                     sampler=val_sampler, num_workers=c.workers, pin_memory=pin)
+        self.val_loader = self._eval_loader(self.data.val)
+        self.test_loader = (self._eval_loader(self.data.test) if self.data.test is not None
+                            else None)
         batches = len(self.train_loader)
         self.batches_per_epoch = min(batches, c.max_train_batches or batches)
+
+    def _eval_loader(self, dataset) -> DataLoader:
+        """Each process evaluates its part; every image counts once over all processes (a
+        stream of webdataset shards plans its own parts, see vitmix.data.shards)."""
+        c, ctx = self.config, self.ctx
+        pin = self.device.type == "cuda"
+        if isinstance(dataset, ShardStream):
+            return DataLoader(dataset.planned(StreamPlan(ctx.rank, ctx.world_size)),
+                              batch_size=c.batch_size * 2, num_workers=c.workers, pin_memory=pin)
+        return DataLoader(dataset, batch_size=c.batch_size * 2,
+                          sampler=ShardSampler(len(dataset), ctx.rank, ctx.world_size),
+                          num_workers=c.workers, pin_memory=pin)
 
     def _build_stream_loaders(self) -> None:
         """Webdataset shards: each rank and worker reads its own part of every epoch (see
@@ -261,23 +391,26 @@ class _Run:
         # Each worker yields whole batches of its own range: nothing to drop at the end.
         self.train_loader = DataLoader(train, batch_size=c.batch_size, num_workers=c.workers,
                                        pin_memory=pin)
-        val = self.data.val.planned(StreamPlan(ctx.rank, ctx.world_size))
-        self.val_loader = DataLoader(val, batch_size=c.batch_size * 2, num_workers=c.workers,
-                                     pin_memory=pin)
+        self.val_loader = self._eval_loader(self.data.val)
+        self.test_loader = (self._eval_loader(self.data.test) if self.data.test is not None
+                            else None)
         batches = train.batches_per_rank()
         self.batches_per_epoch = min(batches, c.max_train_batches or batches)
 
     def _tensor_loader(self) -> TensorBatchLoader:
-        c, train = self.config, self.data.train
+        c = self.config
+        train, index = unwrap_subset(self.data.train)  # the training part of a held-out split
         if not isinstance(train, FashionMNIST):
             raise ValueError(f"loader='tensor' needs an in-memory dataset (fashion-mnist), got "
                              f"{c.data!r}; use the default loader for image folders")
+        images, labels = ((train.images, train.labels) if index is None
+                          else (train.images[index], train.labels[index]))
         # Grey images for an RGB model: the channel repeated, as the PIL path does.
-        images = torch.from_numpy(train.images).unsqueeze(1).expand(-1, c.in_chans, -1, -1)
+        images = torch.from_numpy(images).unsqueeze(1).expand(-1, c.in_chans, -1, -1)
         mean, std = default_norm(c.in_chans)
         augment = TensorAugment(c.img_size, scale=c.crop_scale, hflip=c.hflip,
                                 re_prob=c.re_prob, mean=mean, std=std)
-        return TensorBatchLoader(images, torch.from_numpy(train.labels), c.batch_size,
+        return TensorBatchLoader(images, torch.from_numpy(labels), c.batch_size,
                                  self.sampler, augment)
 
     # Checkpoints -------------------------------------------------------------------------------
@@ -292,6 +425,8 @@ class _Run:
             "rng": _rng_state(), "best_metric": self.best_metric, "best_epoch": self.best_epoch,
             "final_weights": self.config.final_weights, "classes": self.data.classes,
             "seconds": self.seconds,
+            "val_split_digest": self.data.held_out.digest if self.data.held_out else None,
+            "budget": self.budget.state_dict() if self.budget else None,
         }
 
     def restore(self, ckpt: dict, source: Path) -> None:
@@ -306,6 +441,12 @@ class _Run:
                              f"{self.run_dir / 'config.yaml'} trains {self.config.model!r}; "
                              f"the folder mixes two runs (start a new run with --out instead)")
         check_state_dict(self.model, ckpt["model"], self.config.model, source)
+        digest = self.data.held_out.digest if self.data.held_out else None
+        if ckpt.get("val_split_digest", digest) != digest:
+            raise ValueError(f"cannot resume: the validation split held out of "
+                             f"{self.data.name} is not the one the run started with (split "
+                             f"{ckpt['val_split_digest']} then, {digest} now): its training "
+                             f"images changed, and some would now train that validated before")
         self.model.load_state_dict(ckpt["model"])
         if self.ema is not None and ckpt.get("ema") is not None:
             self.ema.module.load_state_dict(ckpt["ema"])
@@ -321,6 +462,9 @@ class _Run:
         self.metrics.truncate(self.epoch)
         self.config_saved = True
         self.saved_epoch = self.epoch
+        if self.budget is not None and ckpt.get("budget") is not None:
+            self.budget.resume(ckpt["budget"], self.num_updates)
+            self.total_updates = self.budget.planned
 
     def save(self, best: bool) -> None:
         if self.ctx.is_main:
@@ -339,7 +483,7 @@ class _Run:
     def resume_hint(self) -> str:
         """What a run stopped after its first checkpoint continues from, and how."""
         return (f"the last checkpoint, {self.run_dir / 'last.pth'}, holds epoch "
-                f"{self.saved_epoch}/{self.config.epochs}; continue with: vitmix train "
+                f"{self.saved_epoch}/{self.epochs_label()}; continue with: vitmix train "
                 f"--resume {self.run_dir}")
 
     def divergence_advice(self) -> str:
@@ -366,15 +510,20 @@ class _Run:
         self.train_model.train()
         n_batches = self.batches_per_epoch
         bar = tqdm(total=n_batches * c.batch_size * ctx.world_size, unit="img", unit_scale=True,
-                   desc=f"epoch {self.epoch + 1}/{c.epochs}", leave=False, dynamic_ncols=True,
-                   disable=not (c.progress_bar and ctx.is_main))
+                   desc=f"epoch {self.epoch + 1}/{self.epochs_label()}", leave=False,
+                   dynamic_ncols=True, disable=not (c.progress_bar and ctx.is_main))
         loss_sum = torch.zeros((), dtype=torch.float64)
         start = time.perf_counter()
         self.optimizer.zero_grad(set_to_none=True)
+        self.updates_in_epoch = 0
+        done = 0
         for i, (images, targets) in enumerate(self.train_loader):
             if i >= n_batches:
                 break
-            self.set_progress(self.num_updates / self.total_updates)
+            if (self.budget is not None and i % c.accum_steps == 0
+                    and self.budget.finished(self.num_updates)):
+                break  # the budget's last update: this epoch ends here
+            self.set_progress(self.progress())
             images = images.to(self.device, non_blocking=True)
             if c.channels_last:
                 images = images.contiguous(memory_format=torch.channels_last)
@@ -401,6 +550,7 @@ class _Run:
                 scaled = loss / c.accum_steps
                 (self.scaler.scale(scaled) if self.scaler else scaled).backward()
             loss_sum += step_loss
+            done += 1
             if last_micro:
                 self._optimizer_step()
             bar.update(c.batch_size * ctx.world_size)
@@ -408,8 +558,9 @@ class _Run:
             bar.set_postfix(loss=f"{step_loss:.3f}", lr=f"{lr:.2e}")
         bar.close()
         seconds = time.perf_counter() - start
-        return {"train_loss": float(loss_sum) / n_batches, "train_seconds": seconds,
-                "train_images_per_s": n_batches * c.batch_size * ctx.world_size / seconds}
+        done = max(done, 1)
+        return {"train_loss": float(loss_sum) / done, "train_seconds": seconds,
+                "train_images_per_s": done * c.batch_size * ctx.world_size / seconds}
 
     def _optimizer_step(self) -> None:
         c = self.config
@@ -424,19 +575,31 @@ class _Run:
             self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
         self.num_updates += 1
-        self.scheduler.step_update(self.num_updates)
-        self.set_progress(self.num_updates / self.total_updates)
+        self.updates_in_epoch += 1
+        if self.budget is None:
+            self.scheduler.step_update(self.num_updates)
+        else:
+            self.budget.after_update(self.num_updates, self.updates_in_epoch)
+            self.total_updates = self.budget.planned
+            s = self.scheduler
+            self.scheduler.step_update(self.budget.lr_position(self.num_updates, s.warmup_t,
+                                                               s.t_initial))
+        self.set_progress(self.progress())
         if self.ema is not None:
             self.ema.update(self.model, step=self.num_updates)
 
-    def evaluate(self, model: nn.Module, desc: str, full: bool = False) -> EvalResult:
-        """Evaluate on the val split; ``max_val_batches`` caps it unless ``full``."""
+    def evaluate(self, model: nn.Module, desc: str, full: bool = False,
+                 split: str = "val") -> EvalResult:
+        """Evaluate on the validation split (``max_val_batches`` caps it unless ``full``), or
+        on the whole test split."""
         c = self.config
-        limit = None if full else c.max_val_batches
-        total = len(self.data.val) if limit is None else None
+        loader, dataset = ((self.val_loader, self.data.val) if split == "val"
+                           else (self.test_loader, self.data.test))
+        limit = None if full or split != "val" else c.max_val_batches
+        total = len(dataset) if limit is None else None
         with tqdm(total=total, unit="img", unit_scale=True, desc=desc, leave=False,
                   dynamic_ncols=True, disable=not (c.progress_bar and self.ctx.is_main)) as bar:
-            return evaluate(model, self.val_loader, self.num_classes, self.ctx, self.autocast,
+            return evaluate(model, loader, self.num_classes, self.ctx, self.autocast,
                             limit, bar, channels_last=c.channels_last)
 
     def run_epoch(self) -> dict:
@@ -444,12 +607,12 @@ class _Run:
         row = {"epoch": self.epoch}
         row.update(self.train_one_epoch())
         row["lr"] = self.optimizer.param_groups[0]["lr"]  # where the epoch ended
-        result = self.evaluate(self.model, "val")
+        result = self._validate(self.model, "validation")
         self.last_eval["model"] = result
         row.update(val_loss=result.loss, val_top1=result.top1, val_top5=result.top5)
         metric = result.top1
         if self.ema is not None and self.config.eval_ema_each_epoch:
-            ema_result = self.evaluate(self.ema.module, "val (EMA)")
+            ema_result = self._validate(self.ema.module, "validation (EMA)")
             self.last_eval["ema"] = ema_result
             row.update(ema_loss=ema_result.loss, ema_top1=ema_result.top1,
                        ema_top5=ema_result.top5)
@@ -461,13 +624,29 @@ class _Run:
         epoch_seconds = time.perf_counter() - start
         self.seconds += epoch_seconds
         row["epoch_seconds"] = epoch_seconds
+        if self.budget is not None:
+            row.update(updates=self.num_updates, planned_updates=self.total_updates,
+                       budget_used_s=self.budget.used())
         self.metrics.append(row)
         self.epoch += 1
         best = metric > self.best_metric
         if best:
             self.best_metric, self.best_epoch = metric, self.epoch - 1
         self.save(best)
+        if self.budget is not None:
+            self.budget.epoch_ended(self.num_updates)
+            self.total_updates = self.budget.planned
         return row
+
+    def _validate(self, model: nn.Module, desc: str) -> EvalResult:
+        """The per-epoch validation; a budget learns from it what an evaluated image costs."""
+        if self.budget is None:
+            return self.evaluate(model, desc)
+        start = self.budget.clock()
+        result = self.evaluate(model, desc)
+        self.budget.note_evaluation(self.budget.clock() - start,
+                                    result.count / self.ctx.world_size)
+        return result
 
     # The end -----------------------------------------------------------------------------------
     def skipped_images(self) -> int:
@@ -477,7 +656,7 @@ class _Run:
     def skipped_at_load(self) -> int:
         """Images found unreadable while loading, by any process and worker, each counted once."""
         counts = 0
-        for dataset in (self.data.train, self.data.val):
+        for dataset in self.data.sources():
             failed = getattr(dataset, "failed_at_load", None)
             if failed is not None:
                 failed = failed.to(self.device, torch.int32)
@@ -486,46 +665,83 @@ class _Run:
         return counts
 
     def finish(self) -> FitResult:
-        c = self.config
+        """The final evaluations: the final weights on the whole validation split, then, once,
+        on the test split with their deployed form (on the validation split where the data
+        has no test split); the deployed weights, summary.json and report.md."""
+        c, data = self.config, self.data
         start = time.perf_counter()
         final = self.ema.module if c.final_weights == "ema" else self.model
-        trained = self.last_eval.get(c.final_weights)
-        if trained is None or c.max_val_batches is not None:
-            trained = self.evaluate(final, "final", full=True)
+        val = self.last_eval.get(c.final_weights) if self._final_val_reused() else None
+        if val is None:
+            val = self.evaluate(final, "validation", full=True)
         deployed = copy.deepcopy(final)
         deploy_report = deploy(deployed)
-        deployed_result = self.evaluate(deployed, "deployed", full=True)
+        if data.test is not None:
+            test = self.evaluate(final, "test", split="test")
+            deployed_result = self.evaluate(deployed, "test (deployed)", split="test")
+        else:
+            test = None
+            deployed_result = self.evaluate(deployed, "validation (deployed)", full=True)
+        # The numbers a run is known by: the test split's, where there is one.
+        final_result = test or val
+        final_split = "test" if test is not None or data.val_is_test else "val"
         self.seconds += time.perf_counter() - start
         at_load = self.skipped_at_load()
-        at_build = self.data.skipped_up_front
+        at_build = data.skipped_up_front
+        held = data.held_out
+        val_section = {
+            "split": data.val_name, "images": len(data.val), "is_test": data.val_is_test,
+            "held_out": None if held is None else {"images": len(held.indices),
+                                                   "of": len(held.source), "seed": held.seed,
+                                                   "digest": held.digest},
+            "trained": val.summary(), "per_class_top1": val.per_class,
+            "best_epoch": self.best_epoch, "best_metric": self.best_metric,
+        }
+        test_section = None
+        if test is None:
+            val_section["deployed"] = deployed_result.summary()
+        else:
+            test_section = {"split": data.test_name, "images": len(data.test),
+                            "trained": test.summary(), "deployed": deployed_result.summary(),
+                            "per_class_top1": test.per_class}
         summary = {
-            "model": c.model, "data": self.data.name, "epochs": self.epoch,
-            "final_weights": c.final_weights, "trained": trained.summary(),
-            "deployed": deployed_result.summary(), "per_class_top1": trained.per_class,
-            "classes": self.data.classes, "params": self.params,
+            "model": c.model, "data": data.name, "epochs": self.epoch,
+            "updates": self.num_updates, "final_weights": c.final_weights,
+            "val": val_section, "test": test_section,
+            # The final numbers again, where scripts of earlier versions read them: the test
+            # split's, or the validation split's where the data has no test split.
+            "final_split": final_split, "trained": final_result.summary(),
+            "deployed": deployed_result.summary(), "per_class_top1": final_result.per_class,
+            "classes": data.classes, "params": self.params,
             "deployed_params": count_params(deployed), "macs": self.macs,
             "max_cca_weight_dropped": deploy_report.max_cca_weight,
             "cca_weights_dropped": deploy_report.cca_weights,
             "train_seconds": self.seconds, "device": str(self.device),
             "world_size": self.ctx.world_size, "effective_batch": self.effective_batch,
             "lr": self.lr, "skipped_images": at_build + at_load, "skipped_at_load": at_load,
-            "best_epoch": self.best_epoch, "best_metric": self.best_metric,
+            "best_epoch": self.best_epoch, "best_metric": self.best_metric, "budget": None,
         }
         report_path = self.run_dir / "report.md"
         if self.ctx.is_main:
             meta = {"model": c.model, "model_kwargs": json.dumps(self.model_kwargs),
-                    "deployed": "1", "classes": json.dumps(self.data.classes)}
+                    "deployed": "1", "classes": json.dumps(data.classes)}
             save_weights(deployed.state_dict(), self.run_dir / "model_deployed.safetensors", meta)
             plots = plot_curves(self.metrics.rows, self.run_dir)
-            plots["confusion"] = plot_confusion(trained.confusion, self.data.classes,
+            split_name = "test split" if final_split == "test" else "validation split"
+            plots["confusion"] = plot_confusion(final_result.confusion, data.classes,
                                                 self.run_dir / "confusion.png",
-                                                f"{c.model}: confusion matrix")
+                                                f"{c.model}: confusion matrix, {split_name}")
+        if self.budget is not None:
+            # Up to here: writing the two text files below is all that is left.
+            summary["budget"] = self.budget.summary(self.num_updates)
+        if self.ctx.is_main:
             atomic_write_text(self.run_dir / "summary.json", json.dumps(summary, indent=2))
             write_report(report_path, c.to_dict(), summary, self.metrics.rows, plots,
-                         self.data.classes, trained.per_class)
+                         data.classes, final_result.per_class)
         self.ctx.barrier()
-        return FitResult(self.run_dir, trained.top1, trained.top5, deployed_result.top1,
-                         deployed_result.top5, report_path, summary)
+        return FitResult(self.run_dir, final_result.top1, final_result.top5,
+                         deployed_result.top1, deployed_result.top5, report_path, summary,
+                         final_split=final_split, val_top1=val.top1)
 
 
 def build_criterion(config: TrainConfig) -> nn.Module:
@@ -545,7 +761,12 @@ def _check_resumable(run_dir: Path) -> TrainConfig:
     if not (run_dir / "last.pth").is_file():
         raise FileNotFoundError(f"cannot resume: {run_dir / 'last.pth'} does not exist (a run "
                                 f"writes it at the end of its first epoch)")
-    return TrainConfig.load(run_dir / "config.yaml")
+    config = TrainConfig.load(run_dir / "config.yaml")
+    if "val_split" not in (yaml.safe_load((run_dir / "config.yaml").read_text()) or {}):
+        # A run of vitmix before held-out validation splits validated on the data's own second
+        # split: it continues so, not on a split that takes images out of its training set.
+        config = dataclasses.replace(config, val_split=0)
+    return config
 
 
 def _check_new_run(run_dir: Path, overwrite: bool) -> PreviousRun | None:
@@ -564,7 +785,7 @@ def _check_new_run(run_dir: Path, overwrite: bool) -> PreviousRun | None:
 
 def fit(config: TrainConfig | None = None, resume: str | Path | None = None,
         on_epoch_end: Callable[[dict], None] | None = None,
-        overwrite: bool = False) -> FitResult:
+        overwrite: bool = False, clock: Callable[[], float] | None = None) -> FitResult:
     """Train ``config`` (or continue the run in folder ``resume``) and return its results.
 
     The run folder (config.out_dir, or ``resume``) receives config.yaml, metrics.csv, last.pth
@@ -575,6 +796,9 @@ def fit(config: TrainConfig | None = None, resume: str | Path | None = None,
     new run has started (data read, model built), the earlier run's files move to
     ``<folder>.previous``; they move back if the new run stops before its first checkpoint,
     and are deleted when it finishes. A folder in use by another live process is refused.
+
+    ``clock`` (a function returning seconds; ``time.monotonic`` by default) is what a
+    ``time_budget`` is counted on.
     """
     check_bool("overwrite", overwrite)
     if resume is not None:
@@ -603,10 +827,10 @@ def fit(config: TrainConfig | None = None, resume: str | Path | None = None,
             for path in remove_stale_temporaries(run_dir):
                 log(f"removed {path.name}, a file a killed process left half-written")
         ctx.barrier()
-        run = _Run(config, run_dir, ctx)
+        run = _Run(config, run_dir, ctx, clock)
         if resume is not None:
             run.restore(load_checkpoint(run_dir / "last.pth"), run_dir / "last.pth")
-            log(f"resuming {run_dir} after epoch {run.epoch}/{config.epochs}")
+            log(f"resuming {run_dir} after epoch {run.epoch}/{run.epochs_label()}")
         elif previous is not None and ctx.is_main:
             previous.move_aside()
             moved_aside = True
@@ -642,19 +866,30 @@ def fit(config: TrainConfig | None = None, resume: str | Path | None = None,
 
 def _train_to_the_end(run: _Run, log: Callable[[str], None],
                       on_epoch_end: Callable[[dict], None] | None) -> FitResult:
-    config, ctx = run.config, run.ctx
+    config, ctx, data = run.config, run.ctx, run.data
+    test_text = f" / {len(data.test)} test" if data.test is not None else ""
     log(f"{config.model}: {run.params / 1e6:.3f}M params, {run.macs / 1e6:.1f}M MACs "
-        f"@{config.img_size}; {len(run.data.train)} train / {len(run.data.val)} val images"
-        f"{f', {run.data.skipped} unreadable skipped' if run.data.skipped else ''}; "
+        f"@{config.img_size}; {len(data.train)} train / {len(data.val)} validation{test_text} "
+        f"images{f', {data.skipped} unreadable skipped' if data.skipped else ''}; "
         f"{ctx.world_size} process(es) on {ctx.device}; lr {run.lr:.3g}")
-    while run.epoch < config.epochs:
+    log(f"validation: {data.val_name}; test: {data.test_name or 'none (no split left for it)'}")
+    if run.budget is not None:
+        log(f"time budget {config.time_budget:g} min: {run.total_updates} updates planned "
+            f"(a first estimate; planned again as the run goes), "
+            f"{run.budget.used():.0f} s used")
+    while run.keep_training():
         row = run.run_epoch()
         cca = [v for k, v in row.items() if k.startswith("cca/")]
         cca_text = f" cca max {max(cca):.3f}" if cca else ""
         ema_text = f" ema {row['ema_top1']:.2f}" if "ema_top1" in row else ""
-        log(f"epoch {run.epoch}/{config.epochs}: loss {row['train_loss']:.4f} "
+        budget_text = ""
+        if run.budget is not None:
+            budget_text = (f", update {run.num_updates}/{run.total_updates}, "
+                           f"{row['budget_used_s'] / 60:.1f}/{config.time_budget:g} min")
+        log(f"epoch {run.epoch}/{run.epochs_label()}: loss {row['train_loss']:.4f} "
             f"val top-1 {row['val_top1']:.2f}{ema_text}{cca_text} "
-            f"({row['epoch_seconds']:.0f}s, {row['train_images_per_s']:.0f} img/s)")
+            f"({row['epoch_seconds']:.0f}s, {row['train_images_per_s']:.0f} img/s"
+            f"{budget_text})")
         if on_epoch_end is not None:
             on_epoch_end(row)
     result = run.finish()
@@ -664,7 +899,7 @@ def _train_to_the_end(run: _Run, log: Callable[[str], None],
 
 
 def _skipped_at_load_note(run: _Run, count: int) -> str:
-    checked = getattr(run.data.train, "verify", None)
+    checked = getattr(unwrap_subset(run.data.train)[0], "verify", None)
     passed = {"header": "passed the header check but ",
               "decode": "passed the check at the start but "}.get(checked, "")
     streamed = isinstance(run.data.train, ShardStream)

@@ -83,16 +83,17 @@ def plot_curves(rows: list[dict], out_dir: Path) -> dict[str, Path]:
 
     fig, ax = plt.subplots(figsize=(5, 3.5))
     ax.plot(epochs, [r["train_loss"] for r in rows], marker="o", label="train (mixed targets)")
-    ax.plot(epochs, [r["val_loss"] for r in rows], marker="o", label="val")
+    ax.plot(epochs, [r["val_loss"] for r in rows], marker="o", label="validation")
     ax.set(xlabel="epoch", ylabel="cross-entropy", title="Loss")
     ax.legend()
     fig.tight_layout()
     paths["loss"] = save_figure(fig, out_dir / "loss.png")
 
     fig, ax = plt.subplots(figsize=(5, 3.5))
-    ax.plot(epochs, [r["val_top1"] for r in rows], marker="o", label="val top-1")
+    ax.plot(epochs, [r["val_top1"] for r in rows], marker="o", label="validation top-1")
     if any(r.get("ema_top1") is not None for r in rows):
-        ax.plot(epochs, [r.get("ema_top1") for r in rows], marker="o", label="val top-1 (EMA)")
+        ax.plot(epochs, [r.get("ema_top1") for r in rows], marker="o",
+                label="validation top-1 (EMA)")
     ax.set(xlabel="epoch", ylabel="accuracy (%)", title="Accuracy")
     ax.legend()
     fig.tight_layout()
@@ -133,20 +134,60 @@ def plot_confusion(confusion, classes: list[str], path: Path, title: str = "") -
     return save_figure(fig, path)
 
 
+def _results_table(summary: dict) -> list[str]:
+    """One row per split and model: validation first, then the test split."""
+    trained = f"trained model ({summary['final_weights']} weights)"
+    lines = ["| split | model | top-1 (%) | top-5 (%) | images | images/s |",
+             "|---|---|---|---|---|---|"]
+    for key, label in (("val", "validation"), ("test", "test")):
+        section = summary.get(key)
+        if not section:
+            continue
+        for part, model in (("trained", trained), ("deployed", "deployed model (vitmix.deploy)")):
+            if part in section:
+                r = section[part]
+                lines.append(f"| {label}: {section['split']} | {model} | {r['top1']:.2f} | "
+                             f"{r['top5']:.2f} | {r['count']} | {r['images_per_s']:.0f} |")
+    return lines
+
+
+def _splits_note(summary: dict) -> str:
+    val, test = summary["val"], summary.get("test")
+    best = f"the best checkpoint, best.pth, is epoch {val['best_epoch'] + 1}"
+    if val.get("is_test"):
+        return (f"No held-out validation split: the epochs were validated on the test images "
+                f"and {best} by them, so the test numbers are optimistic.")
+    if test is None:
+        return (f"Every choice was made on the validation split ({best}); the data has no "
+                f"split left for a test, so these are validation numbers.")
+    return (f"Every choice was made on the validation split ({best}); the test split was "
+            f"evaluated once, after training.")
+
+
+def _budget_lines(budget: dict | None) -> list[str]:
+    if not budget:
+        return []
+    return [f"- time budget: {budget['minutes']:g} min; used {budget['seconds_used'] / 60:.2f} "
+            f"min ({budget['seconds_used']:.0f} s, from the probe before training to the "
+            f"report); {budget['updates']} updates made of {budget['planned_updates']} planned "
+            f"(first estimate {budget['first_planned_updates']}); "
+            f"{budget['seconds_per_update']:.3g} s per update, "
+            f"{budget['seconds_per_epoch_end']:.3g} s per epoch end, "
+            f"{budget['final_reserve_s']:.3g} s kept for the final evaluations and the report"]
+
+
 def write_report(path: Path, config: dict, summary: dict, rows: list[dict],
                  plots: dict[str, Path], classes: list[str],
                  per_class: list[float | None]) -> None:
+    """report.md; ``per_class`` is the top-1 per class of the final split (the test split's,
+    else the validation split's)."""
     lines = [f"# Training report: {config['model']} on {config['data']}", ""]
-    lines += ["| | top-1 (%) | top-5 (%) | images/s |", "|---|---|---|---|"]
-    for key, label in (("trained", f"trained model ({summary['final_weights']} weights)"),
-                       ("deployed", "deployed model (vitmix.deploy)")):
-        if key in summary:
-            r = summary[key]
-            lines.append(f"| {label} | {r['top1']:.2f} | {r['top5']:.2f} | "
-                         f"{r['images_per_s']:.0f} |")
-    lines += ["", f"- epochs: {summary['epochs']}, wall time: {summary['train_seconds']:.0f} s "
-              f"training + evaluation, device: {summary['device']}, processes: "
-              f"{summary['world_size']}",
+    lines += _results_table(summary)
+    lines += ["", _splits_note(summary), ""]
+    lines += [f"- epochs: {summary['epochs']} ({summary['updates']} updates), wall time: "
+              f"{summary['train_seconds']:.0f} s training + evaluation, device: "
+              f"{summary['device']}, processes: {summary['world_size']}",
+              *_budget_lines(summary.get("budget")),
               f"- parameters: {summary['params'] / 1e6:.3f}M (deployed "
               f"{summary['deployed_params'] / 1e6:.3f}M), MACs @{config['img_size']}: "
               f"{summary['macs'] / 1e6:.1f}M",
@@ -158,7 +199,8 @@ def write_report(path: Path, config: dict, summary: dict, rows: list[dict],
                        ("confusion", "Confusion matrix")):
         if key in plots:
             lines += [f"![{title}]({Path(plots[key]).name})", ""]
-    lines += ["## Per-class top-1 (%)", "", "| class | top-1 |", "|---|---|"]
+    split = "test" if summary.get("final_split", "test") == "test" else "validation"
+    lines += [f"## Per-class top-1 (%), {split} split", "", "| class | top-1 |", "|---|---|"]
     lines += [f"| {c} | {format_top1(a)} |" for c, a in zip(classes, per_class, strict=True)]
     lines += ["", "## Per-epoch metrics", "", "See metrics.csv. Last epoch:", ""]
     if rows:
