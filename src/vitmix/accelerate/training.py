@@ -41,7 +41,7 @@ HAS_ONEDNN_LINEAR = torch.backends.mkldnn.is_available() and hasattr(
 # (pre-activation, activation, their gradients) while the chunk is worked on; about a megabyte
 # each keeps them in a core's L2 and L3 and still makes the matrix products large enough to run
 # near full speed (docs/performance.md has the sweep).
-TRAIN_CHUNK_BYTES = 3 << 19
+TRAIN_CHUNK_BYTES = 3 << 21
 # The C x C attention of the samples of one CCA chunk.
 CCA_CHUNK_BYTES = 1 << 20
 
@@ -325,35 +325,37 @@ def block_diagonal_mlp(rows: torch.Tensor, w1: torch.Tensor, b1: torch.Tensor | 
 CCA_PER_SAMPLE_MIN_MACS = 1 << 22
 
 
-def _cca_chunks(tokens: torch.Tensor) -> list[slice]:
-    """Chunks of samples: single samples where each has work enough for its own products,
-    else as many as keep a chunk's C x C attention near CCA_CHUNK_BYTES."""
+def _cca_chunks(tokens: torch.Tensor) -> list[int] | list[slice]:
+    """Single samples (indices, so each is a 2-D matrix for oneDNN) where each has work enough
+    for its own products, else chunks of samples that keep a chunk's C x C attention near
+    CCA_CHUNK_BYTES."""
     n, c = tokens.shape[1:]
     if (tokens.device.type == "cpu" and _onednn(tokens, tokens)
             and n * c * c >= CCA_PER_SAMPLE_MIN_MACS):
-        step = 1
-    else:
-        step = max(1, CCA_CHUNK_BYTES // (c * c * 4))
-    return _chunks(tokens.shape[0], step)
+        return list(range(tokens.shape[0]))
+    return _chunks(tokens.shape[0], max(1, CCA_CHUNK_BYTES // (c * c * 4)))
 
 
-def _bmm(a: torch.Tensor, b: torch.Tensor, add: torch.Tensor | None = None,
-         alpha: float = 1.0) -> torch.Tensor:
-    """``add + alpha * a @ b`` for (k, n, m) @ (k, m, p) batches; a batch of one goes through
-    matmul_t (oneDNN on the CPU)."""
-    if a.shape[0] == 1 and _onednn(a, b):
-        w = b[0].t() if alpha == 1.0 else b[0].t() * alpha
-        out = matmul_t(a[0], w, add=None if add is None else add[0])
-        return out.unsqueeze(0)
+def _gram(xt: torch.Tensor, scale: float) -> torch.Tensor:
+    """scale * X^T X from X^T: (C, N) for one sample, (b, C, N) for a chunk."""
+    if xt.dim() == 2:
+        return matmul_t(xt, xt).mul_(scale)
+    return torch.baddbmm(xt.new_zeros(1, 1, 1), xt, xt.transpose(1, 2), beta=0, alpha=scale)
+
+
+def _times_t(a: torch.Tensor, m: torch.Tensor, add: torch.Tensor | None = None) -> torch.Tensor:
+    """``add + a @ m^T`` for one sample's 2-D matrices (through matmul_t) or a chunk's 3-D
+    batches (through bmm)."""
+    if a.dim() == 2:
+        return matmul_t(a, m, add=add)
     if add is None:
-        return torch.bmm(a, b) if alpha == 1.0 else torch.baddbmm(
-            a.new_zeros(1, 1, 1), a, b, beta=0, alpha=alpha)
-    return torch.baddbmm(add, a, b, alpha=alpha)
+        return torch.bmm(a, m.transpose(1, 2))
+    return torch.baddbmm(add, a, m.transpose(1, 2))
 
 
-def _attention(x: torch.Tensor, scale: float, acc: torch.dtype) -> torch.Tensor:
-    """softmax(scale X^T X) for (b, N, C) tokens, in ``acc`` (at least float32)."""
-    return torch.softmax(_bmm(x.transpose(1, 2), x, alpha=scale), dim=-1, dtype=acc)
+def _transposed(x: torch.Tensor) -> torch.Tensor:
+    """X^T of (N, C) or (b, N, C); one sample's copied contiguous, which oneDNN reads fastest."""
+    return x.t().contiguous() if x.dim() == 2 else x.transpose(1, 2)
 
 
 def _product_dtype(x: torch.Tensor, acc: torch.dtype) -> torch.dtype:
@@ -363,9 +365,15 @@ def _product_dtype(x: torch.Tensor, acc: torch.dtype) -> torch.dtype:
     return acc if n < c else x.dtype
 
 
+def _per_row(w: torch.Tensor) -> torch.Tensor:
+    """The mixing weight as a factor on the rows of a C x C matrix."""
+    return w if w.dim() == 0 else w.view(-1, 1)
+
+
 class _CovarianceMix(torch.autograd.Function):
     """``y + weight * X A^T`` with A = softmax(scale X^T X) per sample; A is recomputed in
-    backward, so nothing larger than the inputs is kept."""
+    backward, so nothing larger than the inputs is kept. Samples run one at a time through
+    oneDNN where each has work enough (see _cca_chunks), else in batched chunks."""
 
     @staticmethod
     def forward(ctx, tokens, y, weight, scale: float, dtype: torch.dtype):
@@ -376,10 +384,10 @@ class _CovarianceMix(torch.autograd.Function):
             tokens_c = tokens.to(dtype)
             pd = _product_dtype(tokens_c, acc)
             for s in _cca_chunks(tokens_c):
-                x = tokens_c[s]
-                attn = _attention(x, scale, acc).to(pd)
-                mixed = _bmm(x.to(pd), attn.transpose(1, 2))
-                torch.addcmul(y[s].to(pd), mixed, w, out=out[s])
+                x = tokens_c[s].to(pd)
+                attn = torch.softmax(_gram(_transposed(x), scale), dim=-1, dtype=acc)
+                mixing = attn.mul_(_per_row(w)).to(pd)  # y + X (diag(w) A)^T
+                out[s] = _times_t(x, mixing, add=y[s].to(pd))
         ctx.scale, ctx.dtype = scale, dtype
         ctx.save_for_backward(tokens, weight)
         return out
@@ -398,32 +406,26 @@ class _CovarianceMix(torch.autograd.Function):
             grad_w = torch.zeros(w.shape, dtype=acc, device=tokens.device)
             for s in _cca_chunks(tokens_c):
                 x, g = tokens_c[s].to(pd), grad_c[s].to(pd)
-                attn = _attention(tokens_c[s], scale, acc)  # recomputed
-                # P = G^T X is the gradient of A over w; c_i = sum_j P_ij A_ij, which equals
+                xt = _transposed(x)
+                attn = torch.softmax(_gram(xt, scale), dim=-1, dtype=acc)  # recomputed
+                # P = G^T X, the gradient of A over w. c_i = sum_j P_ij A_ij, which equals
                 # sum_n G_ni (X A^T)_ni: with fewer tokens than channels that is the cheaper way.
-                products = _bmm(g.transpose(1, 2), x).to(acc)
-                if x.shape[1] < x.shape[2]:
-                    mixed = _bmm(x, attn.to(pd).transpose(1, 2))
-                    rows = (g * mixed).sum(1, dtype=acc).unsqueeze(-1)
+                products = _times_t(_transposed(g), xt).to(acc)
+                if x.shape[-2] < x.shape[-1]:
+                    rows = (g * _times_t(x, attn.to(pd))).sum(-2, dtype=acc).unsqueeze(-1)
                 else:
                     rows = (products * attn).sum(-1, keepdim=True)
-                grad_w += rows.sum() if w.dim() == 0 else rows.sum((0, 2))
+                grad_w += rows.sum() if w.dim() == 0 else rows.view(-1, w.shape[0]).sum(0)
                 if gx is None:
                     continue
                 # The softmax's backward: dL = diag(w) A (P - c). With L = scale X^T X, X's
-                # gradient is (G diag(w)) A + scale X (dL + dL^T); a scalar w factors out.
-                grad_logits = products.sub_(rows).mul_(attn)
-                if w.dim() == 1:
-                    grad_logits.mul_(w.view(-1, 1))
-                    g = g * w.to(pd)
-                grad_logits = grad_logits.to(pd)
-                t = _bmm(g, attn.to(pd))
-                t = _bmm(x, grad_logits, add=t, alpha=scale)
-                t = _bmm(x, grad_logits.transpose(1, 2), add=t, alpha=scale)
-                if w.dim() == 0:
-                    torch.mul(t, w, out=gx[s])
-                else:
-                    gx[s] = t
+                # gradient is G diag(w) A + X M, M = scale (dL + dL^T), symmetric.
+                w_rows = _per_row(w)
+                grad_logits = products.sub_(rows).mul_(attn).mul_(w_rows)
+                sym = (grad_logits + grad_logits.transpose(-1, -2)).mul_(scale).to(pd)
+                mixing = attn.mul_(w_rows).to(pd)
+                through_mix = _times_t(g, mixing.transpose(-1, -2))
+                gx[s] = _times_t(x, sym, add=through_mix)
         return (gx, grad_out if need_y else None,
                 grad_w.to(weight.dtype) if need_w else None, None, None)
 
