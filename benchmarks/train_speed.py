@@ -8,9 +8,15 @@ optimizer and inputs already held (on CUDA, the peak allocated memory above it),
 autograd kept for backward (the saved activations, parameters not counted).
 
 Each model runs in two ways: "plain", the model as built (what a user of timm has), and
-"lean", after ``vitmix.accelerate`` (the memory-lean training functions for the MLPs, CCA and
-linear layers). Ratios are printed against the dense model both ways: against timm's Mlp as
-users have it, and against the dense MLP through the same path.
+"lean" (or "accelerated"), after ``vitmix.accelerate``: the memory-lean training functions for
+the MLPs, CCA and linear layers. A dense MetaFormer's MLPs are 1x1 convolutions, which
+``accelerate`` leaves to oneDNN by default; "dense, MLPs lean" sends them through the same
+functions as SCHEME's. Ratios are printed against the dense model as users have it (timm's Mlp)
+and against the dense MLPs through the same path.
+
+Like ``vitmix train``, the benchmark first sets glibc's malloc to keep freed memory
+(vitmix.train.allocator); ``--allocator default`` leaves it as glibc starts, and memory probes
+run in fresh processes with the same setting.
 
     python benchmarks/train_speed.py                     # every suite below
     python benchmarks/train_speed.py --suite s12 --batch 16 --amp none --repeats 7
@@ -44,6 +50,7 @@ import torch.nn.functional as F
 import vitmix  # noqa: F401  (registers the models)
 from vitmix.accelerate import accelerate
 from vitmix.bench.speed import time_interleaved
+from vitmix.train.allocator import keep_freed_memory
 
 
 @dataclass(frozen=True)
@@ -53,6 +60,7 @@ class Candidate:
     kwargs: dict = field(default_factory=dict)
     lean: bool = False  # vitmix.accelerate applied
     store_hidden: bool = False  # ... with the MLPs' hidden activation kept for backward
+    lean_conv_mlp: bool = False  # ... with dense 1x1-conv MLPs through the lean functions too
     compiled: bool = False
     dense: bool = False  # the baseline the ratios divide by
 
@@ -77,7 +85,8 @@ def candidates(setting: Setting) -> list[Candidate]:
     if setting.suite == "s12":
         return [
             Candidate("dense, plain", S12_DENSE, dense=True),
-            Candidate("dense, lean", S12_DENSE, lean=True, dense=True),
+            Candidate("dense, accelerated", S12_DENSE, lean=True),
+            Candidate("dense, MLPs lean", S12_DENSE, lean=True, lean_conv_mlp=True, dense=True),
             Candidate("E8G4 CCA learned, plain", S12_SCHEME),
             Candidate("E8G4 CCA learned, lean", S12_SCHEME, lean=True),
             Candidate("E8G4 CCA learned, lean, hidden stored", S12_SCHEME, lean=True,
@@ -96,7 +105,9 @@ def candidates(setting: Setting) -> list[Candidate]:
                               compiled=True)]
         return [
             Candidate("dense, plain", T_DENSE, stem, dense=True),
-            Candidate("dense, lean", T_DENSE, stem, lean=True, dense=True),
+            Candidate("dense, accelerated", T_DENSE, stem, lean=True),
+            Candidate("dense, MLPs lean", T_DENSE, stem, lean=True, lean_conv_mlp=True,
+                      dense=True),
             Candidate("E8G2 CCA, plain", "schemeformer_ppaa_t_e8_g2", stem),
             Candidate("E8G2 CCA, lean", "schemeformer_ppaa_t_e8_g2", stem, lean=True),
             Candidate("E8G2 no CCA, lean", "schemeformer_ppaa_t_e8_g2", dict(stem, cca=False),
@@ -147,7 +158,8 @@ def build(candidate: Candidate, setting: Setting, device: torch.device):
                               **candidate.kwargs)
     model = model.to(device).to(memory_format=torch.channels_last).train()
     if candidate.lean:
-        accelerate(model, store_hidden=candidate.store_hidden)
+        accelerate(model, store_hidden=candidate.store_hidden,
+                   lean_conv_mlp=candidate.lean_conv_mlp)
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
     forward = torch.compile(model) if candidate.compiled else model
     x = torch.randn(setting.batch, setting.in_chans, setting.img_size, setting.img_size,
@@ -219,11 +231,12 @@ def probe_memory(candidate: Candidate, setting: Setting, device: torch.device) -
     return {"peak_bytes": peak, "saved_bytes": sum(saved.values())}
 
 
-def memory_in_fresh_process(candidate: Candidate, setting: Setting, device: str) -> dict:
+def memory_in_fresh_process(candidate: Candidate, setting: Setting, device: str,
+                            allocator: str) -> dict:
     spec = json.dumps({"candidate": asdict(candidate), "setting": asdict(setting),
                        "device": device})
-    done = subprocess.run([sys.executable, __file__, "--probe", spec], capture_output=True,
-                          text=True, check=False)
+    done = subprocess.run([sys.executable, __file__, "--probe", spec, "--allocator", allocator],
+                          capture_output=True, text=True, check=False)
     if done.returncode != 0:
         raise SystemExit(f"memory probe of {candidate.label} failed:\n{done.stderr}")
     return json.loads(done.stdout.strip().splitlines()[-1])
@@ -233,15 +246,15 @@ def memory_in_fresh_process(candidate: Candidate, setting: Setting, device: str)
 
 
 def run_setting(setting: Setting, device: torch.device, repeats: int, warmup: int,
-                memory: bool) -> dict:
+                memory: bool, allocator: str = "keep-freed") -> dict:
     cands = candidates(setting)
     steps = {}
     for c in cands:
         steps[c.label] = build(c, setting, device)[1]
     samples = time_interleaved(steps, repeats=repeats, warmup=warmup, device=device)
     ms = {label: statistics.median(s) * 1e3 for label, s in samples.items()}
-    mem = {c.label: memory_in_fresh_process(c, setting, device.type) for c in cands} \
-        if memory else {}
+    mem = {c.label: memory_in_fresh_process(c, setting, device.type, allocator)
+           for c in cands} if memory else {}
     return {"setting": asdict(setting), "candidates": [asdict(c) for c in cands],
             "step_ms": ms, "samples_ms": {k: [v * 1e3 for v in s] for k, s in samples.items()},
             "memory": mem}
@@ -286,11 +299,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-memory", action="store_true", help="time only")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: default)")
+    parser.add_argument("--allocator", choices=["keep-freed", "default"], default="keep-freed",
+                        help="glibc malloc as vitmix train sets it, or as glibc starts")
     parser.add_argument("--json", help="also write every number to this JSON file")
     parser.add_argument("--probe", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
+    kept = args.allocator == "keep-freed" and keep_freed_memory()
     if args.probe:
         spec = json.loads(args.probe)
         print(json.dumps(probe_memory(Candidate(**spec["candidate"]),
@@ -299,16 +315,17 @@ def main(argv: list[str] | None = None) -> int:
     device = torch.device(args.device)
     where = (torch.cuda.get_device_name(device) if device.type == "cuda"
              else f"{platform.machine()} CPU, {torch.get_num_threads()} threads")
-    print(f"device: {where}; torch {torch.__version__}")
+    print(f"device: {where}; torch {torch.__version__}; malloc keeps freed memory: {kept}")
     results = []
     for setting in settings(args.suite, args.batch, args.amp):
-        result = run_setting(setting, device, args.repeats, args.warmup, not args.no_memory)
+        result = run_setting(setting, device, args.repeats, args.warmup, not args.no_memory,
+                             args.allocator)
         results.append(result)
         print(report(result), flush=True)
     if args.json:
         with open(args.json, "w") as f:
-            json.dump({"device": where, "torch": torch.__version__, "results": results}, f,
-                      indent=1)
+            json.dump({"device": where, "torch": torch.__version__,
+                       "malloc_keeps_freed_memory": kept, "results": results}, f, indent=1)
     return 0
 
 

@@ -127,6 +127,11 @@ class AcceleratedMlp(Mlp):
         """``out_scale * self(x)`` through the memory-lean training functions (``out_scale``, a
         per-channel LayerScale, is folded into fc2), or None where they do not apply."""
         channels_first = type(self.fc1) is nn.Conv2d
+        if channels_first and not getattr(self, "lean_conv", False):
+            # oneDNN's own 1x1 convolutions train a dense MLP on maps faster than the lean
+            # functions once allocation is cheap (docs/performance.md); accelerate(...,
+            # lean_conv_mlp=True) asks for them anyway, e.g. to compare like with like.
+            return None
         act = _lean_activation(self.act, self.drop1)
         if (act is None or (channels_first and x.dim() != 4)
                 or not training.training_allowed(x, self.fc1.weight)):

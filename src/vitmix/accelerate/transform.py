@@ -48,7 +48,8 @@ def _twin_of(module: nn.Module, parent: nn.Module | None) -> type | None:
     return None
 
 
-def accelerate(model: nn.Module, store_hidden: bool = False) -> nn.Module:
+def accelerate(model: nn.Module, store_hidden: bool = False,
+               lean_conv_mlp: bool = False) -> nn.Module:
     """Give ``model`` vitmix's fast paths, in place, and return it.
 
     The modules that have an accelerated twin become it: the same parameters, buffers,
@@ -57,12 +58,15 @@ def accelerate(model: nn.Module, store_hidden: bool = False) -> nn.Module:
     the memory-lean training functions (MLPs, CCA, linear layers) when autograd records in eager
     mode, on any device; torch.compile, export and FLOP counting see the plain forward.
     ``store_hidden=True`` makes the MLPs keep their hidden activation for backward instead of
-    recomputing it: faster where memory is plentiful. :func:`restore` undoes it.
+    recomputing it. timm's dense Mlp on 1x1 convolutions trains through oneDNN's convolutions,
+    which were faster than the lean functions here; ``lean_conv_mlp=True`` sends it through
+    the lean functions too. :func:`restore` undoes it all.
     """
     if not isinstance(model, nn.Module):
         raise TypeError(f"accelerate expects a torch.nn.Module, got {type(model).__name__}")
-    if not isinstance(store_hidden, bool):
-        raise TypeError(f"store_hidden must be True or False, got {store_hidden!r}")
+    for name, value in (("store_hidden", store_hidden), ("lean_conv_mlp", lean_conv_mlp)):
+        if not isinstance(value, bool):
+            raise TypeError(f"{name} must be True or False, got {value!r}")
     parents = {id(child): parent for parent in model.modules() for child in parent.children()}
     for module in model.modules():
         twin = _twin_of(module, parents.get(id(module)))
@@ -70,6 +74,8 @@ def accelerate(model: nn.Module, store_hidden: bool = False) -> nn.Module:
             module.__class__ = twin
             if twin in _MLP_TWINS:
                 module.store_hidden = store_hidden
+            if twin is AcceleratedMlp:
+                module.lean_conv = lean_conv_mlp
     return model
 
 
@@ -81,6 +87,7 @@ def restore(model: nn.Module) -> nn.Module:
             module.__class__ = plain
             forget_derived(module)
             module.__dict__.pop("store_hidden", None)
+            module.__dict__.pop("lean_conv", None)
     return model
 
 

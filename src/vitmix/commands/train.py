@@ -163,6 +163,7 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
 
 
 def run(args: argparse.Namespace) -> int:
+    from ..train.allocator import keep_freed_memory
     from ..train.engine import TrainingDiverged, fit
 
     if args.resume:
@@ -173,6 +174,7 @@ def run(args: argparse.Namespace) -> int:
         config = None
     else:
         config = config_from_args(args)
+    keep_freed_memory()  # before the first large allocation; see vitmix.train.allocator
     try:
         result = fit(config, resume=args.resume, overwrite=args.overwrite)
     except TrainingDiverged as err:
