@@ -13,7 +13,7 @@ env-oldest:
 	@bash scripts/setup_env.sh $(OLDEST_VENV) oldest
 
 demo: env
-	$(PY) -m vitmix train --model schemeformer_ppaa_t_e8_g4 --data fashion-mnist --img-size 32 --epochs 3 --max-train-batches 40 --max-val-batches 10 --base-lr 8e-3 --warmup-epochs 0.5 --no-ema --auto-augment none --mixup 0 --crop-scale 0.8 1 --re-prob 0.1 --out runs/demo --overwrite
+	$(PY) -m vitmix train --model schemeformer_ppaa_t_e8_g4 --model-kwargs '{"stem": "conv"}' --data fashion-mnist --time-budget 2.5 --amp bf16 --out runs/demo --overwrite
 
 test: env
 	$(PY) -m pytest -q

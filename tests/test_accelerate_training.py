@@ -13,7 +13,7 @@ from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
 from references import reference_mlp
-from vitmix.accelerate import accelerate, restore, set_enabled, training
+from vitmix.accelerate import accelerate, accelerated_modules, restore, set_enabled, training
 from vitmix.layers import SchemeMlp
 
 F64 = torch.float64
@@ -302,6 +302,23 @@ def test_plain_path_where_the_functions_do_not_apply(lean_calls):
     assert lean_calls == []
     lean(x).sum().backward()
     assert lean_calls == ["block_diagonal_mlp", "covariance_mix"]
+
+
+def test_lean_training_false_keeps_the_inference_kernels_and_trains_plainly(lean_calls):
+    torch.manual_seed(0)
+    model = timm.create_model("schemeformer_ppaa_t_e8_g2", img_size=32, num_classes=4)
+    plain = copy.deepcopy(model)
+    accelerate(model, lean_training=False)
+    assert accelerated_modules(model)  # the twins are there, for evaluation
+    x = torch.randn(2, 3, 32, 32)
+    model.train()(x).sum().backward()
+    assert lean_calls == []
+    plain.train()(x).sum().backward()
+    for (name, p), q in zip(model.named_parameters(), plain.parameters(), strict=True):
+        torch.testing.assert_close(p.grad, q.grad, msg=name)
+    assert all("lean_training" not in vars(m) for m in restore(model).modules())
+    with pytest.raises(TypeError, match="lean_training must be True or False, got 1"):
+        accelerate(model, lean_training=1)
 
 
 def _saved_bytes(module: nn.Module, x: torch.Tensor) -> int:

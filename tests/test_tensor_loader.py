@@ -118,9 +118,9 @@ def test_config_rejects_what_the_tensor_loader_cannot_do(tmp_path):
     with pytest.raises(ValueError, match="loader must be one of"):
         TrainConfig(loader="ffcv")
     with pytest.raises(ValueError, match="no RandAugment"):
-        TrainConfig(loader="tensor", color_jitter=0)
+        TrainConfig(loader="tensor", auto_augment="rand-m6")
     with pytest.raises(ValueError, match="no colour jitter"):
-        TrainConfig(loader="tensor", auto_augment=None)
+        TrainConfig(loader="tensor", color_jitter=0.4)
     image_dir = tmp_path / "images"
     for split in ("train", "val"):
         (image_dir / split / "a").mkdir(parents=True)

@@ -58,6 +58,7 @@ BAD_VALUES = [
     ("amp", "fp8", "one of 'auto', 'off', 'bf16', 'fp16'"),
     ("channels_last", "yes", "True or False"),
     ("accelerate", 1, "True or False"),
+    ("lean_training", "yes", "True or False"),
     ("compile", "no_such_backend", "None or a torch.compile backend"),
     ("auto_augment", "no_such_policy", "None or a timm auto-augment string"),
     ("auto_augment", 6, "None or a timm auto-augment string"),
@@ -72,7 +73,7 @@ BAD_VALUES = [
     ("label_smoothing", 1.0, r"a number in \[0, 1\)"),
     ("seed", -1, "a non-negative integer"),
     ("workers", 1.5, "a non-negative integer"),
-    ("loader", "fast", "one of 'dataloader', 'tensor'"),
+    ("loader", "fast", "one of 'auto', 'dataloader', 'tensor'"),
     ("device", "tpu", "one of 'auto', 'cpu', 'cuda'"),
     ("threads", 0, "a positive integer or None"),
     ("eval_ema_each_epoch", 0, "True or False"),
@@ -110,17 +111,30 @@ def test_the_defaults_and_every_field_round_trip_through_yaml(tmp_path):
     assert [p.name for p in tmp_path.iterdir()] == ["config.yaml"]  # written atomically
 
 
+def test_the_loader_auto_picks_the_tensor_loader_where_it_can_do_what_is_asked():
+    assert TrainConfig().loader == "tensor"  # the defaults: Fashion-MNIST, light augmentation
+    assert TrainConfig(auto_augment="rand-m6").loader == "dataloader"
+    assert TrainConfig(color_jitter=0.4).loader == "dataloader"
+    assert TrainConfig(data="/data/imagenet").loader == "dataloader"
+    assert TrainConfig(loader="dataloader").loader == "dataloader"
+
+
 def test_cross_field_rules():
     with pytest.raises(ValueError, match="batch_size must be even, got 7"):
-        TrainConfig(batch_size=7)
-    TrainConfig(batch_size=7, mixup=0)
+        TrainConfig(batch_size=7, mixup=0.2)
+    TrainConfig(batch_size=7)
     with pytest.raises(ValueError, match=r"warmup_epochs must lie in \[0, epochs=2\], got 3"):
         TrainConfig(epochs=2, warmup_epochs=3)
     # With a time budget the epochs are what fits, and the warm-up is capped where it is
     # planned (at half the run).
     TrainConfig(epochs=2, warmup_epochs=3, time_budget=10)
     with pytest.raises(ValueError, match="the tensor loader has no RandAugment"):
-        TrainConfig(loader="tensor")
+        TrainConfig(loader="tensor", auto_augment="rand-m6")
+    with pytest.raises(ValueError, match="lean_training runs vitmix.accelerate's functions, "
+                       "so it needs accelerate=True"):
+        TrainConfig(accelerate=False, lean_training=True)
+    with pytest.raises(ValueError, match="the tensor loader has no colour jitter"):
+        TrainConfig(loader="tensor", color_jitter=0.4)
     with pytest.raises(ValueError, match="data_dir names the folder of the Fashion-MNIST files"):
         TrainConfig(data="/data/imagenet", data_dir="/data/fm")
     with pytest.raises(ValueError, match="data_label_key names the image or label of a Hugging "

@@ -84,6 +84,12 @@ def _as_groups(weight: torch.Tensor) -> torch.Tensor:
     return weight.view(1, weight.shape[0], weight.shape[1])
 
 
+def _trains_lean(module: nn.Module, x: torch.Tensor, *weights: torch.Tensor | None) -> bool:
+    """Whether ``module`` trains through vitmix.accelerate.training: asked for at accelerate()
+    (``lean_training``) and allowed for this call."""
+    return getattr(module, "lean_training", True) and training.training_allowed(x, *weights)
+
+
 class AcceleratedLinear(nn.Linear):
     """nn.Linear through oneDNN (the attention layers' qkv and proj): the 1x1 convolution kernel
     in inference, oneDNN's matrix product in training."""
@@ -91,7 +97,7 @@ class AcceleratedLinear(nn.Linear):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if kernels.inference_allowed(x, self.weight):
             return kernels.linear(x, self.weight, self.bias)
-        if training.training_allowed(x, self.weight, self.bias):
+        if _trains_lean(self, x, self.weight, self.bias):
             return training.linear(x, self.weight, self.bias)
         return super().forward(x)
 
@@ -134,7 +140,7 @@ class AcceleratedMlp(Mlp):
             return None
         act = _lean_activation(self.act, self.drop1)
         if (act is None or (channels_first and x.dim() != 4)
-                or not training.training_allowed(x, self.fc1.weight)):
+                or not _trains_lean(self, x, self.fc1.weight)):
             return None
         rows, back = kernels.rows_and_back(x, channels_first)
         w2, b2 = _as_groups(self.fc2.weight), self.fc2.bias
@@ -229,7 +235,7 @@ class AcceleratedSchemeMlp(SchemeMlp):
         and CCA is added into the MLP's output by one function."""
         act = _lean_activation(self.act, self.drop1)
         if (act is None or x.dim() < (3 if self.channels_first else 1)
-                or not training.training_allowed(x, self.fc1.weight)):
+                or not _trains_lean(self, x, self.fc1.weight)):
             return None
         where = "dimension 1 (channels first)" if self.channels_first else "the last dimension"
         self.fc1._check_channels(x.shape[1] if self.channels_first else x.shape[-1], where)

@@ -329,11 +329,16 @@ def _cca_chunks(tokens: torch.Tensor) -> list[int] | list[slice]:
     """Single samples (indices, so each is a 2-D matrix for oneDNN) where each has work enough
     for its own products, else chunks of samples that keep a chunk's C x C attention near
     CCA_CHUNK_BYTES."""
-    n, c = tokens.shape[1:]
-    if (tokens.device.type == "cpu" and _onednn(tokens, tokens)
-            and n * c * c >= CCA_PER_SAMPLE_MIN_MACS):
+    if _per_sample(tokens):
         return list(range(tokens.shape[0]))
+    c = tokens.shape[-1]
     return _chunks(tokens.shape[0], max(1, CCA_CHUNK_BYTES // (c * c * 4)))
+
+
+def _per_sample(tokens: torch.Tensor) -> bool:
+    n, c = tokens.shape[-2:]
+    return (tokens.device.type == "cpu" and _onednn(tokens, tokens)
+            and n * c * c >= CCA_PER_SAMPLE_MIN_MACS)
 
 
 def _gram(xt: torch.Tensor, scale: float) -> torch.Tensor:
@@ -358,13 +363,6 @@ def _transposed(x: torch.Tensor) -> torch.Tensor:
     return x.t().contiguous() if x.dim() == 2 else x.transpose(1, 2)
 
 
-def _product_dtype(x: torch.Tensor, acc: torch.dtype) -> torch.dtype:
-    """The dtype of CCA's products: with fewer tokens than channels the (N, C) operands are the
-    small ones, so they are raised to the attention's precision rather than A lowered to theirs."""
-    n, c = x.shape[-2:]
-    return acc if n < c else x.dtype
-
-
 def _per_row(w: torch.Tensor) -> torch.Tensor:
     """The mixing weight as a factor on the rows of a C x C matrix."""
     return w if w.dim() == 0 else w.view(-1, 1)
@@ -382,12 +380,11 @@ class _CovarianceMix(torch.autograd.Function):
             out = torch.empty(y.shape, dtype=dtype, device=y.device)
             w = weight.to(acc)
             tokens_c = tokens.to(dtype)
-            pd = _product_dtype(tokens_c, acc)
             for s in _cca_chunks(tokens_c):
-                x = tokens_c[s].to(pd)
+                x = tokens_c[s]
                 attn = torch.softmax(_gram(_transposed(x), scale), dim=-1, dtype=acc)
-                mixing = attn.mul_(_per_row(w)).to(pd)  # y + X (diag(w) A)^T
-                out[s] = _times_t(x, mixing, add=y[s].to(pd))
+                mixing = attn.mul_(_per_row(w)).to(dtype)  # y + X (diag(w) A)^T
+                out[s] = _times_t(x, mixing, add=y[s].to(dtype))
         ctx.scale, ctx.dtype = scale, dtype
         ctx.save_for_backward(tokens, weight)
         return out
@@ -401,20 +398,15 @@ class _CovarianceMix(torch.autograd.Function):
         with torch.no_grad(), _no_autocast(tokens.device):
             w = weight.to(acc)
             tokens_c, grad_c = tokens.to(dtype), grad_out.to(dtype)
-            pd = _product_dtype(tokens_c, acc)
             gx = torch.empty_like(tokens) if need_x else None
             grad_w = torch.zeros(w.shape, dtype=acc, device=tokens.device)
             for s in _cca_chunks(tokens_c):
-                x, g = tokens_c[s].to(pd), grad_c[s].to(pd)
+                x, g = tokens_c[s], grad_c[s]
                 xt = _transposed(x)
                 attn = torch.softmax(_gram(xt, scale), dim=-1, dtype=acc)  # recomputed
-                # P = G^T X, the gradient of A over w. c_i = sum_j P_ij A_ij, which equals
-                # sum_n G_ni (X A^T)_ni: with fewer tokens than channels that is the cheaper way.
+                # P = G^T X, the gradient of A over w; c_i = sum_j P_ij A_ij.
                 products = _times_t(_transposed(g), xt).to(acc)
-                if x.shape[-2] < x.shape[-1]:
-                    rows = (g * _times_t(x, attn.to(pd))).sum(-2, dtype=acc).unsqueeze(-1)
-                else:
-                    rows = (products * attn).sum(-1, keepdim=True)
+                rows = (products * attn).sum(-1, keepdim=True)
                 grad_w += rows.sum() if w.dim() == 0 else rows.view(-1, w.shape[0]).sum(0)
                 if gx is None:
                     continue
@@ -422,8 +414,8 @@ class _CovarianceMix(torch.autograd.Function):
                 # gradient is G diag(w) A + X M, M = scale (dL + dL^T), symmetric.
                 w_rows = _per_row(w)
                 grad_logits = products.sub_(rows).mul_(attn).mul_(w_rows)
-                sym = (grad_logits + grad_logits.transpose(-1, -2)).mul_(scale).to(pd)
-                mixing = attn.mul_(w_rows).to(pd)
+                sym = (grad_logits + grad_logits.transpose(-1, -2)).mul_(scale).to(dtype)
+                mixing = attn.mul_(w_rows).to(dtype)
                 through_mix = _times_t(g, mixing.transpose(-1, -2))
                 gx[s] = _times_t(x, sym, add=through_mix)
         return (gx, grad_out if need_y else None,
@@ -435,8 +427,25 @@ def covariance_mix(tokens: torch.Tensor, y: torch.Tensor, weight: torch.Tensor,
     """``y + weight * CCA(tokens)`` for (B, N, C) tokens and a (B, N, C) ``y``: CCA's output is
     ``X softmax(scale X^T X)^T`` per sample, as in
     :class:`vitmix.layers.ChannelCovarianceAttention`. ``weight`` is a 0-dim tensor or one value
-    per channel (C,); gradients flow to it."""
+    per channel (C,); gradients flow to it.
+
+    With fewer tokens than channels the C x C attention is larger than the tokens, and where
+    the products are also too small to run sample by sample through oneDNN, recomputing it in
+    backward cost more than autograd's keeping it; there the attention is kept, as the plain
+    layer keeps it."""
+    n, c = tokens.shape[-2:]
+    if n < c and not _per_sample(tokens):
+        return _covariance_mix_kept(tokens, y, weight, scale)
     return _CovarianceMix.apply(tokens, y, weight, float(scale), compute_dtype(tokens))
+
+
+def _covariance_mix_kept(tokens: torch.Tensor, y: torch.Tensor, weight: torch.Tensor,
+                         scale: float) -> torch.Tensor:
+    """covariance_mix through autograd, in the plain layer's operations (and autocast's dtypes)."""
+    xt = tokens.transpose(1, 2)
+    logits = torch.baddbmm(tokens.new_zeros(1, 1, 1), xt, tokens, beta=0, alpha=scale)
+    mixed = torch.bmm(tokens, torch.softmax(logits, dim=-1).transpose(1, 2))
+    return y + mixed * weight.to(mixed.dtype)
 
 
 # ---- linear layers ------------------------------------------------------------------------------

@@ -48,7 +48,7 @@ def _twin_of(module: nn.Module, parent: nn.Module | None) -> type | None:
     return None
 
 
-def accelerate(model: nn.Module, store_hidden: bool = False,
+def accelerate(model: nn.Module, lean_training: bool = True, store_hidden: bool = False,
                lean_conv_mlp: bool = False) -> nn.Module:
     """Give ``model`` vitmix's fast paths, in place, and return it.
 
@@ -57,6 +57,8 @@ def accelerate(model: nn.Module, store_hidden: bool = False,
     :func:`set_enabled`) the twins take the fused kernels in eager float32 CPU inference and
     the memory-lean training functions (MLPs, CCA, linear layers) when autograd records in eager
     mode, on any device; torch.compile, export and FLOP counting see the plain forward.
+    ``lean_training=False`` keeps the fused inference kernels only and trains through the plain
+    layers (faster where the lean functions were measured slower: docs/performance.md).
     ``store_hidden=True`` makes the MLPs keep their hidden activation for backward instead of
     recomputing it. timm's dense Mlp on 1x1 convolutions trains through oneDNN's convolutions,
     which were faster than the lean functions here; ``lean_conv_mlp=True`` sends it through
@@ -64,7 +66,8 @@ def accelerate(model: nn.Module, store_hidden: bool = False,
     """
     if not isinstance(model, nn.Module):
         raise TypeError(f"accelerate expects a torch.nn.Module, got {type(model).__name__}")
-    for name, value in (("store_hidden", store_hidden), ("lean_conv_mlp", lean_conv_mlp)):
+    for name, value in (("lean_training", lean_training), ("store_hidden", store_hidden),
+                        ("lean_conv_mlp", lean_conv_mlp)):
         if not isinstance(value, bool):
             raise TypeError(f"{name} must be True or False, got {value!r}")
     parents = {id(child): parent for parent in model.modules() for child in parent.children()}
@@ -72,6 +75,8 @@ def accelerate(model: nn.Module, store_hidden: bool = False,
         twin = _twin_of(module, parents.get(id(module)))
         if twin is not None:
             module.__class__ = twin
+            if twin in _MLP_TWINS or twin is AcceleratedLinear:
+                module.lean_training = lean_training
             if twin in _MLP_TWINS:
                 module.store_hidden = store_hidden
             if twin is AcceleratedMlp:
@@ -86,6 +91,7 @@ def restore(model: nn.Module) -> nn.Module:
         if plain is not None:
             module.__class__ = plain
             forget_derived(module)
+            module.__dict__.pop("lean_training", None)
             module.__dict__.pop("store_hidden", None)
             module.__dict__.pop("lean_conv", None)
     return model

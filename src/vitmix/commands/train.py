@@ -49,8 +49,11 @@ HELP = {
     "channels_last": "keep images and weights in NHWC memory format (faster on CPU and GPU)",
     "compile": "compile the training forward with this torch.compile backend, e.g. inductor "
                "(about a minute of compiling first)",
-    "accelerate": "vitmix.accelerate's fast paths: memory-lean training of the MLPs, CCA and "
-                  "linear layers, fused CPU evaluation kernels (--no-accelerate: plain layers)",
+    "accelerate": "vitmix.accelerate's fused CPU evaluation kernels (--no-accelerate: plain "
+                  "layers)",
+    "lean_training": "train the MLPs, CCA and attention projections through vitmix.accelerate's "
+                     "memory-lean functions (less memory; faster for SCHEMEformer-S12 at 224 in "
+                     "float32, slower for small images, CPU bf16 and GroupMixFormer)",
     "auto_augment": "timm RandAugment string ('none' turns it off)",
     "re_prob": "random-erasing probability",
     "color_jitter": "brightness/contrast/saturation jitter strength (0 turns it off)",
@@ -60,7 +63,8 @@ HELP = {
     "workers": "data-loading processes per training process",
     "loader": "dataloader: timm's per-image transforms in worker processes; tensor: "
               "Fashion-MNIST augmented as whole batches in the training process (crop, flip, "
-              "erasing; no RandAugment), much cheaper on a machine with few cores",
+              "erasing; no RandAugment), much cheaper on a machine with few cores; auto: "
+              "tensor for Fashion-MNIST without RandAugment or colour jitter, else dataloader",
     "threads": "torch intra-op threads per process",
     "max_train_batches": "stop each epoch after this many batches (smoke tests)",
     "max_val_batches": "evaluate on this many batches only (smoke tests)",

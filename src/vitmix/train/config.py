@@ -37,7 +37,7 @@ from ..layers.checks import (
 __all__ = ["TrainConfig"]
 
 AMP_MODES = ("auto", "off", "bf16", "fp16")
-LOADERS = ("dataloader", "tensor")
+LOADERS = ("auto", "dataloader", "tensor")
 FINAL_WEIGHTS = ("ema", "model")
 DEVICES = ("auto", "cpu", "cuda")
 
@@ -119,12 +119,12 @@ class TrainConfig:
     time_budget: float | None = setting(None, optional(POSITIVE_NUMBER))
     batch_size: int = setting(128, POSITIVE_INT)
     accum_steps: int = setting(1, POSITIVE_INT)
-    base_lr: float = setting(5e-4, POSITIVE_NUMBER)
+    base_lr: float = setting(8e-3, POSITIVE_NUMBER)
     min_lr: float = setting(1e-6, NON_NEGATIVE_NUMBER)
-    warmup_epochs: float = setting(1.0, NON_NEGATIVE_NUMBER)
+    warmup_epochs: float = setting(0.2, NON_NEGATIVE_NUMBER)
     weight_decay: float = setting(0.05, NON_NEGATIVE_NUMBER)
     clip_grad: float | None = setting(5.0, optional(POSITIVE_NUMBER))
-    drop_path: float = setting(0.1, number_in(0, 1, high_open=True))
+    drop_path: float = setting(0.0, number_in(0, 1, high_open=True))
     ema: bool = setting(True, BOOL)
     ema_decay: float = setting(0.999, number_in(0, 1, high_open=True))
     # Ramp the EMA decay up from 0 (timm's 1 - (1 + step)^(-2/3), capped at ema_decay), so that
@@ -139,24 +139,28 @@ class TrainConfig:
     channels_last: bool = setting(True, BOOL)
     # A torch.compile backend ("inductor") for the training forward.
     compile: str | None = setting(None, COMPILE_BACKEND)
-    # vitmix.accelerate on the trained model: memory-lean training functions for the MLPs, CCA
-    # and linear layers in eager mode, fused kernels for float32 CPU evaluation.
+    # vitmix.accelerate on the trained model: fused kernels for float32 CPU evaluation, and
+    # with lean_training the memory-lean training functions for the MLPs, CCA and linear layers
+    # (faster for SCHEMEformer-S12 at 224 in float32, slower at 32x32, under CPU bf16 autocast
+    # and for GroupMixFormer: docs/performance.md).
     accelerate: bool = setting(True, BOOL)
-    # Augmentation and regularisation (timm's).
-    auto_augment: str | None = setting("rand-m6-mstd0.5-inc1", AUTO_AUGMENT)
-    re_prob: float = setting(0.25, PROBABILITY)
-    crop_scale: tuple[float, float] = setting((0.6, 1.0), CROP_SCALE)
+    lean_training: bool = setting(False, BOOL)
+    # Augmentation and regularisation (timm's). The defaults are the light recipe tuned for
+    # short runs on the default data (docs/training.md has the flags for long ImageNet runs).
+    auto_augment: str | None = setting(None, AUTO_AUGMENT)
+    re_prob: float = setting(0.1, PROBABILITY)
+    crop_scale: tuple[float, float] = setting((0.8, 1.0), CROP_SCALE)
     hflip: float = setting(0.5, PROBABILITY)
-    # timm's default; about half the loading time of small images.
-    color_jitter: float = setting(0.4, NON_NEGATIVE_NUMBER)
-    mixup: float = setting(0.2, NON_NEGATIVE_NUMBER)
+    color_jitter: float = setting(0.0, NON_NEGATIVE_NUMBER)
+    mixup: float = setting(0.0, NON_NEGATIVE_NUMBER)
     cutmix: float = setting(0.0, NON_NEGATIVE_NUMBER)
     label_smoothing: float = setting(0.1, number_in(0, 1, high_open=True))
     # Plumbing.
     seed: int = setting(0, NON_NEGATIVE_INT)
     workers: int = setting(2, NON_NEGATIVE_INT)
-    # Or "tensor": Fashion-MNIST augmented as whole batches.
-    loader: str = setting("dataloader", one_of(*LOADERS))
+    # "tensor": Fashion-MNIST augmented as whole batches in the training process; "dataloader":
+    # timm's transforms in worker processes; "auto": tensor where it can do what is asked.
+    loader: str = setting("auto", one_of(*LOADERS))
     device: str = setting("auto", one_of(*DEVICES))  # auto: cuda when available
     # Torch intra-op threads per process (None: torch's default).
     threads: int | None = setting(None, optional(POSITIVE_INT))
@@ -181,12 +185,18 @@ class TrainConfig:
         if self.batch_size % 2 and (self.mixup > 0 or self.cutmix > 0):
             raise ValueError(f"Mixup/CutMix pair images, so batch_size must be even, "
                              f"got {self.batch_size}")
+        if self.loader == "auto":
+            self.loader = ("tensor" if self.data == "fashion-mnist" and not self.auto_augment
+                           and not self.color_jitter else "dataloader")
         if self.loader == "tensor" and self.auto_augment:
             raise ValueError(f"the tensor loader has no RandAugment; pass auto_augment=None "
                              f"(--auto-augment none) with it, got {self.auto_augment!r}")
         if self.loader == "tensor" and self.color_jitter:
             raise ValueError(f"the tensor loader has no colour jitter; pass color_jitter=0 "
                              f"(--color-jitter 0) with it, got {self.color_jitter}")
+        if self.lean_training and not self.accelerate:
+            raise ValueError("lean_training runs vitmix.accelerate's functions, so it needs "
+                             "accelerate=True (drop --no-accelerate or --lean-training)")
         if self.final_weights == "ema" and not self.ema:
             self.final_weights = "model"
         # With a budget the epochs are what fits; the warm-up is capped at half the run there.

@@ -205,7 +205,7 @@ class _Run:
         if config.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
         if config.accelerate:
-            accelerate(self.model)
+            accelerate(self.model, lean_training=config.lean_training)
         self.ema = (ModelEmaV3(self.model, decay=config.ema_decay, use_warmup=config.ema_warmup)
                     if config.ema else None)
         self.train_model = (DistributedDataParallel(self.model, device_ids=None if
