@@ -13,7 +13,7 @@ env-oldest:
 	@bash scripts/setup_env.sh $(OLDEST_VENV) oldest
 
 demo: env
-	$(PY) -m vitmix train --model schemeformer_ppaa_t_e8_g4 --model-kwargs '{"stem": "conv"}' --data fashion-mnist --time-budget 2.5 --amp bf16 --out runs/demo --overwrite
+	$(PY) -m vitmix train --data fashion-mnist --time-budget 2.5 --amp bf16 --out runs/demo --overwrite
 
 test: env
 	$(PY) -m pytest -q

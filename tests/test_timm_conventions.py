@@ -8,6 +8,7 @@ import torch
 
 import vitmix  # noqa: F401  (registers the models)
 from vitmix.layers import SchemeMlp
+from vitmix.layers.stems import ConvStem
 from vitmix.models.groupmixformer import GroupMixFormer
 from vitmix.models.metaformer import MetaFormer
 
@@ -262,6 +263,9 @@ METAFORMER_DEFAULTS = {
 # The authors' release's shuffle model: the shapes of _e8_g4, the hidden channels shuffled.
 METAFORMER_DEFAULTS["schemeformer_ppaa_s12_e8_g4_shuffle"] = METAFORMER_DEFAULTS[
     "schemeformer_ppaa_s12_e8_g4"]
+# The tiny models with the conv stem (vitmix train's default model among them).
+for _name in ("metaformer_ppaa_t", "schemeformer_ppaa_t_e8_g4"):
+    METAFORMER_DEFAULTS[f"{_name}_convstem"] = METAFORMER_DEFAULTS[_name]
 GROUPMIXFORMER_DEFAULTS = {  # name: (dims, depths, mlp ratios, groups, cca)
     "groupmixformer_m": ((40, 80, 160, 160), (3, 3, 12, 4), (4, 4, 4, 4), 1, False),
     "groupmixformer_t": ((80, 160, 200, 240), (4, 4, 12, 4), (4, 4, 4, 4), 1, False),
@@ -276,7 +280,7 @@ GROUPMIXFORMER_DEFAULTS = {  # name: (dims, depths, mlp ratios, groups, cca)
 def test_exactly_these_names_are_registered():
     names = set(timm.list_models(["metaformer_*", "schemeformer_*", "groupmixformer_*"]))
     assert names == set(METAFORMER_DEFAULTS) | set(GROUPMIXFORMER_DEFAULTS)
-    assert len(names) == 32
+    assert len(names) == 34
 
 
 def _mlp_layout(block) -> tuple[float, int, bool]:
@@ -305,8 +309,11 @@ def test_registered_metaformer_defaults(name):
     assert {m.cca_schedule for m in model.modules() if isinstance(m, SchemeMlp)} <= {"learned"}
     assert {m.channel_shuffle for m in model.modules() if isinstance(m, SchemeMlp)} <= {
         name.endswith("_shuffle")}
-    assert isinstance(model.stages[0].downsample, torch.nn.Conv2d)  # the patch stem
-    assert model.stages[0].downsample.kernel_size == (7, 7)
+    if name.endswith("_convstem"):
+        assert isinstance(model.stages[0].downsample, ConvStem)
+    else:
+        assert isinstance(model.stages[0].downsample, torch.nn.Conv2d)  # the patch stem
+        assert model.stages[0].downsample.kernel_size == (7, 7)
 
 
 @pytest.mark.parametrize("name", sorted(GROUPMIXFORMER_DEFAULTS))

@@ -115,7 +115,8 @@ def tiny_config(image_tree: Path, out: Path, **overrides) -> TrainConfig:
 
 def tiny_args(image_tree: Path, out: Path, epochs: int = 2) -> list[str]:
     """`vitmix train` arguments of the same run as tiny_config's."""
-    return ["--data", str(image_tree), "--out", str(out), "--model-kwargs", json.dumps(TINY),
+    return ["--model", "schemeformer_ppaa_t_e8_g4", "--data", str(image_tree), "--out", str(out),
+            "--model-kwargs", json.dumps(TINY),
             "--epochs", str(epochs), "--batch-size", "8", "--base-lr", "4e-2",
             "--warmup-epochs", "0.5", "--workers", "0", "--threads", "1", "--ema-decay", "0.5",
             "--seed", "3", "--no-progress-bar"]

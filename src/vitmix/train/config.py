@@ -93,7 +93,7 @@ def setting(default: Any, rule: Rule) -> Any:
 @dataclass
 class TrainConfig:
     # What to train on what.
-    model: str = setting("schemeformer_ppaa_t_e8_g4", TEXT)
+    model: str = setting("schemeformer_ppaa_t_e8_g4_convstem", TEXT)
     model_kwargs: dict = setting({}, KEYWORDS)  # extra timm.create_model arguments
     # Or a folder: an ImageFolder tree, webdataset shards or a saved Hugging Face dataset.
     data: str = setting("fashion-mnist", TEXT)
