@@ -28,6 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..layers.scheme import covariance_softmax
 from .kernels import eager_mode
 from .switch import is_enabled
 
@@ -442,9 +443,8 @@ def covariance_mix(tokens: torch.Tensor, y: torch.Tensor, weight: torch.Tensor,
 def _covariance_mix_kept(tokens: torch.Tensor, y: torch.Tensor, weight: torch.Tensor,
                          scale: float) -> torch.Tensor:
     """covariance_mix through autograd, in the plain layer's operations (and autocast's dtypes)."""
-    xt = tokens.transpose(1, 2)
-    logits = torch.baddbmm(tokens.new_zeros(1, 1, 1), xt, tokens, beta=0, alpha=scale)
-    mixed = torch.bmm(tokens, torch.softmax(logits, dim=-1).transpose(1, 2))
+    attn = covariance_softmax(tokens.transpose(1, 2), scale)
+    mixed = torch.bmm(tokens, attn.transpose(1, 2))
     return y + mixed * weight.to(mixed.dtype)
 
 

@@ -28,7 +28,7 @@ from .checks import (
 )
 
 __all__ = ["BlockDiagonalLinear", "ChannelCovarianceAttention", "SchemeMlp", "cosine_cca_weight",
-           "shuffle_channels"]
+           "covariance_softmax", "shuffle_channels"]
 
 
 def _check_divisible(name: str, value: int, groups: int) -> None:
@@ -120,6 +120,16 @@ class BlockDiagonalLinear(nn.Module):
         return torch.block_diag(*self.weight.unbind(0))
 
 
+def covariance_softmax(feats: torch.Tensor, scale: float) -> torch.Tensor:
+    """softmax(scale X^T X) over the last axis from X^T, (B, C, N) -> (B, C, C)."""
+    # The scale rides in the matmul's alpha rather than a pass over the B x C x C product,
+    # which outweighs the matmul itself where few tokens remain (0.64x the time of a forward
+    # and backward at 1 token and 256 channels, measured in one process).
+    zero = feats.new_zeros(1, 1, 1)
+    cov = torch.baddbmm(zero, feats, feats.transpose(1, 2), beta=0, alpha=scale)
+    return torch.softmax(cov, dim=-1)
+
+
 class ChannelCovarianceAttention(nn.Module):
     """Parameter-free channel attention from the channel covariance of each sample's tokens.
 
@@ -151,13 +161,7 @@ class ChannelCovarianceAttention(nn.Module):
 
     def _attention_from_features(self, feats: torch.Tensor) -> torch.Tensor:
         """A from X^T, (B, C, N) -> (B, C, C)."""
-        scale = self.logit_scale(*feats.shape[1:])
-        # The scale rides in the matmul's alpha rather than a pass over the B x C x C product,
-        # which outweighs the matmul itself where few tokens remain (0.64x the time of a
-        # forward and backward at 1 token and 256 channels, measured in one process).
-        zero = feats.new_zeros(1, 1, 1)
-        cov = torch.baddbmm(zero, feats, feats.transpose(1, 2), beta=0, alpha=scale)
-        return torch.softmax(cov, dim=-1)
+        return covariance_softmax(feats, self.logit_scale(*feats.shape[1:]))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.dim() == 0:
