@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import fcntl
 import json
 import platform
 import statistics
@@ -47,7 +48,7 @@ RECIPE = ["--data", "fashion-mnist", "--amp", "bf16", "--no-progress-bar"]
 
 def run_one(name: str, seed: int, minutes: float, threads: int, runs: Path) -> dict:
     model, kwargs = CONFIGS[name]
-    out = runs / f"{name}_seed{seed}"
+    out = runs / f"{name}_{minutes:g}min_seed{seed}"
     args = [sys.executable, "-m", "vitmix", "train", "--model", model,
             "--model-kwargs", json.dumps(kwargs), *RECIPE, "--time-budget", str(minutes),
             "--seed", str(seed), "--threads", str(threads), "--out", str(out), "--overwrite"]
@@ -81,12 +82,19 @@ def compare(args: argparse.Namespace) -> None:
                    for name, seed in jobs]
         for future in futures:
             result = future.result()
-            # Read again just before writing: another invocation may have added its runs.
-            results = json.loads(OUT_JSON.read_text()) if OUT_JSON.exists() else []
-            results = [r for r in results if (r["config"], r["seed"], r["minutes"]) !=
-                       (result["config"], result["seed"], result["minutes"])] + [result]
-            OUT_JSON.write_text(json.dumps(results, indent=1) + "\n")
+            _merge(result)
             print(f"{result['config']} seed {result['seed']}: {_line(result)}", flush=True)
+
+
+def _merge(result: dict) -> None:
+    """Add one run to the JSON, replacing an earlier run of the same configuration, seed and
+    budget. Several invocations may run side by side: a lock file keeps their writes apart."""
+    with open(OUT_JSON.with_suffix(".lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        results = json.loads(OUT_JSON.read_text()) if OUT_JSON.exists() else []
+        key = (result["config"], result["seed"], result["minutes"])
+        results = [r for r in results if (r["config"], r["seed"], r["minutes"]) != key]
+        OUT_JSON.write_text(json.dumps(results + [result], indent=1) + "\n")
 
 
 def _line(r: dict) -> str:
@@ -96,6 +104,32 @@ def _line(r: dict) -> str:
             f"{r['process_seconds']:.0f} s")
 
 
+def _spread(values: list[float]) -> str:
+    if len(values) == 1:
+        return f"{values[0]:.2f}"
+    return f"{statistics.mean(values):.2f} +/- {statistics.stdev(values):.2f}"
+
+
+def _table(results: list[dict]) -> list[str]:
+    """One row per configuration: test top-1 as mean +/- sample standard deviation over seeds."""
+    lines = ["| configuration | model | seeds | test top-1 (trained) | deployed | validation "
+             "top-1 | epochs | wall time |", "|---|---|---|---|---|---|---|---|"]
+    for name in CONFIGS:
+        runs = sorted((r for r in results if r["config"] == name), key=lambda r: r["seed"])
+        if not runs:
+            continue
+        test = [r["summary"]["trained"]["top1"] for r in runs]
+        deployed = [r["summary"]["deployed"]["top1"] for r in runs]
+        val = [r["summary"]["val"]["trained"]["top1"] for r in runs]
+        walls = ", ".join(f"{r['process_seconds']:.0f} s" for r in runs)
+        lines.append(
+            f"| {name} | {runs[0]['model']} {json.dumps(runs[0]['model_kwargs'])} | "
+            f"{', '.join(str(r['seed']) for r in runs)} | {_spread(test)} | {_spread(deployed)} "
+            f"| {_spread(val)} | {', '.join(str(r['summary']['epochs']) for r in runs)} | "
+            f"{walls} |")
+    return lines
+
+
 def tables(args: argparse.Namespace) -> None:
     import matplotlib
 
@@ -103,49 +137,56 @@ def tables(args: argparse.Namespace) -> None:
     import matplotlib.pyplot as plt
 
     results = json.loads(OUT_JSON.read_text())
-    lines = ["| configuration | model | seeds | test top-1 (trained) | deployed | validation "
-             "top-1 | epochs | wall time |", "|---|---|---|---|---|---|---|---|"]
-    for name in CONFIGS:
-        runs = [r for r in results if r["config"] == name]
-        if not runs:
-            continue
-        test = [r["summary"]["trained"]["top1"] for r in runs]
-        dep = [r["summary"]["deployed"]["top1"] for r in runs]
-        val = [r["summary"]["val"]["trained"]["top1"] for r in runs]
-        spread = (lambda v: f"{statistics.mean(v):.2f} +/- {statistics.stdev(v):.2f}"
-                  if len(v) > 1 else f"{v[0]:.2f}")
-        walls = ", ".join(f"{r['process_seconds']:.0f} s" for r in runs)
-        lines.append(
-            f"| {name} | {runs[0]['model']} {json.dumps(runs[0]['model_kwargs'])} | "
-            f"{', '.join(str(r['seed']) for r in runs)} | {spread(test)} | {spread(dep)} | "
-            f"{spread(val)} | {', '.join(str(r['summary']['epochs']) for r in runs)} | "
-            f"{walls} |")
-    (RESULTS / "fashion_mnist_budget.md").write_text("\n".join(lines) + "\n")
+    budgets = sorted({r["minutes"] for r in results})
+    lines = []
+    for minutes in budgets:
+        lines += [f"### {minutes:g} minutes per run", "", *_table(
+            [r for r in results if r["minutes"] == minutes]), ""]
+    (RESULTS / "fashion_mnist_budget.md").write_text("\n".join(lines))
     print("\n".join(lines))
 
-    fig, ax = plt.subplots(figsize=(7, 4.5))
-    for r in results:
-        xs = [p["seconds"] / 60 for p in r["curve"]]
-        ys = [p["ema_top1"] if p["ema_top1"] is not None else p["val_top1"] for p in r["curve"]]
-        ax.plot(xs, ys, marker=".", label=f"{r['config']} (seed {r['seed']})")
-    ax.set(xlabel="wall time (minutes)", ylabel="validation top-1 (EMA), %",
-           title="Fashion-MNIST, equal wall time")
-    ax.set_ylim(bottom=85)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=7)
+    # Validation accuracy against wall time: one panel per budget, one colour per configuration.
+    colours = dict(zip(CONFIGS, plt.rcParams["axes.prop_cycle"].by_key()["color"], strict=False))
+    fig, axes = plt.subplots(1, len(budgets), figsize=(7 * len(budgets), 4.5), squeeze=False)
+    for ax, minutes in zip(axes[0], budgets, strict=True):
+        labelled = set()
+        for r in sorted(results, key=lambda r: (list(CONFIGS).index(r["config"]), r["seed"])):
+            if r["minutes"] != minutes:
+                continue
+            xs = [p["seconds"] / 60 for p in r["curve"]]
+            ys = [p["ema_top1"] if p["ema_top1"] is not None else p["val_top1"]
+                  for p in r["curve"]]
+            label = None if r["config"] in labelled else r["config"]
+            labelled.add(r["config"])
+            ax.plot(xs, ys, marker=".", color=colours[r["config"]], alpha=0.8, label=label)
+        ax.set(xlabel="wall time (minutes)", ylabel="validation top-1 (EMA), %",
+               title=f"Fashion-MNIST, {minutes:g} minutes per run (one line per seed)")
+        ax.set_ylim(bottom=85)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(RESULTS / "fashion_mnist_budget_accuracy.png", dpi=120)
 
-    cca_runs = [r for r in results if r["cca_weights"]]
-    if cca_runs:
-        fig, axes = plt.subplots(1, len(cca_runs), figsize=(4 * len(cca_runs), 3.6),
+    # The CCA weights per layer: one panel per configuration with CCA, every seed drawn.
+    cca_configs = [c for c in CONFIGS if any(r["config"] == c and r["cca_weights"]
+                                             for r in results)]
+    if cca_configs:
+        fig, axes = plt.subplots(1, len(cca_configs), figsize=(4.5 * len(cca_configs), 3.8),
                                  squeeze=False, sharey=True)
-        for ax, r in zip(axes[0], cca_runs, strict=True):
-            xs = [p["seconds"] / 60 for p in r["curve"]]
-            for layer, weights in r["cca_weights"].items():
-                ax.plot(xs, weights, label=layer.replace("stages.", "s").replace(
-                    ".blocks.", ".b").replace(".mlp", ""))
-            ax.set(title=f"{r['config']} seed {r['seed']}", xlabel="wall time (minutes)")
+        for ax, name in zip(axes[0], cca_configs, strict=True):
+            runs = [r for r in results if r["config"] == name and r["cca_weights"]]
+            layers = list(runs[0]["cca_weights"])
+            layer_colours = plt.get_cmap("viridis")([i / max(len(layers) - 1, 1)
+                                                     for i in range(len(layers))])
+            for i, r in enumerate(runs):
+                xs = [p["seconds"] / 60 for p in r["curve"]]
+                for layer, colour in zip(layers, layer_colours, strict=True):
+                    short = layer.replace("stages.", "s").replace(".blocks.", ".b").replace(
+                        ".mlp", "")
+                    ax.plot(xs, r["cca_weights"][layer], color=colour, alpha=0.7, lw=1,
+                            label=short if i == 0 else None)
+            seeds = ", ".join(str(r["seed"]) for r in runs)
+            ax.set(title=f"{name} (seeds {seeds})", xlabel="wall time (minutes)")
             ax.grid(alpha=0.3)
         axes[0][0].set_ylabel("CCA weight 1 - a")
         axes[0][-1].legend(fontsize=6, ncol=2)
