@@ -76,10 +76,9 @@ def run_one(name: str, seed: int, minutes: float, threads: int, runs: Path) -> d
 
 
 def compare(args: argparse.Namespace) -> None:
-    jobs = [(name, seed) for name, seed in args.runs_of]
     with ThreadPoolExecutor(args.jobs) as pool:
         futures = [pool.submit(run_one, name, seed, args.minutes, args.threads, args.runs)
-                   for name, seed in jobs]
+                   for name, seed in args.runs_of]
         for future in futures:
             result = future.result()
             _merge(result)
