@@ -4,12 +4,14 @@ saved Hugging Face dataset (also under torchrun)."""
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import json
 import os
 import sys
 import types
 import typing
+from pathlib import Path
 
 from .. import exit_codes
 from ..train.config import TrainConfig
@@ -60,7 +62,15 @@ HELP = {
     "crop_scale": "random-resized-crop area range, two numbers",
     "mixup": "Mixup alpha (0 turns it off)",
     "cutmix": "CutMix alpha (0 turns it off)",
-    "workers": "data-loading processes per training process",
+    "workers": "data-loading processes per training process (default: 2 on a CPU; on a GPU "
+               "the cores of the machine per process, less one, at most 16)",
+    "sync_bn": "synchronise BatchNorm statistics across the GPUs of a DDP run (SyncBatchNorm)",
+    "tf32": "CUDA: TF32 tensor-core math for float32 matrix products and convolutions",
+    "cudnn_benchmark": "CUDA: let cuDNN time its convolution algorithms and keep the fastest",
+    "log_interval": "updates between progress lines (or bar updates on a terminal) and loss "
+                    "checks",
+    "progress_bar": "show progress: a bar on a terminal, one line per --log-interval updates in "
+                    "a log file",
     "loader": "dataloader: timm's per-image transforms in worker processes; tensor: "
               "Fashion-MNIST augmented as whole batches in the training process (crop, flip, "
               "erasing; no RandAugment), much cheaper on a machine with few cores; auto: "
@@ -166,9 +176,20 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
     return TrainConfig.from_dict(values)
 
 
+def _trains_on_cpu(config: TrainConfig | None, resume: str | None) -> bool:
+    """Whether the run will train on the CPU (the allocator setting is measured to pay there)."""
+    import torch
+
+    device = config.device if config is not None else "auto"
+    if config is None:
+        with contextlib.suppress(OSError, ValueError):  # fit() reports a broken folder
+            device = TrainConfig.load(Path(resume) / "config.yaml").device
+    return device == "cpu" or (device == "auto" and not torch.cuda.is_available())
+
+
 def run(args: argparse.Namespace) -> int:
     from ..train.allocator import keep_freed_memory
-    from ..train.engine import TrainingDiverged, fit
+    from ..train.engine import TrainingDiverged, TrainingPreempted, fit
 
     if args.resume:
         extra = {f.name for f in dataclasses.fields(TrainConfig)} & set(vars(args))
@@ -178,12 +199,17 @@ def run(args: argparse.Namespace) -> int:
         config = None
     else:
         config = config_from_args(args)
-    keep_freed_memory()  # before the first large allocation; see vitmix.train.allocator
+    if _trains_on_cpu(config, args.resume):
+        keep_freed_memory()  # before the first large allocation; see vitmix.train.allocator
     try:
         result = fit(config, resume=args.resume, overwrite=args.overwrite)
     except TrainingDiverged as err:
         print(f"vitmix train: stopped: {err}", file=sys.stderr)
         return exit_codes.DIVERGED
+    except TrainingPreempted as err:
+        if os.environ.get("RANK", "0") == "0":
+            print(f"vitmix train: preempted: {err}", file=sys.stderr)
+        return exit_codes.PREEMPTED
     if os.environ.get("RANK", "0") == "0":
         print(result_line(result))
         print(f"report: {result.report}")

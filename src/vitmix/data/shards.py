@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import copy
 import io
+import itertools
 import json
 import random
 import re
@@ -35,12 +36,15 @@ from itertools import accumulate
 from pathlib import Path
 
 import numpy as np
+import torch
 from PIL import Image
 from torch.utils.data import IterableDataset, get_worker_info
 
 from .damaged import UNREADABLE, count_failed, failure_flags
 from .image_folder import IMAGE_EXTENSIONS
 from .optional import require
+from .seeding import SharedEpoch, in_worker, seed_sample
+from .skipping import worker_continuation
 
 __all__ = ["CLASSES_FILE", "INFO_FILE", "ShardList", "ShardStream", "StreamPlan", "epoch_order",
            "find_shards", "holds_shards", "load_shard_splits", "pieces", "split_range"]
@@ -235,17 +239,38 @@ class ShardStream(IterableDataset):
         self.mode, self.transform = mode, transform
         self.image_key, self.label_key = image_key, label_key
         self.plan = StreamPlan()
-        self.epoch = 0
+        # Shared memory: workers that persist across epochs read what the training process sets.
+        self._epoch = SharedEpoch()
+        self._resume = torch.zeros(2, dtype=torch.int64).share_memory_()  # (workers, batches)
         self.failed_at_load = failure_flags(shards.total)
 
     def planned(self, plan: StreamPlan) -> ShardStream:
         """This stream read as ``plan`` says; the failure flags are shared with this one."""
         other = copy.copy(self)
         other.plan = plan
+        other._epoch = SharedEpoch(self.epoch)
+        other._resume = torch.zeros(2, dtype=torch.int64).share_memory_()
         return other
 
+    @property
+    def epoch(self) -> int:
+        return self._epoch.get()
+
     def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
+        """Read epoch ``epoch`` next, from its start."""
+        self._epoch.set(epoch)
+        self._resume.zero_()
+
+    def resume_epoch(self, epoch: int, taken: int, workers: int) -> None:
+        """Read epoch ``epoch`` next, without the first ``taken`` training batches of this rank
+        that a loader with ``workers`` workers (0: none) had yielded: a run resumed where it
+        stopped in the middle of an epoch. With as many workers as then, the batches that follow
+        are the ones the first loader would have yielded, in its order; with another number,
+        each remaining sample still comes once, in another order."""
+        if self.plan.batch_size is None:
+            raise ValueError("only a training stream (a plan with a batch size) can resume")
+        self._epoch.set(epoch)
+        self._resume[0], self._resume[1] = max(workers, 1), taken
 
     def __len__(self) -> int:
         return self.shards.total
@@ -300,32 +325,54 @@ class ShardStream(IterableDataset):
             return img.convert(self.mode), label
 
     def _decoded(self, samples) -> Iterator[tuple | None]:
-        """(image, label) per sample; None for one that cannot be read (flagged and named)."""
+        """(position, image, label) per sample; None for one that cannot be read (flagged and
+        named)."""
         for position, sample in samples:
             try:
-                yield self._decode(sample)
+                yield (position, *self._decode(sample))
             except UNREADABLE as err:
                 self.failed_at_load[position] = 1
                 warnings.warn(f"skipping unreadable sample {sample.get('__key__')} of "
                               f"{sample.get('__url__')} ({err})", stacklevel=2)
                 yield None
 
+    def _parts(self, worker: int, workers: int) -> list[tuple[int, int]]:
+        """(part, batches to pass over) that this ``worker`` reads, in order: a part being the
+        range one worker reads in an epoch read from its start (:meth:`worker_range`)."""
+        parts, taken = (int(v) for v in self._resume)
+        if taken == 0:
+            return [(worker, 0)]
+        per_part = [split_range(self.batches_per_rank(), parts, p) for p in range(parts)]
+        continuation = worker_continuation([end - first for first, end in per_part], taken)
+        return continuation[worker::workers]
+
+    def _part_samples(self, part: int, parts: int, skip_batches: int) -> Iterator[tuple[int, dict]]:
+        """The undecoded (position, sample) pairs of one part, shuffled as the part always is,
+        without the first ``skip_batches`` batches' worth (read, never decoded)."""
+        plan = self.plan
+        order = epoch_order(len(self.shards.paths), plan.seed, self.epoch, plan.shuffle)
+        samples = self._read(pieces(self.shards.lengths, order, *self.worker_range(part, parts)))
+        if plan.shuffle:
+            seed = np.random.SeedSequence([plan.seed, self.epoch, plan.rank, part])
+            rng = random.Random(int(seed.generate_state(1)[0]))
+            samples = _webdataset().shuffle(bufsize=SHUFFLE_BUFFER, rng=rng)(samples)
+        if skip_batches:
+            samples = itertools.islice(samples, skip_batches * plan.batch_size, None)
+        return samples
+
     def __iter__(self):
         info = get_worker_info()
         worker, workers = (info.id, info.num_workers) if info is not None else (0, 1)
-        plan = self.plan
-        order = epoch_order(len(self.shards.paths), plan.seed, self.epoch, plan.shuffle)
-        samples = self._read(pieces(self.shards.lengths, order, *self.worker_range(worker,
-                                                                                 workers)))
-        if plan.shuffle:
-            seed = np.random.SeedSequence([plan.seed, self.epoch, plan.rank, worker])
-            rng = random.Random(int(seed.generate_state(1)[0]))
-            samples = _webdataset().shuffle(bufsize=SHUFFLE_BUFFER, rng=rng)(samples)
-        items = self._decoded(samples)
-        items = (_replace_damaged(items) if plan.batch_size is not None
-                 else (item for item in items if item is not None))
-        for image, label in items:
-            yield (self.transform(image) if self.transform is not None else image), label
+        resumed_parts = int(self._resume[0]) if int(self._resume[1]) else workers
+        plan, epoch, seeded = self.plan, self.epoch, in_worker()
+        for part, skip in self._parts(worker, workers):
+            items = self._decoded(self._part_samples(part, resumed_parts, skip))
+            items = (_replace_damaged(items) if plan.batch_size is not None
+                     else (item for item in items if item is not None))
+            for position, image, label in items:
+                if seeded:  # see vitmix.data.seeding: the same draws in any worker
+                    seed_sample(plan.seed, epoch, position)
+                yield (self.transform(image) if self.transform is not None else image), label
 
 
 def _replace_damaged(items) -> Iterator[tuple]:

@@ -14,8 +14,10 @@ tensor ops in the training process instead, with the light recipe of the short r
   with the box clamped instead of timm's ten attempts.
 
 RandAugment works on PIL images and has no batched form here; the default DataLoader keeps it.
-All randomness comes from torch's global generator, which the engine seeds every epoch, so a
-resumed run draws the same batches.
+All randomness comes from torch's global generators, which the engine seeds every epoch and saves
+in its checkpoints, so a resumed run draws the same batches. On a GPU the image tensor lives on
+the device and the batched augmentation runs there: the per-image parameters (a few numbers
+each) are drawn on the CPU as they are on a CPU run, the erasing noise on the device.
 """
 
 from __future__ import annotations
@@ -27,7 +29,38 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import Sampler
 
-__all__ = ["TensorAugment", "TensorBatchLoader"]
+__all__ = ["TensorAugment", "TensorBatchLoader", "random_erase"]
+
+
+def random_erase(x: torch.Tensor, prob: float, area: tuple[float, float] = (0.02, 1 / 3),
+                 ratio: tuple[float, float] = (0.3, 1 / 0.3),
+                 generator: torch.Generator | None = None) -> torch.Tensor:
+    """timm's pixel-mode random erasing of a (B, C, H, W) batch: with probability ``prob`` an
+    image gets one box (``area`` of the image, aspect ``ratio`` drawn log-uniformly, clamped
+    into the image instead of timm's ten attempts) of normal noise.
+
+    The draws come from ``generator`` on its device, or else from the global generators: the
+    box parameters on the CPU (a few numbers per image) and the noise on ``x``'s device.
+    """
+    b, c, height, width = x.shape
+    draw_on = generator.device if generator is not None else torch.device("cpu")
+    chosen = torch.rand(b, generator=generator, device=draw_on) < prob
+    size = height * width * torch.empty(b, device=draw_on).uniform_(*area, generator=generator)
+    aspect = torch.empty(b, device=draw_on).uniform_(math.log(ratio[0]), math.log(ratio[1]),
+                                                    generator=generator).exp()
+    h = (size * aspect).sqrt().round().clamp(1, height - 1)
+    w = (size / aspect).sqrt().round().clamp(1, width - 1)
+    top = ((height - h + 1) * torch.rand(b, generator=generator, device=draw_on)).floor()
+    left = ((width - w + 1) * torch.rand(b, generator=generator, device=draw_on)).floor()
+    top, left, h, w, chosen = (t.to(x.device) for t in (top, left, h, w, chosen))
+    rows = torch.arange(height, device=x.device).view(1, -1, 1)
+    cols = torch.arange(width, device=x.device).view(1, 1, -1)
+    inside = ((rows >= top.view(-1, 1, 1)) & (rows < (top + h).view(-1, 1, 1))
+              & (cols >= left.view(-1, 1, 1)) & (cols < (left + w).view(-1, 1, 1)))
+    mask = (inside & chosen.view(-1, 1, 1)).unsqueeze(1).expand(b, c, height, width)
+    noise = torch.randn(b, c, height, width, dtype=x.dtype, generator=generator,
+                        device=draw_on if generator is not None else x.device)
+    return torch.where(mask, noise, x)
 
 
 class TensorAugment:
@@ -71,10 +104,10 @@ class TensorAugment:
         Float images in, float images out; boxes are in pixel-edge coordinates.
         """
         b, _, height, width = images.shape
-        x0, y0, w, h = boxes.to(images.dtype).unbind(1)
+        x0, y0, w, h = boxes.to(images.device, images.dtype).unbind(1)
         theta = images.new_zeros(b, 2, 3)
         # Output coordinates in [-1, 1] map onto the box (align_corners=False: pixel edges).
-        sign = 1.0 - 2.0 * flips.to(images.dtype)
+        sign = 1.0 - 2.0 * flips.to(images.device, images.dtype)
         theta[:, 0, 0] = sign * w / width
         theta[:, 0, 2] = (2 * x0 + w) / width - 1
         theta[:, 1, 1] = h / height
@@ -85,23 +118,8 @@ class TensorAugment:
                              align_corners=False)
 
     def erase(self, x: torch.Tensor) -> torch.Tensor:
-        """timm's pixel-mode random erasing, one box per chosen image, in place."""
-        b, c, height, width = x.shape
-        chosen = torch.rand(b) < self.re_prob
-        area = height * width * torch.empty(b).uniform_(*self.re_area)
-        aspect = torch.empty(b).uniform_(math.log(self.re_ratio[0]),
-                                         math.log(self.re_ratio[1])).exp()
-        h = (area * aspect).sqrt().round().clamp(1, height - 1)
-        w = (area / aspect).sqrt().round().clamp(1, width - 1)
-        top = ((height - h + 1) * torch.rand(b)).floor()
-        left = ((width - w + 1) * torch.rand(b)).floor()
-        rows = torch.arange(height).view(1, -1, 1)
-        cols = torch.arange(width).view(1, 1, -1)
-        inside = ((rows >= top.view(-1, 1, 1)) & (rows < (top + h).view(-1, 1, 1))
-                  & (cols >= left.view(-1, 1, 1)) & (cols < (left + w).view(-1, 1, 1)))
-        mask = (inside & chosen.view(-1, 1, 1)).unsqueeze(1).expand(b, c, height, width)
-        noise = torch.randn(b, c, height, width, dtype=x.dtype)
-        return torch.where(mask, noise, x)
+        """timm's pixel-mode random erasing, one box per chosen image."""
+        return random_erase(x, self.re_prob, self.re_area, self.re_ratio)
 
     def __call__(self, images: torch.Tensor) -> torch.Tensor:
         if images.dtype != torch.uint8 or images.dim() != 4:
@@ -111,7 +129,7 @@ class TensorAugment:
         boxes = self.sample_boxes(b, height, width)
         flips = torch.rand(b) < self.hflip
         x = self.crop_resize(images.float().div_(255), boxes, flips)
-        x = (x - self.mean) / self.std
+        x = (x - self.mean.to(x.device)) / self.std.to(x.device)
         if self.re_prob > 0:
             x = self.erase(x)
         return x
@@ -121,7 +139,8 @@ class TensorBatchLoader:
     """(images, targets) batches of a uint8 image tensor, in the order a sampler gives.
 
     Stands in for a DataLoader over the same sampler (a DistributedSampler shards it); the
-    last incomplete batch is dropped, as the engine's training loader does.
+    last incomplete batch is dropped, as the engine's training loader does. The batches are on
+    the device the images are on.
     """
 
     def __init__(self, images: torch.Tensor, targets: torch.Tensor, batch_size: int,
@@ -138,7 +157,9 @@ class TensorBatchLoader:
         return len(self.sampler) // self.batch_size
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        order = torch.as_tensor(list(self.sampler), dtype=torch.long)
-        for start in range(0, len(self) * self.batch_size, self.batch_size):
+        # The sampler may start part-way through its epoch (a run resumed in the middle of one).
+        order = torch.as_tensor(list(self.sampler), dtype=torch.long).to(self.images.device)
+        whole = len(order) // self.batch_size * self.batch_size
+        for start in range(0, whole, self.batch_size):
             index = order[start:start + self.batch_size]
             yield self.augment(self.images[index]), self.targets[index]

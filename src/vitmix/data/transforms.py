@@ -38,8 +38,13 @@ def default_norm(in_chans: int) -> tuple[tuple[float, ...], tuple[float, ...]]:
 
 def build_transforms(img_size: int, in_chans: int, augment: AugmentSettings,
                      mean: tuple[float, ...] | None = None,
-                     std: tuple[float, ...] | None = None):
-    """(train transform, eval transform) for PIL images of mode "L" (in_chans 1) or "RGB"."""
+                     std: tuple[float, ...] | None = None, uint8_output: bool = False):
+    """(train transform, eval transform) for PIL images of mode "L" (in_chans 1) or "RGB".
+
+    ``uint8_output``: the transforms stop at uint8 (C, H, W) tensors, before normalisation and
+    random erasing, which the training process then does on the device
+    (:class:`vitmix.data.device_batches.DeviceBatches`).
+    """
     if img_size <= 0:
         raise ValueError(f"img_size must be positive, got {img_size}")
     default_mean, default_std = default_norm(in_chans)
@@ -50,9 +55,10 @@ def build_transforms(img_size: int, in_chans: int, augment: AugmentSettings,
         img_size, is_training=True, scale=tuple(augment.scale), hflip=augment.hflip,
         color_jitter=augment.color_jitter or None,
         auto_augment=augment.auto_augment or None, re_prob=augment.re_prob, re_mode="pixel",
-        interpolation=augment.interpolation, mean=mean, std=std,
+        interpolation=augment.interpolation, mean=mean, std=std, use_prefetcher=uint8_output,
     )
     # crop_pct=1: small images keep all their pixels, only resized.
     evaluate = create_transform(img_size, is_training=False, crop_pct=1.0,
-                                interpolation=augment.interpolation, mean=mean, std=std)
+                                interpolation=augment.interpolation, mean=mean, std=std,
+                                use_prefetcher=uint8_output)
     return train, evaluate

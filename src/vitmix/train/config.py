@@ -157,11 +157,23 @@ class TrainConfig:
     label_smoothing: float = setting(0.1, number_in(0, 1, high_open=True))
     # Plumbing.
     seed: int = setting(0, NON_NEGATIVE_INT)
-    workers: int = setting(2, NON_NEGATIVE_INT)
+    # Loader worker processes per training process; None: 2 on a CPU (whose cores train), on
+    # a GPU the cores the process may use less one, shared by the processes of its machine (at
+    # most 16). The workers live for the whole run.
+    workers: int | None = setting(None, optional(NON_NEGATIVE_INT))
     # "tensor": Fashion-MNIST augmented as whole batches in the training process; "dataloader":
     # timm's transforms in worker processes; "auto": tensor where it can do what is asked.
     loader: str = setting("auto", one_of(*LOADERS))
     device: str = setting("auto", one_of(*DEVICES))  # auto: cuda when available
+    # BatchNorm statistics synchronised across the processes of a DDP run (CUDA only). Off, as
+    # the GroupMixFormer authors train; the MetaFormers have no BatchNorm.
+    sync_bn: bool = setting(False, BOOL)
+    # CUDA: TF32 matrix products and convolutions, and cuDNN's autotuner (train/cuda_math.py).
+    tf32: bool = setting(True, BOOL)
+    cudnn_benchmark: bool = setting(True, BOOL)
+    # Updates between progress reports: a line in a log (a bar's numbers on a terminal), and
+    # the check for a non-finite loss, whose value reaching the host would stall a GPU.
+    log_interval: int = setting(50, POSITIVE_INT)
     # Torch intra-op threads per process (None: torch's default).
     threads: int | None = setting(None, optional(POSITIVE_INT))
     eval_ema_each_epoch: bool = setting(True, BOOL)

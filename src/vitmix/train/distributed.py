@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.distributed as dist
 from torch.utils.data import Sampler
 
-__all__ = ["DistContext", "ShardSampler", "all_reduce_max", "all_reduce_sum", "init_distributed",
-           "same_on_every_rank"]
+__all__ = ["DistContext", "ShardSampler", "all_reduce_max", "all_reduce_min", "all_reduce_sum",
+           "init_distributed", "same_on_every_rank"]
 
 
 @dataclass
@@ -19,6 +20,10 @@ class DistContext:
     world_size: int = 1
     local_rank: int = 0
     device: torch.device = torch.device("cpu")
+    # A gloo group for small host-side agreements (a stop flag, RNG states): a collective on
+    # the GPUs' group would make the host wait for the device queue first. None: the default
+    # group is gloo already (CPU training) or there is one process.
+    host_group: Any = None
 
     @property
     def enabled(self) -> bool:
@@ -35,6 +40,22 @@ class DistContext:
     def close(self) -> None:
         if self.enabled and dist.is_initialized():
             dist.destroy_process_group()
+
+    def any_rank(self, flag: bool) -> bool:
+        """Whether ``flag`` is set in any process (a collective on the host)."""
+        if not self.enabled:
+            return flag
+        value = torch.tensor([int(flag)], dtype=torch.int64)
+        dist.all_reduce(value, op=dist.ReduceOp.MAX, group=self.host_group)
+        return bool(value[0])
+
+    def gather(self, obj: Any) -> list[Any]:
+        """``obj`` of every process, in rank order (picklable objects, gathered on the host)."""
+        if not self.enabled:
+            return [obj]
+        out: list[Any] = [None] * self.world_size
+        dist.all_gather_object(out, obj, group=self.host_group)
+        return out
 
 
 def resolve_device(requested: str, local_rank: int) -> torch.device:
@@ -55,16 +76,26 @@ def init_distributed(requested_device: str = "auto") -> DistContext:
     rank = int(os.environ.get("RANK", "0"))
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     device = resolve_device(requested_device, local_rank)
-    if world_size > 1 and not dist.is_initialized():
-        if device.type == "cuda":
-            torch.cuda.set_device(device)
-        dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
-    return DistContext(rank, world_size, local_rank, device)
+    host_group = None
+    if world_size > 1:
+        if not dist.is_initialized():
+            if device.type == "cuda":
+                torch.cuda.set_device(device)
+            dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
+        if dist.get_backend() != "gloo":
+            host_group = dist.new_group(backend="gloo")
+    return DistContext(rank, world_size, local_rank, device, host_group)
 
 
 def all_reduce_sum(tensor: torch.Tensor, ctx: DistContext) -> torch.Tensor:
     if ctx.enabled:
         dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
+    return tensor
+
+
+def all_reduce_min(tensor: torch.Tensor, ctx: DistContext) -> torch.Tensor:
+    if ctx.enabled:
+        dist.all_reduce(tensor, op=dist.ReduceOp.MIN)
     return tensor
 
 

@@ -22,6 +22,7 @@ import copy
 import dataclasses
 import json
 import math
+import os
 import random
 import sys
 import time
@@ -40,7 +41,6 @@ from timm.utils import ModelEmaV3, dispatch_clip_grad
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, DistributedSampler
-from tqdm import tqdm
 
 from ..accelerate import accelerate
 from ..checkpoints.io import (
@@ -52,8 +52,11 @@ from ..checkpoints.io import (
 )
 from ..complexity import count_macs, count_params
 from ..data import AugmentSettings, build_transforms, load_splits
+from ..data.device_batches import DeviceBatches
 from ..data.fashion_mnist import FashionMNIST
+from ..data.seeding import EpochSeeded, ignore_stop_signals
 from ..data.shards import ShardStream, StreamPlan
+from ..data.skipping import SkippingSampler
 from ..data.split import hold_out_validation, resolve_val_split, unwrap_subset
 from ..data.tensor_loader import TensorAugment, TensorBatchLoader
 from ..data.transforms import default_norm
@@ -63,6 +66,7 @@ from ..layers.scheme import SchemeMlp
 from ..surgery import deploy
 from .budget import TimeBudget
 from .config import TrainConfig
+from .cuda_math import cuda_math
 from .distributed import (
     DistContext,
     ShardSampler,
@@ -72,6 +76,9 @@ from .distributed import (
     same_on_every_rank,
 )
 from .evaluate import EvalResult, evaluate
+from .precision import resolve_precision
+from .preemption import StopSignals, TrainingPreempted
+from .progress import ProgressLog
 from .report import MetricsLog, plot_confusion, plot_curves, write_report
 from .run_folder import (
     PreviousRun,
@@ -80,8 +87,10 @@ from .run_folder import (
     holds_run,
     remove_stale_temporaries,
 )
+from .running_loss import RunningLoss
 
-__all__ = ["FitResult", "TrainingDiverged", "TrainingInterrupted", "fit", "scheme_layers"]
+__all__ = ["FitResult", "TrainingDiverged", "TrainingInterrupted", "TrainingPreempted", "fit",
+           "loader_workers", "scheme_layers"]
 
 
 class TrainingDiverged(RuntimeError):
@@ -134,55 +143,64 @@ def _seed_all(seed: int, epoch: int, rank: int) -> None:
     torch.manual_seed(int(state[0]) << 32 | int(state[1]))
 
 
-def _rng_state() -> dict:
+def _rng_state(device: torch.device) -> dict:
     # NumPy's key as a tensor: checkpoints are read with weights_only=True, which admits
     # tensors and plain values, not arrays.
     kind, keys, pos, has_gauss, cached = np.random.get_state()
     state = {"python": random.getstate(),
              "numpy": (kind, torch.from_numpy(keys.astype(np.int64)), pos, has_gauss, cached),
              "torch": torch.get_rng_state()}
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
+    if device.type == "cuda":
+        # This process's GPU only: a run resumed with fewer visible GPUs restores it too.
+        state["cuda_device"] = torch.cuda.get_rng_state(device)
     return state
 
 
-def _set_rng_state(state: dict) -> None:
+def _set_rng_state(state: dict, device: torch.device) -> None:
     random.setstate(state["python"])
     kind, keys, *rest = state["numpy"]
     if isinstance(keys, torch.Tensor):  # an ndarray in checkpoints of vitmix 0.1
         keys = keys.numpy().astype(np.uint32)
     np.random.set_state((kind, keys, *rest))
     torch.set_rng_state(state["torch"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+    # Earlier checkpoints kept every visible GPU's state ("cuda"); nothing reads those: a run
+    # resumed at an epoch's start reseeds every generator first.
+    if "cuda_device" in state and device.type == "cuda":
+        torch.cuda.set_rng_state(state["cuda_device"], device)
 
 
-def _autocast_factory(amp: str, device: torch.device):
-    """(autocast context factory, whether to scale gradients)."""
-    if amp == "auto":
-        if device.type != "cuda":
-            amp = "off"  # CPU autocast is slower than float32 on most CPUs without AMX
-        else:
-            amp = "bf16" if torch.cuda.is_bf16_supported() else "fp16"
-    if amp == "off":
-        return contextlib.nullcontext, False
-    dtype = torch.bfloat16 if amp == "bf16" else torch.float16
-    return (lambda: torch.autocast(device.type, dtype=dtype)), amp == "fp16"
+def loader_workers(requested: int | None, device: torch.device) -> int:
+    """Loader worker processes per training process: ``requested``, or else 2 on a CPU (whose
+    cores train) and on a GPU the cores this process may use, less one for itself, shared with
+    the other processes of its machine (at most 16)."""
+    if requested is not None:
+        return requested
+    if device.type != "cuda":
+        return 2
+    cores = (len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity")
+             else os.cpu_count() or 1)
+    per_process = cores // max(int(os.environ.get("LOCAL_WORLD_SIZE", "1")), 1)
+    return max(1, min(per_process - 1, 16))
 
 
 class _Run:
     """State of one training run; its methods are the phases of :func:`fit`."""
 
     def __init__(self, config: TrainConfig, run_dir: Path, ctx: DistContext,
-                 clock: Callable[[], float] | None = None):
+                 clock: Callable[[], float] | None = None, cuda_settings: dict | None = None):
         self.config, self.run_dir, self.ctx = config, run_dir, ctx
         self.device = ctx.device
+        self.cuda_settings = cuda_settings or {}
         if config.threads:
             torch.set_num_threads(config.threads)
+        self.workers = loader_workers(config.workers, self.device)
         augment = AugmentSettings(auto_augment=config.auto_augment, re_prob=config.re_prob,
                                   scale=config.crop_scale, hflip=config.hflip,
                                   color_jitter=config.color_jitter)
-        train_tf, eval_tf = build_transforms(config.img_size, config.in_chans, augment)
+        # The workers stop at uint8: normalising and erasing happen on the device.
+        train_tf, eval_tf = build_transforms(config.img_size, config.in_chans, augment,
+                                             uint8_output=True)
+        self.norm = default_norm(config.in_chans)
         val_split = resolve_val_split(config.val_split, config.data)
         loaded = load_splits(config.data, config.in_chans, train_tf, eval_tf,
                              verify=config.verify_images, data_dir=config.data_dir,
@@ -198,8 +216,7 @@ class _Run:
         model = build_model(config.model, self.model_kwargs)
         self.params = count_params(model)
         self.macs = count_macs(model, config.img_size, config.in_chans)
-        if ctx.enabled and self.device.type == "cuda" and any(
-                isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules()):
+        if config.sync_bn and ctx.enabled:
             model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
         self.model = model.to(self.device)
         if config.channels_last:
@@ -208,6 +225,11 @@ class _Run:
             accelerate(self.model, lean_training=config.lean_training)
         self.ema = (ModelEmaV3(self.model, decay=config.ema_decay, use_warmup=config.ema_warmup)
                     if config.ema else None)
+        # The layers whose CCA weight follows the run's progress, found once: the loop sets
+        # their progress after every update.
+        self.scheduled_layers = [layer for model in (self.model, self.ema and self.ema.module)
+                                 if model is not None for layer in scheme_layers(model).values()
+                                 if layer.progress is not None]
         self.train_model = (DistributedDataParallel(self.model, device_ids=None if
                                                     self.device.type == "cpu" else [self.device])
                             if ctx.enabled else self.model)
@@ -216,13 +238,18 @@ class _Run:
             # eager module, whose parameters the compiled one shares.
             self.train_model = torch.compile(self.train_model, backend=config.compile)
 
-        self.autocast, scale = _autocast_factory(config.amp, self.device)
-        self.scaler = torch.amp.GradScaler(self.device.type) if scale else None
+        self.precision = resolve_precision(config.amp, self.device)
+        self.autocast = self.precision.autocast()
+        self.scaler = (torch.amp.GradScaler(self.device.type)
+                       if self.precision.scales_gradients else None)
         self.effective_batch = config.batch_size * config.accum_steps * ctx.world_size
         self.lr = config.base_lr * self.effective_batch / 1024
+        # On a GPU the fused AdamW: one kernel for all parameters, and a GradScaler passes it
+        # the overflow flag without reading it on the host.
+        fused = {"fused": True} if self.device.type == "cuda" else {}
         self.optimizer = create_optimizer_v2(self.model, "adamw", lr=self.lr,
                                              weight_decay=config.weight_decay,
-                                             filter_bias_and_bn=True)
+                                             filter_bias_and_bn=True, **fused)
         self._build_loaders()
         self.updates_per_epoch = math.ceil(self.batches_per_epoch / config.accum_steps)
         self.budget = None
@@ -251,14 +278,25 @@ class _Run:
                                num_classes=self.num_classes)
         self.criterion = build_criterion(config)
         self.metrics = MetricsLog(run_dir / "metrics.csv")  # the rows of this run only
+        self.progress_log = ProgressLog(config.progress_bar and ctx.is_main)
         self.config_saved = False  # config.yaml comes with the first checkpoint
         self.saved_epoch = 0  # epochs held by the checkpoint on disk (0: none yet)
+        self.saved_update = 0  # updates held by it
+        self.saved_mid_epoch = False  # whether it holds part of the epoch after saved_epoch
         self.epoch = 0
         self.num_updates = 0
+        # Training images of all processes so far: the learning-rate schedule's clock, which
+        # stays right when a run resumes on another number of processes (a schedule counted in
+        # updates would then run at another pace). ``schedule_batch`` is the update size the
+        # schedule was planned in: the run's effective batch when it started.
+        self.samples_seen = 0
+        self.schedule_batch = self.effective_batch
         self.best_metric, self.best_epoch = -1.0, -1
         self.last_eval: dict[str, EvalResult] = {}
         self.seconds = 0.0
         self.updates_in_epoch = 0
+        self.in_epoch: dict | None = None  # where a run resumed mid-epoch continues
+        self.stop = StopSignals()
 
     def _check_split_on_every_rank(self) -> None:
         """Every process must validate on the same images, or the images one process trains on
@@ -326,7 +364,7 @@ class _Run:
         """How far the run is, for the CCA schedule: updates done of all, or under a budget the
         progress it keeps (the same while its plan holds)."""
         if self.budget is None:
-            return self.num_updates / self.total_updates
+            return self.schedule_position() / self.total_updates
         return self.budget.progress
 
     def keep_training(self) -> bool:
@@ -345,55 +383,71 @@ class _Run:
         if len(self.data.train) < c.batch_size * ctx.world_size:
             raise ValueError(f"the training set has {len(self.data.train)} images, fewer than "
                              f"one batch of {c.batch_size} per process")
+        self.val_loader = self._eval_loader(self.data.val, persistent=True)
+        self.test_loader = (self._eval_loader(self.data.test, persistent=False)
+                            if self.data.test is not None else None)
         if isinstance(self.data.train, ShardStream):
-            self._build_stream_loaders()
+            self._build_stream_loader()
             return
-        self.sampler = DistributedSampler(self.data.train, num_replicas=ctx.world_size,
-                                          rank=ctx.rank, shuffle=True, seed=c.seed,
-                                          drop_last=True)
-        pin = self.device.type == "cuda"
+        self.sampler = SkippingSampler(DistributedSampler(
+            self.data.train, num_replicas=ctx.world_size, rank=ctx.rank, shuffle=True,
+            seed=c.seed, drop_last=True))
         if c.loader == "tensor":
             self.train_loader = self._tensor_loader()
+            self.epoch_seeded = None
         else:
-            # Workers are made again every epoch, seeded from the epoch's generator: resumable.
-            self.train_loader = DataLoader(self.data.train, batch_size=c.batch_size,
-                                           sampler=self.sampler, num_workers=c.workers,
-                                           drop_last=True, pin_memory=pin)
-        self.val_loader = self._eval_loader(self.data.val)
-        self.test_loader = (self._eval_loader(self.data.test) if self.data.test is not None
-                            else None)
+            self.epoch_seeded = EpochSeeded(self.data.train, c.seed)
+            loader = self._data_loader(self.epoch_seeded, c.batch_size, persistent=True,
+                                       sampler=self.sampler, drop_last=True)
+            self.train_loader = self._on_device(loader, erase_prob=c.re_prob)
         batches = len(self.train_loader)
         self.batches_per_epoch = min(batches, c.max_train_batches or batches)
 
-    def _eval_loader(self, dataset) -> DataLoader:
+    def _data_loader(self, dataset, batch_size: int, persistent: bool, **kwargs) -> DataLoader:
+        """A loader of uint8 batches. Its workers live as long as it does (``persistent``): a
+        dozen processes that import torch are not started again every epoch."""
+        workers = self.workers
+        return DataLoader(dataset, batch_size=batch_size, num_workers=workers,
+                          pin_memory=self.device.type == "cuda",
+                          persistent_workers=persistent and workers > 0,
+                          worker_init_fn=ignore_stop_signals if workers > 0 else None,
+                          # Its own generator: drawing the workers' base seed must not move
+                          # the training process's generator (a resumed run draws the same).
+                          generator=torch.Generator(), **kwargs)
+
+    def _on_device(self, loader, erase_prob: float = 0.0) -> DeviceBatches:
+        c = self.config
+        mean, std = self.norm
+        return DeviceBatches(loader, self.device, mean, std, channels_last=c.channels_last,
+                             erase_prob=erase_prob, seed=c.seed, rank=self.ctx.rank)
+
+    def _eval_loader(self, dataset, persistent: bool) -> DeviceBatches:
         """Each process evaluates its part; every image counts once over all processes (a
         stream of webdataset shards plans its own parts, see vitmix.data.shards)."""
         c, ctx = self.config, self.ctx
-        pin = self.device.type == "cuda"
         if isinstance(dataset, ShardStream):
-            return DataLoader(dataset.planned(StreamPlan(ctx.rank, ctx.world_size)),
-                              batch_size=c.batch_size * 2, num_workers=c.workers, pin_memory=pin)
-        return DataLoader(dataset, batch_size=c.batch_size * 2,
-                          sampler=ShardSampler(len(dataset), ctx.rank, ctx.world_size),
-                          num_workers=c.workers, pin_memory=pin)
+            loader = self._data_loader(dataset.planned(StreamPlan(ctx.rank, ctx.world_size)),
+                                       c.batch_size * 2, persistent)
+        else:
+            loader = self._data_loader(dataset, c.batch_size * 2, persistent,
+                                       sampler=ShardSampler(len(dataset), ctx.rank,
+                                                            ctx.world_size))
+        return self._on_device(loader)
 
-    def _build_stream_loaders(self) -> None:
+    def _build_stream_loader(self) -> None:
         """Webdataset shards: each rank and worker reads its own part of every epoch (see
         vitmix.data.shards), the same whole number of batches on every rank."""
         c, ctx = self.config, self.ctx
         if c.loader == "tensor":
             raise ValueError(f"loader='tensor' needs an in-memory dataset (fashion-mnist), got "
                              f"{c.data!r}; use the default loader for webdataset shards")
-        pin = self.device.type == "cuda"
         train = self.data.train.planned(StreamPlan(ctx.rank, ctx.world_size, c.batch_size,
                                                    shuffle=True, seed=c.seed))
         self.sampler = train  # what set_epoch orders each epoch, as a DistributedSampler does
+        self.epoch_seeded = None  # the stream seeds its samples itself
         # Each worker yields whole batches of its own range: nothing to drop at the end.
-        self.train_loader = DataLoader(train, batch_size=c.batch_size, num_workers=c.workers,
-                                       pin_memory=pin)
-        self.val_loader = self._eval_loader(self.data.val)
-        self.test_loader = (self._eval_loader(self.data.test) if self.data.test is not None
-                            else None)
+        self.train_loader = self._on_device(self._data_loader(train, c.batch_size, True),
+                                            erase_prob=c.re_prob)
         batches = train.batches_per_rank()
         self.batches_per_epoch = min(batches, c.max_train_batches or batches)
 
@@ -405,16 +459,34 @@ class _Run:
                              f"{c.data!r}; use the default loader for image folders")
         images, labels = ((train.images, train.labels) if index is None
                           else (train.images[index], train.labels[index]))
-        # Grey images for an RGB model: the channel repeated, as the PIL path does.
+        # Grey images for an RGB model: the channel repeated, as the PIL path does. On a GPU
+        # the whole set lives there (47 MB) and is augmented there.
         images = torch.from_numpy(images).unsqueeze(1).expand(-1, c.in_chans, -1, -1)
-        mean, std = default_norm(c.in_chans)
+        mean, std = self.norm
         augment = TensorAugment(c.img_size, scale=c.crop_scale, hflip=c.hflip,
                                 re_prob=c.re_prob, mean=mean, std=std)
-        return TensorBatchLoader(images, torch.from_numpy(labels), c.batch_size,
-                                 self.sampler, augment)
+        return TensorBatchLoader(images.to(self.device), torch.from_numpy(labels).to(self.device),
+                                 c.batch_size, self.sampler, augment)
+
+    def start_epoch(self, skip_batches: int = 0, skipped_by_workers: int = 0) -> None:
+        """Order the loaders for the current epoch, from its batch ``skip_batches`` on (the
+        batches that a loader with ``skipped_by_workers`` workers had yielded)."""
+        c = self.config
+        self.sampler.set_epoch(self.epoch)
+        if self.epoch_seeded is not None:
+            self.epoch_seeded.set_epoch(self.epoch)
+        if isinstance(self.train_loader, DeviceBatches):
+            self.train_loader.set_epoch(self.epoch, skip_batches)
+        if skip_batches:
+            if isinstance(self.sampler, ShardStream):
+                self.sampler.resume_epoch(self.epoch, skip_batches, skipped_by_workers)
+            else:
+                self.sampler.skip_next(skip_batches * c.batch_size)
 
     # Checkpoints -------------------------------------------------------------------------------
-    def state(self) -> dict:
+    def state(self, in_epoch: dict | None = None) -> dict:
+        """The run's state after ``self.epoch`` whole epochs, or, with ``in_epoch``, part-way
+        through the next one (a preempted run: ``in_epoch`` says where)."""
         return {
             "model_name": self.config.model, "model_kwargs": self.model_kwargs,
             "config": self.config.to_dict(), "epoch": self.epoch,
@@ -422,14 +494,20 @@ class _Run:
             "ema": self.ema.module.state_dict() if self.ema else None,
             "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
             "scaler": self.scaler.state_dict() if self.scaler else None,
-            "rng": _rng_state(), "best_metric": self.best_metric, "best_epoch": self.best_epoch,
+            "rng": _rng_state(self.device), "best_metric": self.best_metric,
+            "best_epoch": self.best_epoch,
             "final_weights": self.config.final_weights, "classes": self.data.classes,
             "seconds": self.seconds,
             "val_split_digest": self.data.held_out.digest if self.data.held_out else None,
             "budget": self.budget.state_dict() if self.budget else None,
+            "world_size": self.ctx.world_size, "samples_seen": self.samples_seen,
+            "schedule_batch": self.schedule_batch, "schedule_total": self.total_updates,
+            "in_epoch": in_epoch,
         }
 
-    def restore(self, ckpt: dict, source: Path) -> None:
+    def restore(self, ckpt: dict, source: Path) -> list[str]:
+        """Continue from ``ckpt``; returns notes for the person resuming (none when the run
+        continues exactly as it would have)."""
         missing = [key for key in RESUME_KEYS if key not in ckpt]
         if missing:
             raise ValueError(f"cannot resume from {source}: it lacks {', '.join(missing)}, so "
@@ -447,6 +525,11 @@ class _Run:
                              f"{self.data.name} is not the one the run started with (split "
                              f"{ckpt['val_split_digest']} then, {digest} now): its training "
                              f"images changed, and some would now train that validated before")
+        world, saved_world = self.ctx.world_size, ckpt.get("world_size", self.ctx.world_size)
+        if saved_world != world and self.budget is not None:
+            raise ValueError(f"cannot resume: {source} is a run with a time budget on "
+                             f"{saved_world} process(es); it resumes on as many (now {world}), "
+                             f"since its plan counts their updates")
         self.model.load_state_dict(ckpt["model"])
         if self.ema is not None and ckpt.get("ema") is not None:
             self.ema.module.load_state_dict(ckpt["ema"])
@@ -454,37 +537,76 @@ class _Run:
         self.scheduler.load_state_dict(ckpt["scheduler"])
         if self.scaler is not None and ckpt.get("scaler"):
             self.scaler.load_state_dict(ckpt["scaler"])
-        _set_rng_state(ckpt["rng"])
         self.epoch, self.num_updates = ckpt["epoch"], ckpt["num_updates"]
         self.best_metric, self.best_epoch = ckpt["best_metric"], ckpt["best_epoch"]
         self.seconds = ckpt.get("seconds", 0.0)
+        # Checkpoints before these keys come from runs that never changed their process count.
+        self.schedule_batch = ckpt.get("schedule_batch", self.effective_batch)
+        self.samples_seen = ckpt.get("samples_seen", self.num_updates * self.effective_batch)
         self.metrics = MetricsLog.read(self.run_dir / "metrics.csv")
         self.metrics.truncate(self.epoch)
         self.config_saved = True
-        self.saved_epoch = self.epoch
+        self.saved_epoch, self.saved_update = self.epoch, self.num_updates
+        self.saved_mid_epoch = False
         if self.budget is not None and ckpt.get("budget") is not None:
             self.budget.resume(ckpt["budget"], self.num_updates)
             self.total_updates = self.budget.planned
+        elif self.budget is None:
+            self.total_updates = ckpt.get("schedule_total", self.total_updates)
+        notes = []
+        if saved_world != world:
+            notes.append(
+                f"the run started on {saved_world} process(es) and continues on {world}: "
+                f"{self.effective_batch} images per update instead of "
+                f"{ckpt.get('schedule_batch', self.effective_batch)}, at the learning rates "
+                f"of its schedule, which runs on by images trained")
+        in_epoch = ckpt.get("in_epoch")
+        if in_epoch is None:
+            _set_rng_state(ckpt["rng"], self.device)  # the next epoch reseeds them anyway
+            return notes
+        self.in_epoch = dict(in_epoch)
+        if saved_world == world:
+            _set_rng_state(in_epoch["rng"][self.ctx.rank], self.device)
+        else:
+            # The images the processes had trained on, as whole batches of the new size.
+            done = in_epoch["batches"] * saved_world // world
+            self.in_epoch["batches"] = done
+            _seed_all(self.config.seed, self.epoch, self.ctx.rank)
+            notes.append(f"the rest of epoch {self.epoch + 1} reads its images in another "
+                         f"order than an uninterrupted run")
+        self.saved_update, self.saved_mid_epoch = self.num_updates, True
+        return notes
 
-    def save(self, best: bool) -> None:
+    def save(self, best: bool, in_epoch: dict | None = None) -> None:
+        """last.pth (and best.pth when ``best``); every process calls it."""
+        if in_epoch is not None:
+            # Each process's generators, so that each continues its own draws.
+            in_epoch = dict(in_epoch, rng=self.ctx.gather(_rng_state(self.device)))
         if self.ctx.is_main:
             if not self.config_saved:
                 # With the first checkpoint, not before: a run that fails before it has nothing
                 # to resume and leaves no config.yaml claiming otherwise.
                 self.config.save(self.run_dir / "config.yaml")
                 self.config_saved = True
-            state = self.state()
+            state = self.state(in_epoch)
             save_checkpoint(state, self.run_dir / "last.pth")
             if best:
                 save_checkpoint(state, self.run_dir / "best.pth")
             self.metrics.write()
-        self.saved_epoch = self.epoch
+        self.saved_epoch, self.saved_update = self.epoch, self.num_updates
+        self.saved_mid_epoch = in_epoch is not None
+        # Nothing ends before the file is whole: under torchrun a process that exits first
+        # (a preempted run) can get the others killed.
+        self.ctx.barrier()
 
     def resume_hint(self) -> str:
         """What a run stopped after its first checkpoint continues from, and how."""
-        return (f"the last checkpoint, {self.run_dir / 'last.pth'}, holds epoch "
-                f"{self.saved_epoch}/{self.epochs_label()}; continue with: vitmix train "
-                f"--resume {self.run_dir}")
+        held = f"epoch {self.saved_epoch}/{self.epochs_label()}"
+        if self.saved_mid_epoch:
+            held = (f"update {self.saved_update}, part-way through epoch {self.saved_epoch + 1}"
+                    f"/{self.epochs_label()}")
+        return (f"the last checkpoint, {self.run_dir / 'last.pth'}, holds {held}; continue "
+                f"with: vitmix train --resume {self.run_dir}")
 
     def divergence_advice(self) -> str:
         c = self.config
@@ -498,69 +620,103 @@ class _Run:
     # Training ----------------------------------------------------------------------------------
     def set_progress(self, progress: float) -> None:
         progress = min(max(progress, 0.0), 1.0)
-        for model in (self.model, self.ema.module if self.ema else None):
-            if model is not None:
-                for layer in scheme_layers(model).values():
-                    layer.set_progress(progress)
+        for layer in self.scheduled_layers:
+            layer.set_progress(progress)
+
+    def schedule_position(self) -> float:
+        """Where the learning-rate schedule is, in updates of the size it was planned in."""
+        return self.samples_seen / self.schedule_batch
 
     def train_one_epoch(self) -> dict:
         c, ctx = self.config, self.ctx
-        self.sampler.set_epoch(self.epoch)
-        _seed_all(c.seed, self.epoch, ctx.rank)
+        resumed, self.in_epoch = self.in_epoch, None
+        skip = resumed["batches"] if resumed else 0
+        if resumed is None:
+            _seed_all(c.seed, self.epoch, ctx.rank)  # a resumed epoch restored its generators
+        self.start_epoch(skip, resumed["workers"] if resumed else 0)
+        if self.scheduled_layers:  # where a resumed run left off, too
+            self.set_progress(self.progress())
         self.train_model.train()
         n_batches = self.batches_per_epoch
-        bar = tqdm(total=n_batches * c.batch_size * ctx.world_size, unit="img", unit_scale=True,
-                   desc=f"epoch {self.epoch + 1}/{self.epochs_label()}", leave=False,
-                   dynamic_ncols=True, disable=not (c.progress_bar and ctx.is_main))
-        loss_sum = torch.zeros((), dtype=torch.float64)
+        per_batch = c.batch_size * ctx.world_size
+        progress = self.progress_log.epoch(f"epoch {self.epoch + 1}/{self.epochs_label()}",
+                                           n_batches * per_batch, skip * per_batch,
+                                           math.ceil(n_batches / c.accum_steps))
+        carried = (resumed["loss_total"], resumed["loss_count"]) if resumed else (0.0, 0)
+        losses = RunningLoss(self.device, carried, holds_carried=ctx.is_main)
+        self.updates_in_epoch = resumed["updates"] if resumed else 0
+        seconds_before = resumed["seconds"] if resumed else 0.0
         start = time.perf_counter()
         self.optimizer.zero_grad(set_to_none=True)
-        self.updates_in_epoch = 0
-        done = 0
-        for i, (images, targets) in enumerate(self.train_loader):
-            if i >= n_batches:
-                break
-            if (self.budget is not None and i % c.accum_steps == 0
-                    and self.budget.finished(self.num_updates)):
-                break  # the budget's last update: this epoch ends here
-            self.set_progress(self.progress())
-            images = images.to(self.device, non_blocking=True)
-            if c.channels_last:
-                images = images.contiguous(memory_format=torch.channels_last)
-            targets = targets.to(self.device, non_blocking=True)
-            if self.mixup is not None:
-                images, targets = self.mixup(images, targets)
-            last_micro = (i + 1) % c.accum_steps == 0 or i + 1 == n_batches
-            sync = (self.train_model.no_sync() if ctx.enabled and not last_micro
-                    else contextlib.nullcontext())
-            with sync:
-                with self.autocast():
-                    loss = self.criterion(self.train_model(images), targets)
-                step_loss = loss.detach().float().reshape(1)
-                all_reduce_sum(step_loss, ctx)
-                step_loss = float(step_loss) / ctx.world_size
-                if not math.isfinite(step_loss):
-                    kept = ("no checkpoint was written before it" if self.saved_epoch == 0 else
-                            f"the last good checkpoint is {self.run_dir / 'last.pth'} (epoch "
-                            f"{self.saved_epoch})")
-                    raise TrainingDiverged(
-                        f"the loss became {step_loss} at epoch {self.epoch + 1}, update "
-                        f"{self.num_updates}; training stopped, {kept}. "
-                        f"{self.divergence_advice()}")
-                scaled = loss / c.accum_steps
-                (self.scaler.scale(scaled) if self.scaler else scaled).backward()
-            loss_sum += step_loss
-            done += 1
-            if last_micro:
+        done = skip
+        try:
+            for i, (images, targets) in enumerate(self.train_loader, start=skip):
+                if i >= n_batches:
+                    break
+                if (self.budget is not None and i % c.accum_steps == 0
+                        and self.budget.finished(self.num_updates)):
+                    break  # the budget's last update: this epoch ends here
+                if c.channels_last:
+                    images = images.contiguous(memory_format=torch.channels_last)
+                if self.mixup is not None:
+                    images, targets = self.mixup(images, targets)
+                last_micro = (i + 1) % c.accum_steps == 0 or i + 1 == n_batches
+                sync = (self.train_model.no_sync() if ctx.enabled and not last_micro
+                        else contextlib.nullcontext())
+                with sync:
+                    with self.autocast():
+                        loss = self.criterion(self.train_model(images), targets)
+                    losses.add(loss, self.num_updates)
+                    scaled = loss / c.accum_steps
+                    (self.scaler.scale(scaled) if self.scaler else scaled).backward()
+                done += 1
+                progress.images(per_batch)
+                if not last_micro:
+                    continue
                 self._optimizer_step()
-            bar.update(c.batch_size * ctx.world_size)
-            lr = self.optimizer.param_groups[0]["lr"]
-            bar.set_postfix(loss=f"{step_loss:.3f}", lr=f"{lr:.2e}")
-        bar.close()
-        seconds = time.perf_counter() - start
-        done = max(done, 1)
-        return {"train_loss": float(loss_sum) / done, "train_seconds": seconds,
-                "train_images_per_s": done * c.batch_size * ctx.world_size / seconds}
+                if self.updates_in_epoch % c.log_interval == 0:
+                    reading = self._checked_loss(losses)
+                    progress.report(self.updates_in_epoch, reading.interval_mean,
+                                    self.optimizer.param_groups[0]["lr"])
+                if self.stop.requested(ctx):
+                    seconds = seconds_before + time.perf_counter() - start
+                    self._preempt(done, self._checked_loss(losses), seconds)
+        finally:
+            progress.close()
+        reading = self._checked_loss(losses)
+        seconds = seconds_before + time.perf_counter() - start
+        return {"train_loss": reading.epoch_mean, "train_seconds": seconds,
+                "train_images_per_s": done * per_batch / seconds}
+
+    def _checked_loss(self, losses: RunningLoss):
+        """The losses so far (a collective); a non-finite one stops the run, naming the update
+        it came at, before anything is saved."""
+        reading = losses.read(self.ctx)
+        if reading.first_bad_update is not None:
+            kept = ("no checkpoint was written before it" if self.saved_epoch == 0
+                    and not self.saved_mid_epoch else
+                    f"the last good checkpoint is {self.run_dir / 'last.pth'} ("
+                    + (f"update {self.saved_update}" if self.saved_mid_epoch
+                       else f"epoch {self.saved_epoch}") + ")")
+            value = reading.epoch_mean if not math.isfinite(reading.epoch_mean) else math.nan
+            raise TrainingDiverged(
+                f"the loss became {value} at epoch {self.epoch + 1}, update "
+                f"{reading.first_bad_update}; training stopped, {kept}. "
+                f"{self.divergence_advice()}")
+        return reading
+
+    def _preempt(self, batches: int, reading, seconds: float) -> None:
+        """Save where the epoch stands after ``batches`` micro-batches and end the run."""
+        self.save(best=False, in_epoch={
+            "batches": batches, "updates": self.updates_in_epoch,
+            "loss_total": reading.epoch_total, "loss_count": reading.epoch_count,
+            "seconds": seconds, "workers": self.workers})
+        raise TrainingPreempted(f"{self._stop_reason()}: stopped after update "
+                                f"{self.num_updates}; {self.resume_hint()}")
+
+    def _stop_reason(self) -> str:
+        return f"{self.stop.received or 'a stop signal'} received" + (
+            "" if self.stop.received else " by another process")
 
     def _optimizer_step(self) -> None:
         c = self.config
@@ -576,15 +732,17 @@ class _Run:
         self.optimizer.zero_grad(set_to_none=True)
         self.num_updates += 1
         self.updates_in_epoch += 1
+        self.samples_seen += self.effective_batch
         if self.budget is None:
-            self.scheduler.step_update(self.num_updates)
+            self.scheduler.step_update(self.schedule_position())
         else:
             self.budget.after_update(self.num_updates, self.updates_in_epoch)
             self.total_updates = self.budget.planned
             s = self.scheduler
             self.scheduler.step_update(self.budget.lr_position(self.num_updates, s.warmup_t,
                                                                s.t_initial))
-        self.set_progress(self.progress())
+        if self.scheduled_layers:
+            self.set_progress(self.progress())
         if self.ema is not None:
             self.ema.update(self.model, step=self.num_updates)
 
@@ -597,8 +755,7 @@ class _Run:
                            else (self.test_loader, self.data.test))
         limit = None if full or split != "val" else c.max_val_batches
         total = len(dataset) if limit is None else None
-        with tqdm(total=total, unit="img", unit_scale=True, desc=desc, leave=False,
-                  dynamic_ncols=True, disable=not (c.progress_bar and self.ctx.is_main)) as bar:
+        with self.progress_log.evaluation_bar(desc, total) as bar:
             return evaluate(model, loader, self.num_classes, self.ctx, self.autocast,
                             limit, bar, channels_last=c.channels_last)
 
@@ -636,6 +793,9 @@ class _Run:
         if self.budget is not None:
             self.budget.epoch_ended(self.num_updates)
             self.total_updates = self.budget.planned
+        if self.stop.requested(self.ctx):  # received during the evaluations: saved just now
+            raise TrainingPreempted(f"{self._stop_reason()}: stopped after epoch {self.epoch}; "
+                                    f"{self.resume_hint()}")
         return row
 
     def _validate(self, model: nn.Module, desc: str) -> EvalResult:
@@ -717,6 +877,8 @@ class _Run:
             "max_cca_weight_dropped": deploy_report.max_cca_weight,
             "cca_weights_dropped": deploy_report.cca_weights,
             "train_seconds": self.seconds, "device": str(self.device),
+            "amp": self.precision.name, "cuda": self.cuda_settings or None,
+            "loader_workers": self.workers,
             "world_size": self.ctx.world_size, "effective_batch": self.effective_batch,
             "lr": self.lr, "skipped_images": at_build + at_load, "skipped_at_load": at_load,
             "best_epoch": self.best_epoch, "best_metric": self.best_metric, "budget": None,
@@ -815,36 +977,49 @@ def fit(config: TrainConfig | None = None, resume: str | Path | None = None,
         previous = _check_new_run(run_dir, overwrite)
     check_model_name(config.model)
     ctx = init_distributed(config.device)
+    try:
+        _check_device_settings(config, ctx)
+    except ValueError:
+        ctx.close()
+        raise
     log = print if ctx.is_main else (lambda *a, **k: None)
     lock = RunLock(run_dir) if ctx.is_main else None
     created = not run_dir.exists()
     run = None
     moved_aside = False
     finished = False
+    stop = StopSignals()
     try:
-        if lock is not None:
-            lock.acquire()
-            for path in remove_stale_temporaries(run_dir):
-                log(f"removed {path.name}, a file a killed process left half-written")
-        ctx.barrier()
-        run = _Run(config, run_dir, ctx, clock)
-        if resume is not None:
-            run.restore(load_checkpoint(run_dir / "last.pth"), run_dir / "last.pth")
-            log(f"resuming {run_dir} after epoch {run.epoch}/{run.epochs_label()}")
-        elif previous is not None and ctx.is_main:
-            previous.move_aside()
-            moved_aside = True
-            log(f"the run that was in {run_dir} is now in {previous.path}; it is deleted when "
-                f"this run finishes")
-        ctx.barrier()
-        result = _train_to_the_end(run, log, on_epoch_end)
+        with stop.caught(), cuda_math(ctx.device, config.tf32,
+                                      config.cudnn_benchmark) as cuda_settings:
+            if lock is not None:
+                lock.acquire()
+                for path in remove_stale_temporaries(run_dir):
+                    log(f"removed {path.name}, a file a killed process left half-written")
+            ctx.barrier()
+            run = _Run(config, run_dir, ctx, clock, cuda_settings)
+            run.stop = stop
+            if resume is not None:
+                notes = run.restore(load_checkpoint(run_dir / "last.pth"), run_dir / "last.pth")
+                where = (f"update {run.num_updates}, part-way through epoch {run.epoch + 1}"
+                         if run.in_epoch else f"epoch {run.epoch}")
+                log(f"resuming {run_dir} after {where}/{run.epochs_label()}")
+                for note in notes:
+                    log(f"note: {note}")
+            elif previous is not None and ctx.is_main:
+                previous.move_aside()
+                moved_aside = True
+                log(f"the run that was in {run_dir} is now in {previous.path}; it is deleted "
+                    f"when this run finishes")
+            ctx.barrier()
+            result = _train_to_the_end(run, log, on_epoch_end)
         if moved_aside:
             previous.discard()
             moved_aside = False
         finished = True
         return result
     except KeyboardInterrupt:
-        if run is not None and run.saved_epoch > 0:
+        if run is not None and (run.saved_epoch > 0 or run.saved_mid_epoch):
             hint = run.resume_hint()
         elif resume is not None:  # stopped before this process trained: the run is as it was
             hint = f"continue with: vitmix train --resume {run_dir}"
@@ -864,6 +1039,18 @@ def fit(config: TrainConfig | None = None, resume: str | Path | None = None,
         ctx.close()
 
 
+def _check_device_settings(config: TrainConfig, ctx: DistContext) -> None:
+    """Settings that the device the run got cannot honour, refused before any data is read."""
+    if config.lean_training and ctx.device.type == "cuda":
+        raise ValueError("lean_training (--lean-training) is a CPU path: its memory-lean "
+                         "functions work through cache-sized chunks in Python loops, thousands "
+                         "of small kernel launches per step on a GPU; train on the GPU with "
+                         "the plain layers (and --compile inductor) instead")
+    if config.sync_bn and ctx.enabled and ctx.device.type != "cuda":
+        raise ValueError("sync_bn (--sync-bn) synchronises BatchNorm statistics across GPUs; "
+                         "PyTorch's SyncBatchNorm does not run on CPUs (drop --sync-bn)")
+
+
 def _train_to_the_end(run: _Run, log: Callable[[str], None],
                       on_epoch_end: Callable[[dict], None] | None) -> FitResult:
     config, ctx, data = run.config, run.ctx, run.data
@@ -872,6 +1059,9 @@ def _train_to_the_end(run: _Run, log: Callable[[str], None],
         f"@{config.img_size}; {len(data.train)} train / {len(data.val)} validation{test_text} "
         f"images{f', {data.skipped} unreadable skipped' if data.skipped else ''}; "
         f"{ctx.world_size} process(es) on {ctx.device}; lr {run.lr:.3g}")
+    log(f"device: {_device_line(run)}")
+    if run.precision.note:
+        log(f"note: {run.precision.note}")
     log(f"validation: {data.val_name}; test: {data.test_name or 'none (no split left for it)'}")
     if run.budget is not None:
         log(f"time budget {config.time_budget:g} min: {run.total_updates} updates planned "
@@ -896,6 +1086,21 @@ def _train_to_the_end(run: _Run, log: Callable[[str], None],
     if result.summary["skipped_at_load"]:
         log(_skipped_at_load_note(run, result.summary["skipped_at_load"]))
     return result
+
+
+def _device_line(run: _Run) -> str:
+    """The device and what the run does with it, for the log."""
+    amp = {"off": "float32", "bf16": "bf16 autocast", "fp16": "fp16 autocast with gradient "
+           "scaling"}[run.precision.name]
+    parts = [str(run.device), amp, f"{run.workers} loader worker(s) per process"]
+    cuda = run.cuda_settings
+    if cuda:
+        parts[0] += f" ({cuda['gpu']}, compute capability {cuda['capability']})"
+        parts.append(f"TF32 {'on' if cuda['tf32'] else 'off'}, cudnn.benchmark "
+                     f"{'on' if cuda['cudnn_benchmark'] else 'off'}")
+    if run.config.compile:
+        parts.append(f"compiled with {run.config.compile}")
+    return ", ".join(parts)
 
 
 def _skipped_at_load_note(run: _Run, count: int) -> str:
