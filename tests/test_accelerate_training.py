@@ -435,7 +435,9 @@ def test_metaformer_block_with_an_mlp_the_functions_cannot_take_trains_plainly(l
 
 # ---- CUDA: the same functions through F.linear and batched products ---------------------------
 
-cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device here")
+def cuda(test):
+    return pytest.mark.cuda(pytest.mark.skipif(not torch.cuda.is_available(),
+                                               reason="no CUDA device here")(test))
 
 
 @cuda

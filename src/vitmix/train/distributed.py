@@ -24,10 +24,13 @@ class DistContext:
     # the GPUs' group would make the host wait for the device queue first. None: the default
     # group is gloo already (CPU training) or there is one process.
     host_group: Any = None
+    # Started by torchrun: a process group even for one process ("torchrun --nproc_per_node 1"
+    # trains through DDP and NCCL as the many-GPU run will).
+    launched: bool = False
 
     @property
     def enabled(self) -> bool:
-        return self.world_size > 1
+        return self.world_size > 1 or self.launched
 
     @property
     def is_main(self) -> bool:
@@ -71,20 +74,22 @@ def resolve_device(requested: str, local_rank: int) -> torch.device:
 
 
 def init_distributed(requested_device: str = "auto") -> DistContext:
-    """One process per device; WORLD_SIZE > 1 (set by torchrun) starts gloo on CPU, nccl on GPU."""
+    """One process per device; under torchrun (any WORLD_SIZE) a process group starts: gloo on
+    CPUs, NCCL on GPUs."""
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     device = resolve_device(requested_device, local_rank)
     host_group = None
-    if world_size > 1:
+    launched = world_size > 1 or "TORCHELASTIC_RUN_ID" in os.environ
+    if launched:
         if not dist.is_initialized():
             if device.type == "cuda":
                 torch.cuda.set_device(device)
             dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
         if dist.get_backend() != "gloo":
             host_group = dist.new_group(backend="gloo")
-    return DistContext(rank, world_size, local_rank, device, host_group)
+    return DistContext(rank, world_size, local_rank, device, host_group, launched)
 
 
 def all_reduce_sum(tensor: torch.Tensor, ctx: DistContext) -> torch.Tensor:

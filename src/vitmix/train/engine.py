@@ -1100,6 +1100,8 @@ def _device_line(run: _Run) -> str:
                      f"{'on' if cuda['cudnn_benchmark'] else 'off'}")
     if run.config.compile:
         parts.append(f"compiled with {run.config.compile}")
+    if run.ctx.enabled:
+        parts.append(f"DDP over {torch.distributed.get_backend()}")
     return ", ".join(parts)
 
 
