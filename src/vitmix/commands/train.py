@@ -34,12 +34,27 @@ HELP = {
                  "test split is evaluated once, at the end): auto = 5000 for fashion-mnist, "
                  "none for a folder (its val/ validates); N > 0 makes a folder's val/ its test "
                  "split; 0 or none: no held-out images",
-    "epochs": "epochs to train (ignored with --time-budget)",
+    "epochs": "epochs of the cosine schedule; the run trains these and then --cooldown-epochs "
+              "(ignored with --time-budget)",
+    "cooldown_epochs": "epochs at --min-lr after the cosine (timm's meaning)",
     "time_budget": "wall-clock minutes for the whole run, evaluations and checkpoints "
                    "included: the learning-rate, CCA and warm-up schedules span the updates "
                    "that fit, estimated from the measured speed as the run goes",
-    "base_lr": "AdamW learning rate for an effective batch of 1024 (scaled linearly)",
-    "warmup_epochs": "linear warm-up before the cosine schedule",
+    "base_lr": "AdamW learning rate for an effective batch of --lr-base-size images (scaled "
+               "linearly to batch x accumulation x processes)",
+    "lr_base_size": "the effective batch --base-lr is given for: 1024 (SCHEME) or 512 "
+                    "(GroupMixFormer)",
+    "min_lr": "the floor of the cosine schedule",
+    "warmup_epochs": "linear warm-up at the start of the cosine schedule",
+    "warmup_lr": "learning rate the warm-up starts from (none: a thousandth of the learning "
+                 "rate)",
+    "scale_warmup_and_min_lr": "scale --warmup-lr and --min-lr with the batch as --base-lr is "
+                               "(GroupMixFormer's release does)",
+    "warmup_prefix": "start the cosine where the warm-up ends (--no-warmup-prefix: count it "
+                     "from the first step, the warm-up overlaid, as timm's train script and "
+                     "both releases do)",
+    "sched_on": "set the learning rate after every 'update' or once per 'epoch' (timm 0.6's "
+                "train script; whole warm-up epochs; not with --time-budget)",
     "clip_grad": "gradient-norm clipping (0 turns it off)",
     "drop_path": "stochastic depth rate",
     "ema_decay": "decay of the EMA of the weights",
@@ -58,6 +73,12 @@ HELP = {
     "re_prob": "random-erasing probability",
     "color_jitter": "brightness/contrast/saturation jitter strength (0 turns it off)",
     "crop_scale": "random-resized-crop area range, two numbers",
+    "train_interpolation": "resampling of the random-resized crop: random (bilinear or bicubic "
+                           "per image), bicubic, bilinear, nearest, box, hamming, lanczos",
+    "eval_crop_pct": "centre crop kept of validation and test images: the shorter side is "
+                     "resized to img_size / FRACTION (timm's crop_pct; 1 keeps all)",
+    "eval_interpolation": "resampling of that resize: bicubic, bilinear, nearest, box, hamming, "
+                          "lanczos",
     "mixup": "Mixup alpha (0 turns it off)",
     "cutmix": "CutMix alpha (0 turns it off)",
     "workers": "data-loading processes per training process",
@@ -112,7 +133,7 @@ def _val_split(text: str) -> int | str | None:
                                          f"{text!r}") from None
 
 
-METAVARS = {"val_split": "N", "time_budget": "MINUTES"}
+METAVARS = {"val_split": "N", "time_budget": "MINUTES", "eval_crop_pct": "FRACTION"}
 
 
 def register(subparsers) -> None:

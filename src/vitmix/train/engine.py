@@ -35,7 +35,6 @@ import yaml
 from timm.data import Mixup
 from timm.loss import LabelSmoothingCrossEntropy, SoftTargetCrossEntropy
 from timm.optim import create_optimizer_v2
-from timm.scheduler import CosineLRScheduler
 from timm.utils import ModelEmaV3, dispatch_clip_grad
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
@@ -80,6 +79,7 @@ from .run_folder import (
     holds_run,
     remove_stale_temporaries,
 )
+from .schedule import build_scheduler, cosine_span, learning_rates
 
 __all__ = ["FitResult", "TrainingDiverged", "TrainingInterrupted", "fit", "scheme_layers"]
 
@@ -181,8 +181,11 @@ class _Run:
             torch.set_num_threads(config.threads)
         augment = AugmentSettings(auto_augment=config.auto_augment, re_prob=config.re_prob,
                                   scale=config.crop_scale, hflip=config.hflip,
-                                  color_jitter=config.color_jitter)
-        train_tf, eval_tf = build_transforms(config.img_size, config.in_chans, augment)
+                                  color_jitter=config.color_jitter,
+                                  interpolation=config.train_interpolation)
+        train_tf, eval_tf = build_transforms(config.img_size, config.in_chans, augment,
+                                             eval_crop_pct=config.eval_crop_pct,
+                                             eval_interpolation=config.eval_interpolation)
         val_split = resolve_val_split(config.val_split, config.data)
         loaded = load_splits(config.data, config.in_chans, train_tf, eval_tf,
                              verify=config.verify_images, data_dir=config.data_dir,
@@ -219,7 +222,8 @@ class _Run:
         self.autocast, scale = _autocast_factory(config.amp, self.device)
         self.scaler = torch.amp.GradScaler(self.device.type) if scale else None
         self.effective_batch = config.batch_size * config.accum_steps * ctx.world_size
-        self.lr = config.base_lr * self.effective_batch / 1024
+        self.rates = learning_rates(config, self.effective_batch)
+        self.lr = self.rates.peak
         self.optimizer = create_optimizer_v2(self.model, "adamw", lr=self.lr,
                                              weight_decay=config.weight_decay,
                                              filter_bias_and_bn=True)
@@ -227,9 +231,9 @@ class _Run:
         self.updates_per_epoch = math.ceil(self.batches_per_epoch / config.accum_steps)
         self.budget = None
         if config.time_budget is None:
-            self.total_updates = config.epochs * self.updates_per_epoch
-            warmup = min(round(config.warmup_epochs * self.updates_per_epoch),
-                         self.total_updates - 1)
+            cosine = config.epochs * self.updates_per_epoch  # then the cooldown at min_lr
+            self.total_updates = config.run_epochs * self.updates_per_epoch
+            warmup = min(round(config.warmup_epochs * self.updates_per_epoch), cosine - 1)
         else:
             self.budget = self._start_budget(clock)
             self.total_updates = self.budget.planned
@@ -239,11 +243,8 @@ class _Run:
             warmup = min(round(config.warmup_epochs * self.updates_per_epoch),
                          self.total_updates // 2)
             self.budget.set_warmup(warmup)
-        self.scheduler = CosineLRScheduler(
-            self.optimizer, t_initial=self.total_updates - warmup, lr_min=config.min_lr,
-            warmup_t=warmup, warmup_lr_init=self.lr * 1e-3, warmup_prefix=True,
-            t_in_epochs=False,
-        )
+            cosine = self.total_updates
+        self.scheduler = build_scheduler(self.optimizer, config, self.rates, cosine, warmup)
         self.mixup = None
         if config.mixup > 0 or config.cutmix > 0:
             self.mixup = Mixup(mixup_alpha=config.mixup, cutmix_alpha=config.cutmix,
@@ -331,13 +332,13 @@ class _Run:
 
     def keep_training(self) -> bool:
         if self.budget is None:
-            return self.epoch < self.config.epochs
+            return self.epoch < self.config.run_epochs
         return not self.budget.finished(self.num_updates)
 
     def epochs_label(self) -> str:
         """The epochs of the run for people: planned ones are an estimate under a budget."""
         if self.budget is None:
-            return str(self.config.epochs)
+            return str(self.config.run_epochs)
         return f"~{max(self.epoch, math.ceil(self.total_updates / self.updates_per_epoch))}"
 
     def _build_loaders(self) -> None:
@@ -564,6 +565,10 @@ class _Run:
 
     def _optimizer_step(self) -> None:
         c = self.config
+        if c.sched_on == "epoch":
+            # The epoch's rate, before each of its updates: what timm 0.6's train script set at
+            # the end of the epoch before (and what a resumed run must set again).
+            self.scheduler.step(self.epoch)
         if self.scaler is not None:
             self.scaler.unscale_(self.optimizer)
         if c.clip_grad:
@@ -576,14 +581,14 @@ class _Run:
         self.optimizer.zero_grad(set_to_none=True)
         self.num_updates += 1
         self.updates_in_epoch += 1
-        if self.budget is None:
-            self.scheduler.step_update(self.num_updates)
-        else:
+        if self.budget is not None:  # per update (config: a budget refuses sched_on=epoch)
             self.budget.after_update(self.num_updates, self.updates_in_epoch)
             self.total_updates = self.budget.planned
             s = self.scheduler
             self.scheduler.step_update(self.budget.lr_position(self.num_updates, s.warmup_t,
-                                                               s.t_initial))
+                                                               cosine_span(s)))
+        elif c.sched_on == "update":
+            self.scheduler.step_update(self.num_updates)
         self.set_progress(self.progress())
         if self.ema is not None:
             self.ema.update(self.model, step=self.num_updates)
