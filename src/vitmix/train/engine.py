@@ -729,7 +729,9 @@ class _Run:
         report_path = self.run_dir / "report.md"
         if self.ctx.is_main:
             meta = {"model": c.model, "model_kwargs": json.dumps(self.model_kwargs),
-                    "deployed": "1", "classes": json.dumps(data.classes)}
+                    "deployed": "1", "classes": json.dumps(data.classes),
+                    "eval_crop_pct": repr(c.eval_crop_pct),
+                    "eval_interpolation": c.eval_interpolation}
             save_weights(deployed.state_dict(), self.run_dir / "model_deployed.safetensors", meta)
             plots = plot_curves(self.metrics.rows, self.run_dir)
             split_name = "test split" if final_split == "test" else "validation split"
