@@ -97,6 +97,7 @@ BAD_VALUES = [
     ("max_val_batches", 2.0, "a positive integer or None"),
     ("verify_images", "quick", "one of 'auto', 'decode', 'header', 'none'"),
     ("progress_bar", "no", "True or False"),
+    ("recipe", "", "a non-empty string or None"),
 ]
 
 
@@ -119,7 +120,8 @@ def test_the_defaults_and_every_field_round_trip_through_yaml(tmp_path):
     config = TrainConfig(data_dir="/data/fm", clip_grad=None, auto_augment=None,
                          crop_scale=(0.5, 1), threads=2, compile="eager", time_budget=2.5,
                          train_interpolation="random", eval_crop_pct=0.875, warmup_lr=5e-7,
-                         lr_base_size=512, scale_warmup_and_min_lr=True, warmup_prefix=False)
+                         lr_base_size=512, scale_warmup_and_min_lr=True, warmup_prefix=False,
+                         recipe="groupmixformer_m")
     config.save(tmp_path / "config.yaml")
     assert TrainConfig.load(tmp_path / "config.yaml") == config
     assert TrainConfig().val_split == "auto" and TrainConfig().time_budget is None

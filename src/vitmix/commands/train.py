@@ -136,14 +136,25 @@ def _val_split(text: str) -> int | str | None:
 METAVARS = {"val_split": "N", "time_budget": "MINUTES", "eval_crop_pct": "FRACTION"}
 
 
+def _recipe_help() -> str:
+    from ..train.recipes import recipe_names
+
+    return (f"start from a shipped recipe, the authors' ImageNet-1K settings for a model: "
+            f"{', '.join(recipe_names())} (`vitmix recipes` describes them; --data is "
+            f"needed). --config and flags override its values")
+
+
 def register(subparsers) -> None:
     p = subparsers.add_parser(
         "train", help="train a model (Fashion-MNIST, ImageFolder, webdataset shards, a saved "
                       "Hugging Face dataset); DDP under torchrun",
-        description="Train a timm/vitmix model. Every option defaults to TrainConfig; "
-                    "--config YAML sets many at once (flags given here win).",
+        description="Train a timm/vitmix model. Every option defaults to TrainConfig; a value "
+                    "comes from the first that sets it: a flag given here, the --config YAML, "
+                    "the --recipe (or the recipe the --config file names), the default.",
     )
     p.add_argument("--config", help="YAML file with TrainConfig keys (a run's config.yaml works)")
+    p.add_argument("--recipe", type=_none_or(str), metavar="NAME", default=argparse.SUPPRESS,
+                   help=_recipe_help())
     p.add_argument("--resume", metavar="RUN_DIR", help="continue the killed run in RUN_DIR")
     p.add_argument("--overwrite", action="store_true",
                    help="replace an earlier run in the --out folder instead of refusing (it "
@@ -153,7 +164,7 @@ def register(subparsers) -> None:
     hints = typing.get_type_hints(TrainConfig)
     defaults = TrainConfig()
     for f in dataclasses.fields(TrainConfig):
-        if f.name == "out_dir":
+        if f.name in ("out_dir", "recipe"):  # above
             continue
         flag = "--" + f.name.replace("_", "-")
         hint = hints[f.name]
@@ -178,13 +189,20 @@ def register(subparsers) -> None:
 
 
 def config_from_args(args: argparse.Namespace) -> TrainConfig:
+    """Each value from the first that sets it: a flag, the --config file, the recipe (--recipe,
+    else the one the --config file names), TrainConfig's default."""
+    from ..train.recipes import load_recipe
+
     names = {f.name for f in dataclasses.fields(TrainConfig)}
     given = {k: v for k, v in vars(args).items() if k in names}
-    values = TrainConfig.load(args.config).to_dict() if args.config else {}
-    values.update(given)
+    from_file = TrainConfig.read_values(args.config) if args.config else {}
+    values = {**from_file, **given}
     if values.get("clip_grad") == 0:
         values["clip_grad"] = None
-    return TrainConfig.from_dict(values)
+    recipe = values.pop("recipe", None)
+    if recipe is None:
+        return TrainConfig.from_dict(values)
+    return load_recipe(recipe).config(values)
 
 
 def run(args: argparse.Namespace) -> int:

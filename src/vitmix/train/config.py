@@ -200,6 +200,9 @@ class TrainConfig:
     # sources find damaged images while loading); "auto" decodes up to 10,000 images per split.
     verify_images: str = setting("auto", one_of(*VERIFY_MODES))
     progress_bar: bool = setting(True, BOOL)
+    # The shipped recipe the run started from (`vitmix recipes`), kept as a record: the
+    # command line applies it (--recipe, or this key in a --config file), TrainConfig does not.
+    recipe: str | None = setting(None, optional(TEXT))
 
     def __post_init__(self) -> None:
         if isinstance(self.crop_scale, list):
