@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import gzip
 import json
+import math
 import shutil
 import struct
 from pathlib import Path
@@ -14,11 +15,12 @@ import pytest
 import timm
 import torch
 
-import vitmix  # noqa: F401  (registers the models)
+import vitmix
 from tiny_runs import TINY, make_image_tree, quiet_fit, tiny_config
 from vitmix.checkpoints.io import save_weights
 from vitmix.cli import main
 from vitmix.data import FashionMNIST
+from vitmix.train import evaluation_job
 from vitmix.train.evaluation_job import evaluate_checkpoint
 
 pytestmark = pytest.mark.filterwarnings("ignore:.*unreadable:UserWarning")
@@ -141,3 +143,82 @@ def test_eval_of_a_checkpoint_without_model_kwargs_builds_from_the_flags(trained
     torch.save(ckpt, tmp_path / "old.pth")
     with pytest.raises(ValueError, match="does not fit model"):  # built at 224 x 224, RGB
         evaluate_checkpoint(MODEL, tmp_path / "old.pth", data=str(root), workers=0)
+
+
+# --- The evaluation transform: crop fraction and interpolation -----------------------------------
+def weights_file(path: Path, deployed: bool = False, **eval_meta: str) -> Path:
+    """Weights of a 3-class grey model at 32 pixels, with ``eval_meta`` in their metadata."""
+    kwargs = dict(TINY, num_classes=3, in_chans=1, img_size=32)
+    model = timm.create_model(MODEL, **kwargs)
+    if deployed:
+        vitmix.deploy(model)
+    meta = {"model": MODEL, "model_kwargs": json.dumps(kwargs),
+            "deployed": "1" if deployed else "0",
+            "classes": json.dumps(["circle", "square", "stripes"]), **eval_meta}
+    save_weights(model.state_dict(), path, meta)
+    return path
+
+
+def eval_resize(monkeypatch, checkpoint: Path, data: Path, *flags: str) -> tuple[int, str]:
+    """The shorter-side size and resampling of the Resize `vitmix eval` cut the images with."""
+    seen = []
+    real = evaluation_job.load_eval_split
+
+    def spy(data, in_chans, transform, **kwargs):
+        resize = transform.transforms[0]
+        seen.append((resize.size, resize.interpolation.value))
+        return real(data, in_chans, transform, **kwargs)
+
+    monkeypatch.setattr(evaluation_job, "load_eval_split", spy)
+    argv = ["eval", "--checkpoint", str(checkpoint), "--data", str(data), "--workers", "0",
+            "--device", "cpu", "--out", str(checkpoint.parent / "eval"), *flags]
+    assert main(argv) == 0
+    return seen[-1]
+
+
+def test_the_crop_comes_from_the_flags_the_checkpoint_the_pretrained_cfg_or_the_default(
+        trained, tmp_path, monkeypatch, capsys):
+    root, _ = trained
+    recorded = weights_file(tmp_path / "recorded.safetensors", eval_crop_pct="0.875",
+                            eval_interpolation="bilinear")
+    assert eval_resize(monkeypatch, recorded, root) == (36, "bilinear")  # floor(32 / 0.875)
+    assert ("  eval transform: crop 0.875 (resize to 36, centre 32), bilinear (both from the "
+            "checkpoint)") in capsys.readouterr().out.splitlines()
+    assert eval_resize(monkeypatch, recorded, root, "--crop-pct", "0.5") == (64, "bilinear")
+    assert "crop from --crop-pct, interpolation from the checkpoint" in capsys.readouterr().out
+    assert eval_resize(monkeypatch, recorded, root, "--crop-pct", "1",
+                       "--interpolation", "nearest") == (32, "nearest")
+    # A file that records nothing (weights converted from elsewhere): timm's pretrained_cfg.
+    bare = weights_file(tmp_path / "bare.safetensors")
+    cfg = timm.models.get_pretrained_cfg(MODEL)
+    assert eval_resize(monkeypatch, bare, root) == (math.floor(32 / cfg.crop_pct),
+                                                    cfg.interpolation)
+    assert "(both from the model's pretrained_cfg)" in capsys.readouterr().out
+    # The deployed weights of a run made before runs recorded it: what every run used then.
+    old_run = weights_file(tmp_path / "old_run.safetensors", deployed=True)
+    assert eval_resize(monkeypatch, old_run, root) == (32, "bicubic")
+    for flags, message in ((["--crop-pct", "0"], "crop_pct (--crop-pct) must be a number in "
+                                                 "(0, 1], got 0.0"),
+                           (["--interpolation", "random"], "interpolation (--interpolation) "
+                                                           "must be one of 'bicubic', ")):
+        assert main(["eval", "--checkpoint", str(bare), "--data", str(root), *flags]) == 2
+        err = capsys.readouterr().err
+        assert message in err and err.count("\n") == 1, err
+    damaged = weights_file(tmp_path / "damaged.safetensors", eval_crop_pct="most")
+    assert main(["eval", "--checkpoint", str(damaged), "--data", str(root)]) == 2
+    assert ("its eval_crop_pct metadata must be a number in (0, 1], got 'most'"
+            in capsys.readouterr().err)
+
+
+def test_a_runs_files_give_the_crop_the_run_validated_with(trained, tmp_path, monkeypatch):
+    root, run = trained
+    # The run validated at the default crop, 1; its files say so.
+    assert eval_resize(monkeypatch, run / "model_deployed.safetensors", root) == (32, "bicubic")
+    ckpt = torch.load(run / "last.pth", weights_only=True)
+    ckpt["config"].update(eval_crop_pct=0.8, eval_interpolation="bilinear")
+    torch.save(ckpt, tmp_path / "cropped.pth")
+    assert eval_resize(monkeypatch, tmp_path / "cropped.pth", root) == (40, "bilinear")
+    # A checkpoint of a run made before the crop was a setting: that run's crop, 1, bicubic.
+    del ckpt["config"]["eval_crop_pct"], ckpt["config"]["eval_interpolation"]
+    torch.save(ckpt, tmp_path / "old.pth")
+    assert eval_resize(monkeypatch, tmp_path / "old.pth", root) == (32, "bicubic")

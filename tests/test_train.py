@@ -82,6 +82,37 @@ def test_optimizer_groups_and_learning_rate_scaling(image_tree, tmp_path):
             assert group["weight_decay"] == (0.0 if no_decay else config.weight_decay), names[id(p)]
 
 
+def test_the_engine_uses_the_scaled_rates(image_tree, tmp_path):
+    config = tiny_config(image_tree, tmp_path / "r", accum_steps=2, base_lr=1e-3,
+                         lr_base_size=512, scale_warmup_and_min_lr=True, warmup_lr=2e-4,
+                         min_lr=1e-4)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        run = engine_module._Run(config, tmp_path / "r", engine_module.DistContext())
+    # 8 images x 2 accumulation steps on 1 process = 16 images: 16 / 512 of each rate.
+    assert run.lr == pytest.approx(1e-3 * 16 / 512)
+    assert run.scheduler.warmup_lr_init == pytest.approx(2e-4 * 16 / 512)
+    assert run.scheduler.lr_min == pytest.approx(1e-4 * 16 / 512)
+
+def test_the_eval_crop_and_interpolations_reach_the_runs_transforms(image_tree, tmp_path):
+    config = tiny_config(image_tree, tmp_path / "r", eval_crop_pct=0.875,
+                         eval_interpolation="bilinear", train_interpolation="random")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        run = engine_module._Run(config, tmp_path / "r", engine_module.DistContext())
+    resize, crop = run.data.val.transform.transforms[:2]
+    assert (resize.size, resize.interpolation.value, crop.size) == (36, "bilinear", (32, 32))
+    train_crop = run.data.train.transform.transforms[0]
+    assert [m.value for m in train_crop.interpolation] == ["bilinear", "bicubic"]  # "random"
+    # The default keeps every pixel, as before.
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        run = engine_module._Run(tiny_config(image_tree, tmp_path / "d"), tmp_path / "d",
+                                 engine_module.DistContext())
+    resize = run.data.val.transform.transforms[0]
+    assert (resize.size, resize.interpolation.value) == (32, "bicubic")
+
+
 def test_ema_warmup_keeps_the_initial_batchnorm_statistics_out_of_a_short_run(
         image_tree, tmp_path):
     """The conv stem's BatchNorm: without the warm-up the EMA still holds the statistics of the

@@ -35,6 +35,8 @@ BAD_VALUES = [
     ("epochs", 0, "a positive integer"),
     ("epochs", 2.5, "a positive integer"),
     ("epochs", "10", "a positive integer"),
+    ("cooldown_epochs", -1, "a non-negative integer"),
+    ("cooldown_epochs", 2.5, "a non-negative integer"),
     ("time_budget", -5, "a positive number or None"),
     ("time_budget", 0, "a positive number or None"),
     ("time_budget", "30", "a positive number or None"),
@@ -44,8 +46,15 @@ BAD_VALUES = [
     ("base_lr", 0, "a positive number"),
     ("base_lr", "1e-3", "a positive number"),
     ("base_lr", float("inf"), "a positive number"),
+    ("lr_base_size", 0, "a positive integer"),
+    ("lr_base_size", 512.0, "a positive integer"),
     ("min_lr", -1e-6, "a non-negative number"),
     ("warmup_epochs", -1, "a non-negative number"),
+    ("warmup_lr", -1e-6, "a non-negative number or None"),
+    ("warmup_lr", "5e-7", "a non-negative number or None"),
+    ("scale_warmup_and_min_lr", "yes", "True or False"),
+    ("warmup_prefix", 0, "True or False"),
+    ("sched_on", "step", "one of 'update', 'epoch'"),
     ("weight_decay", float("nan"), "a non-negative number"),
     ("clip_grad", 0, "a positive number or None"),
     ("clip_grad", "5", "a positive number or None"),
@@ -66,11 +75,18 @@ BAD_VALUES = [
     ("crop_scale", (0.8, 0.6), r"two numbers \(low, high\) with 0 < low <= high <= 1"),
     ("crop_scale", (0.5,), r"two numbers \(low, high\)"),
     ("crop_scale", "0.5 1", r"two numbers \(low, high\)"),
+    ("train_interpolation", "cubic", "one of 'random', 'bicubic', 'bilinear', 'nearest', 'box', "
+                                     "'hamming', 'lanczos'"),
     ("hflip", -0.1, r"a probability in \[0, 1\]"),
     ("color_jitter", -0.4, "a non-negative number"),
     ("mixup", -0.2, "a non-negative number"),
     ("cutmix", "none", "a non-negative number"),
     ("label_smoothing", 1.0, r"a number in \[0, 1\)"),
+    ("eval_crop_pct", 0, r"a number in \(0, 1\]"),
+    ("eval_crop_pct", 1.2, r"a number in \(0, 1\]"),
+    ("eval_crop_pct", "0.875", r"a number in \(0, 1\]"),
+    ("eval_interpolation", "random", "one of 'bicubic', 'bilinear', 'nearest', 'box', "
+                                     "'hamming', 'lanczos'"),
     ("seed", -1, "a non-negative integer"),
     ("workers", 1.5, "a non-negative integer or None"),
     ("workers", -1, "a non-negative integer or None"),
@@ -87,6 +103,7 @@ BAD_VALUES = [
     ("max_val_batches", 2.0, "a positive integer or None"),
     ("verify_images", "quick", "one of 'auto', 'decode', 'header', 'none'"),
     ("progress_bar", "no", "True or False"),
+    ("recipe", "", "a non-empty string or None"),
 ]
 
 
@@ -107,7 +124,10 @@ def test_a_wrong_value_names_the_field_the_value_and_what_is_allowed(name, value
 
 def test_the_defaults_and_every_field_round_trip_through_yaml(tmp_path):
     config = TrainConfig(data_dir="/data/fm", clip_grad=None, auto_augment=None,
-                         crop_scale=(0.5, 1), threads=2, compile="eager", time_budget=2.5)
+                         crop_scale=(0.5, 1), threads=2, compile="eager", time_budget=2.5,
+                         train_interpolation="random", eval_crop_pct=0.875, warmup_lr=5e-7,
+                         lr_base_size=512, scale_warmup_and_min_lr=True, warmup_prefix=False,
+                         recipe="groupmixformer_m")
     config.save(tmp_path / "config.yaml")
     assert TrainConfig.load(tmp_path / "config.yaml") == config
     assert TrainConfig().val_split == "auto" and TrainConfig().time_budget is None
@@ -123,6 +143,8 @@ def test_the_loader_auto_picks_the_tensor_loader_where_it_can_do_what_is_asked()
     assert TrainConfig(color_jitter=0.4).loader == "dataloader"
     assert TrainConfig(data="/data/imagenet").loader == "dataloader"
     assert TrainConfig(loader="dataloader").loader == "dataloader"
+    # The tensor loader resamples bicubically: timm's "random" needs the PIL transforms.
+    assert TrainConfig(train_interpolation="random").loader == "dataloader"
 
 
 def test_cross_field_rules():
@@ -148,6 +170,29 @@ def test_cross_field_rules():
         TrainConfig(data_label_key="fine_label")
     assert TrainConfig(data="/data/shards", data_label_key="fine_label").data_label_key
     assert TrainConfig(ema=False).final_weights == "model"
+    with pytest.raises(ValueError, match="^the tensor loader resamples its crops bicubically; "
+                       "pass train_interpolation='bicubic' .* got 'random'$"):
+        TrainConfig(loader="tensor", train_interpolation="random")
+
+
+def test_schedule_rules():
+    # A time budget plans updates as it goes: no whole epochs to set a rate for, none to add.
+    with pytest.raises(ValueError, match=r"^a time_budget plans the run in updates .* needs "
+                       r"sched_on='update' \(--sched-on update\), got sched_on='epoch'$"):
+        TrainConfig(time_budget=5, sched_on="epoch", warmup_epochs=1)
+    with pytest.raises(ValueError, match=r"^with a time_budget the epochs are what fits.*pass "
+                       r"cooldown_epochs=0 \(--cooldown-epochs 0\), got 10$"):
+        TrainConfig(time_budget=5, cooldown_epochs=10)
+    TrainConfig(time_budget=5, warmup_prefix=False, scale_warmup_and_min_lr=True)
+    # Per epoch the rate changes at epoch starts: whole warm-up epochs, and a cosine after them.
+    for warmup in (0.2, 10):
+        with pytest.raises(ValueError, match=rf"^with sched_on='epoch' the rate changes once per "
+                           rf"epoch, so warmup_epochs must be a whole number below epochs=10, "
+                           rf"got {warmup}$"):
+            TrainConfig(sched_on="epoch", warmup_epochs=warmup)
+    TrainConfig(sched_on="epoch", warmup_epochs=5, cooldown_epochs=10)
+    assert TrainConfig(epochs=300, cooldown_epochs=10).run_epochs == 310
+    assert TrainConfig(epochs=300).run_epochs == 300
 
 
 def test_yaml_values_are_checked_by_the_same_rules(tmp_path):
@@ -187,6 +232,12 @@ def test_the_command_line_refuses_bad_values_in_one_line_with_exit_code_2(tmp_pa
                                   "or None, got -5.0"),
         (["--val-split", "-3"], "vitmix train: error: val_split must be 'auto', a non-negative "
                                 "integer (0: none) or None, got -3"),
+        (["--eval-crop-pct", "1.5"], "vitmix train: error: eval_crop_pct must be a number in "
+                                     "(0, 1], got 1.5"),
+        (["--sched-on", "step"], "vitmix train: error: sched_on must be one of 'update', "
+                                 "'epoch', got 'step'"),
+        (["--sched-on", "epoch", "--time-budget", "5"], "vitmix train: error: a time_budget "
+                                                        "plans the run in updates"),
         (["--config", str(tmp_path / "none.yaml")], "vitmix train: error: config file"),
     ]
     for args, message in cases:

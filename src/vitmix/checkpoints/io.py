@@ -26,6 +26,7 @@ from torch import nn
 
 from .. import surgery
 from ..factory import build_model, check_model_name
+from ..layers.checks import FRACTION
 
 __all__ = ["SavedModel", "atomic_write", "atomic_write_text", "check_file", "check_state_dict",
            "load_checkpoint", "load_model", "load_torch_file", "load_weights", "read_model",
@@ -172,6 +173,9 @@ def load_weights(path: str | Path) -> tuple[dict, dict]:
 
     A training checkpoint gives its EMA weights when it has them (what the run reports), and
     metadata in the form a .safetensors file keeps it (strings; JSON for kwargs and classes).
+    The files of a vitmix run name the evaluation transform the run validated with
+    (eval_crop_pct, eval_interpolation); those written before runs recorded it get what every
+    run used then: the whole image (crop 1), bicubic.
     """
     path = check_file(path)
     if path.suffix == ".safetensors":
@@ -181,6 +185,9 @@ def load_weights(path: str | Path) -> tuple[dict, dict]:
             state = load_file(str(path))
         except (SafetensorError, OSError, ValueError) as err:
             raise ValueError(f"checkpoint {path} is damaged or not safetensors ({err})") from None
+        if metadata.get("deployed") == "1":  # written by a vitmix run, and by nothing else
+            for key, value in _EVAL_BEFORE_RECORDED.items():
+                metadata.setdefault(key, value)
         return state, metadata
     ckpt = load_checkpoint(path)
     weights = ckpt.get("final_weights", "model")
@@ -190,7 +197,14 @@ def load_weights(path: str | Path) -> tuple[dict, dict]:
                 "deployed": "0"}
     if ckpt.get("classes") is not None:
         metadata["classes"] = json.dumps(ckpt["classes"])
+    if isinstance(ckpt.get("config"), dict):  # the run's TrainConfig
+        for key, value in _EVAL_BEFORE_RECORDED.items():
+            metadata[key] = str(ckpt["config"].get(key, value))
     return state, metadata
+
+
+# The evaluation transform of the vitmix runs made before they recorded theirs.
+_EVAL_BEFORE_RECORDED = {"eval_crop_pct": "1.0", "eval_interpolation": "bicubic"}
 
 
 def saved_model_name(path: str | Path) -> str:
@@ -243,6 +257,9 @@ class SavedModel:
     deployed: bool  # the weights are the folded inference form (see vitmix.deploy)
     state: dict[str, torch.Tensor]
     classes: list[str] | None = None  # the class names, in output order, when the file has them
+    # The evaluation transform the weights were validated with, when the file records it.
+    eval_crop_pct: float | None = None
+    eval_interpolation: str | None = None
 
     def build(self, kwargs: dict | None = None) -> nn.Module:
         """A new model built with ``kwargs`` (default: the saved ones) holding these weights;
@@ -271,7 +288,22 @@ def read_model(path: str | Path, name: str) -> SavedModel:
     if classes is not None and not all(isinstance(c, str) for c in classes):
         raise ValueError(f"checkpoint {path} is damaged: its class names are not all strings")
     return SavedModel(Path(path), name, kwargs or {}, meta.get("deployed") == "1", state,
-                      classes)
+                      classes, _metadata_crop(path, meta), meta.get("eval_interpolation") or None)
+
+
+def _metadata_crop(path: str | Path, meta: dict) -> float | None:
+    """The recorded eval_crop_pct, None when absent; ValueError when it is no crop fraction."""
+    text = meta.get("eval_crop_pct")
+    if not text:
+        return None
+    try:
+        value = float(text)
+    except ValueError:
+        value = None
+    if not FRACTION.test(value):
+        raise ValueError(f"checkpoint {path} is damaged: its eval_crop_pct metadata must be "
+                         f"{FRACTION.allowed}, got {text!r}")
+    return value
 
 
 def _metadata_json(path: str | Path, meta: dict, key: str, kind: type):

@@ -36,6 +36,14 @@ def register(subparsers) -> None:
                    help="input size (default: the size the checkpoint was trained at)")
     p.add_argument("--in-chans", type=int, default=None,
                    help="1 or 3 (default: from the checkpoint)")
+    p.add_argument("--crop-pct", type=float, default=None, metavar="FRACTION",
+                   help="centre crop kept of each image, timm's crop_pct: the shorter side is "
+                        "resized to img_size / FRACTION (default: what the checkpoint's run "
+                        "validated with, else the model's pretrained_cfg, else 1)")
+    p.add_argument("--interpolation", default=None, metavar="NAME",
+                   help="resampling of that resize: bicubic, bilinear, nearest, box, hamming or "
+                        "lanczos (default: the checkpoint's, else the model's pretrained_cfg, "
+                        "else bicubic)")
     p.add_argument("--batch-size", type=int, default=256)
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"],
@@ -61,11 +69,13 @@ def run(args: argparse.Namespace) -> int:
         workers=args.workers, device=args.device,
         out_dir=Path(args.out) if args.out else None, tta=args.tta, data_dir=args.data_dir,
         image_key=args.data_image_key, label_key=args.data_label_key,
+        crop_pct=args.crop_pct, interpolation=args.interpolation,
     )
     tta = f", {args.tta} test-time augmentation" if args.tta else ""
     print(f"{args.model} on {result['data']} ({result['count']} images{tta}): "
           f"top-1 {result['top1']:.2f}%, top-5 {result['top5']:.2f}%, "
           f"{result['images_per_s']:.0f} images/s on {result['device']}")
+    print(f"  eval transform: {result['eval_transform']}")
     if result["skipped_images"]:
         print(f"  {result['skipped_images']} unreadable images skipped")
     width = max(len(c) for c in result["classes"])

@@ -36,12 +36,27 @@ HELP = {
                  "test split is evaluated once, at the end): auto = 5000 for fashion-mnist, "
                  "none for a folder (its val/ validates); N > 0 makes a folder's val/ its test "
                  "split; 0 or none: no held-out images",
-    "epochs": "epochs to train (ignored with --time-budget)",
+    "epochs": "epochs of the cosine schedule; the run trains these and then --cooldown-epochs "
+              "(ignored with --time-budget)",
+    "cooldown_epochs": "epochs at --min-lr after the cosine (timm's meaning)",
     "time_budget": "wall-clock minutes for the whole run, evaluations and checkpoints "
                    "included: the learning-rate, CCA and warm-up schedules span the updates "
                    "that fit, estimated from the measured speed as the run goes",
-    "base_lr": "AdamW learning rate for an effective batch of 1024 (scaled linearly)",
-    "warmup_epochs": "linear warm-up before the cosine schedule",
+    "base_lr": "AdamW learning rate for an effective batch of --lr-base-size images (scaled "
+               "linearly to batch x accumulation x processes)",
+    "lr_base_size": "the effective batch --base-lr is given for: 1024 (SCHEME) or 512 "
+                    "(GroupMixFormer)",
+    "min_lr": "the floor of the cosine schedule",
+    "warmup_epochs": "linear warm-up at the start of the cosine schedule",
+    "warmup_lr": "learning rate the warm-up starts from (none: a thousandth of the learning "
+                 "rate)",
+    "scale_warmup_and_min_lr": "scale --warmup-lr and --min-lr with the batch as --base-lr is "
+                               "(GroupMixFormer's release does)",
+    "warmup_prefix": "start the cosine where the warm-up ends (--no-warmup-prefix: count it "
+                     "from the first step, the warm-up overlaid, as timm's train script and "
+                     "both releases do)",
+    "sched_on": "set the learning rate after every 'update' or once per 'epoch' (timm 0.6's "
+                "train script; whole warm-up epochs; not with --time-budget)",
     "clip_grad": "gradient-norm clipping (0 turns it off)",
     "drop_path": "stochastic depth rate",
     "ema_decay": "decay of the EMA of the weights",
@@ -60,6 +75,12 @@ HELP = {
     "re_prob": "random-erasing probability",
     "color_jitter": "brightness/contrast/saturation jitter strength (0 turns it off)",
     "crop_scale": "random-resized-crop area range, two numbers",
+    "train_interpolation": "resampling of the random-resized crop: random (bilinear or bicubic "
+                           "per image), bicubic, bilinear, nearest, box, hamming, lanczos",
+    "eval_crop_pct": "centre crop kept of validation and test images: the shorter side is "
+                     "resized to img_size / FRACTION (timm's crop_pct; 1 keeps all)",
+    "eval_interpolation": "resampling of that resize: bicubic, bilinear, nearest, box, hamming, "
+                          "lanczos",
     "mixup": "Mixup alpha (0 turns it off)",
     "cutmix": "CutMix alpha (0 turns it off)",
     "workers": "data-loading processes per training process (default: 2 on a CPU; on a GPU "
@@ -122,17 +143,28 @@ def _val_split(text: str) -> int | str | None:
                                          f"{text!r}") from None
 
 
-METAVARS = {"val_split": "N", "time_budget": "MINUTES"}
+METAVARS = {"val_split": "N", "time_budget": "MINUTES", "eval_crop_pct": "FRACTION"}
+
+
+def _recipe_help() -> str:
+    from ..train.recipes import recipe_names
+
+    return (f"start from a shipped recipe, the authors' ImageNet-1K settings for a model: "
+            f"{', '.join(recipe_names())} (`vitmix recipes` describes them; --data is "
+            f"needed). --config and flags override its values")
 
 
 def register(subparsers) -> None:
     p = subparsers.add_parser(
         "train", help="train a model (Fashion-MNIST, ImageFolder, webdataset shards, a saved "
                       "Hugging Face dataset); DDP under torchrun",
-        description="Train a timm/vitmix model. Every option defaults to TrainConfig; "
-                    "--config YAML sets many at once (flags given here win).",
+        description="Train a timm/vitmix model. Every option defaults to TrainConfig; a value "
+                    "comes from the first that sets it: a flag given here, the --config YAML, "
+                    "the --recipe (or the recipe the --config file names), the default.",
     )
     p.add_argument("--config", help="YAML file with TrainConfig keys (a run's config.yaml works)")
+    p.add_argument("--recipe", type=_none_or(str), metavar="NAME", default=argparse.SUPPRESS,
+                   help=_recipe_help())
     p.add_argument("--resume", metavar="RUN_DIR", help="continue the killed run in RUN_DIR")
     p.add_argument("--overwrite", action="store_true",
                    help="replace an earlier run in the --out folder instead of refusing (it "
@@ -142,7 +174,7 @@ def register(subparsers) -> None:
     hints = typing.get_type_hints(TrainConfig)
     defaults = TrainConfig()
     for f in dataclasses.fields(TrainConfig):
-        if f.name == "out_dir":
+        if f.name in ("out_dir", "recipe"):  # above
             continue
         flag = "--" + f.name.replace("_", "-")
         hint = hints[f.name]
@@ -167,13 +199,20 @@ def register(subparsers) -> None:
 
 
 def config_from_args(args: argparse.Namespace) -> TrainConfig:
+    """Each value from the first that sets it: a flag, the --config file, the recipe (--recipe,
+    else the one the --config file names), TrainConfig's default."""
+    from ..train.recipes import load_recipe
+
     names = {f.name for f in dataclasses.fields(TrainConfig)}
     given = {k: v for k, v in vars(args).items() if k in names}
-    values = TrainConfig.load(args.config).to_dict() if args.config else {}
-    values.update(given)
+    from_file = TrainConfig.read_values(args.config) if args.config else {}
+    values = {**from_file, **given}
     if values.get("clip_grad") == 0:
         values["clip_grad"] = None
-    return TrainConfig.from_dict(values)
+    recipe = values.pop("recipe", None)
+    if recipe is None:
+        return TrainConfig.from_dict(values)
+    return load_recipe(recipe).config(values)
 
 
 def _trains_on_cpu(config: TrainConfig | None, resume: str | None) -> bool:

@@ -2,7 +2,9 @@
 
 The defaults suit small grey images (Fashion-MNIST): a mild random-resized crop, RandAugment at a
 lower magnitude than ImageNet's rand-m9, and random erasing; the model sees ``img_size`` inputs
-with ``in_chans`` channels.
+with ``in_chans`` channels. The evaluation transform resizes the shorter side to
+``img_size / crop_pct`` and centre-crops ``img_size`` (timm's crop_pct); the default, 1, keeps
+every pixel of a small image.
 """
 
 from __future__ import annotations
@@ -11,7 +13,13 @@ from dataclasses import dataclass
 
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD, create_transform
 
-__all__ = ["AugmentSettings", "FASHION_MNIST_MEAN", "FASHION_MNIST_STD", "build_transforms"]
+__all__ = ["AugmentSettings", "FASHION_MNIST_MEAN", "FASHION_MNIST_STD", "INTERPOLATIONS",
+           "TRAIN_INTERPOLATIONS", "build_eval_transform", "build_transforms"]
+
+# PIL's resampling filters by timm's names; for training timm also takes "random" (bilinear or
+# bicubic, drawn per image: the default of timm's train script).
+INTERPOLATIONS = ("bicubic", "bilinear", "nearest", "box", "hamming", "lanczos")
+TRAIN_INTERPOLATIONS = ("random", *INTERPOLATIONS)
 
 # Measured over the 60,000 training images of Fashion-MNIST (pixel values scaled to [0, 1]).
 FASHION_MNIST_MEAN = (0.2860,)
@@ -25,7 +33,7 @@ class AugmentSettings:
     scale: tuple[float, float] = (0.6, 1.0)
     hflip: float = 0.5
     color_jitter: float = 0.4
-    interpolation: str = "bicubic"
+    interpolation: str = "bicubic"  # of the random-resized crop
 
 
 def default_norm(in_chans: int) -> tuple[tuple[float, ...], tuple[float, ...]]:
@@ -36,29 +44,51 @@ def default_norm(in_chans: int) -> tuple[tuple[float, ...], tuple[float, ...]]:
     raise ValueError(f"in_chans must be 1 (grey) or 3 (RGB), got {in_chans}")
 
 
-def build_transforms(img_size: int, in_chans: int, augment: AugmentSettings,
-                     mean: tuple[float, ...] | None = None,
-                     std: tuple[float, ...] | None = None, uint8_output: bool = False):
-    """(train transform, eval transform) for PIL images of mode "L" (in_chans 1) or "RGB".
-
-    ``uint8_output``: the transforms stop at uint8 (C, H, W) tensors, before normalisation and
-    random erasing, which the training process then does on the device
-    (:class:`vitmix.data.device_batches.DeviceBatches`).
-    """
+def _norm(img_size: int, in_chans: int, mean: tuple[float, ...] | None,
+          std: tuple[float, ...] | None) -> tuple[tuple[float, ...], tuple[float, ...]]:
     if img_size <= 0:
         raise ValueError(f"img_size must be positive, got {img_size}")
     default_mean, default_std = default_norm(in_chans)
     mean, std = tuple(mean or default_mean), tuple(std or default_std)
     if len(mean) != in_chans or len(std) != in_chans:
         raise ValueError(f"mean and std need {in_chans} values, got {mean} and {std}")
+    return mean, std
+
+
+def build_eval_transform(img_size: int, in_chans: int, crop_pct: float = 1.0,
+                         interpolation: str = "bicubic",
+                         mean: tuple[float, ...] | None = None,
+                         std: tuple[float, ...] | None = None, uint8_output: bool = False):
+    """The evaluation transform: resize the shorter side to floor(img_size / crop_pct) with
+    ``interpolation``, centre-crop img_size, normalise (not with ``uint8_output``)."""
+    if not 0 < crop_pct <= 1:
+        raise ValueError(f"crop_pct must be a number in (0, 1], got {crop_pct!r}")
+    if interpolation not in INTERPOLATIONS:
+        raise ValueError(f"interpolation must be one of {', '.join(map(repr, INTERPOLATIONS))}, "
+                         f"got {interpolation!r}")
+    mean, std = _norm(img_size, in_chans, mean, std)
+    return create_transform(img_size, is_training=False, crop_pct=crop_pct,
+                            interpolation=interpolation, mean=mean, std=std,
+                            use_prefetcher=uint8_output)
+
+
+def build_transforms(img_size: int, in_chans: int, augment: AugmentSettings,
+                     mean: tuple[float, ...] | None = None,
+                     std: tuple[float, ...] | None = None, eval_crop_pct: float = 1.0,
+                     eval_interpolation: str = "bicubic", uint8_output: bool = False):
+    """(train transform, eval transform) for PIL images of mode "L" (in_chans 1) or "RGB".
+
+    ``uint8_output``: the transforms stop at uint8 (C, H, W) tensors, before normalisation and
+    random erasing, which the training process then does on the device
+    (:class:`vitmix.data.device_batches.DeviceBatches`).
+    """
+    mean, std = _norm(img_size, in_chans, mean, std)
     train = create_transform(
         img_size, is_training=True, scale=tuple(augment.scale), hflip=augment.hflip,
         color_jitter=augment.color_jitter or None,
         auto_augment=augment.auto_augment or None, re_prob=augment.re_prob, re_mode="pixel",
         interpolation=augment.interpolation, mean=mean, std=std, use_prefetcher=uint8_output,
     )
-    # crop_pct=1: small images keep all their pixels, only resized.
-    evaluate = create_transform(img_size, is_training=False, crop_pct=1.0,
-                                interpolation=augment.interpolation, mean=mean, std=std,
-                                use_prefetcher=uint8_output)
+    evaluate = build_eval_transform(img_size, in_chans, eval_crop_pct, eval_interpolation,
+                                    mean, std, uint8_output)
     return train, evaluate

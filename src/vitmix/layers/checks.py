@@ -73,6 +73,8 @@ POSITIVE_NUMBER = Rule("a positive number", lambda v: _is_finite(v) and v > 0)
 NON_NEGATIVE_NUMBER = Rule("a non-negative number", lambda v: _is_finite(v) and v >= 0)
 NUMBER = Rule("a number", lambda v: _is_real(v) and v == v)  # NaN is no setting
 PROBABILITY = Rule("a probability in [0, 1]", lambda v: _is_real(v) and 0.0 <= v <= 1.0)
+# A part of an image kept (timm's crop_pct): none of it is no crop.
+FRACTION = Rule("a number in (0, 1]", lambda v: _is_finite(v) and 0.0 < v <= 1.0)
 # Only True and False: a truthy string such as "false" would silently mean True.
 BOOL = Rule("True or False", lambda v: isinstance(v, bool))
 TEXT = Rule("a non-empty string", lambda v: isinstance(v, str) and v.strip() != "")

@@ -19,8 +19,10 @@ import yaml
 
 from ..checkpoints.io import atomic_write_text
 from ..data.image_folder import VERIFY_MODES
+from ..data.transforms import INTERPOLATIONS, TRAIN_INTERPOLATIONS
 from ..layers.checks import (
     BOOL,
+    FRACTION,
     KEYWORDS,
     NON_NEGATIVE_INT,
     NON_NEGATIVE_NUMBER,
@@ -40,6 +42,7 @@ AMP_MODES = ("auto", "off", "bf16", "fp16")
 LOADERS = ("auto", "dataloader", "tensor")
 FINAL_WEIGHTS = ("ema", "model")
 DEVICES = ("auto", "cpu", "cuda")
+SCHED_ON = ("update", "epoch")
 
 
 def _is_crop_scale(value: Any) -> bool:
@@ -111,8 +114,12 @@ class TrainConfig:
     # its test split; none for a folder, whose val/ validates. With N > 0 a folder's val/
     # becomes its test split, and a folder without val/ needs N > 0. 0 or None: none.
     val_split: int | str | None = setting("auto", VAL_SPLIT)
-    # Optimisation; lr = base_lr * (batch_size * accum_steps * world_size) / 1024.
-    epochs: int = setting(10, POSITIVE_INT)  # ignored when time_budget is set
+    # Optimisation; lr = base_lr * (batch_size * accum_steps * world_size) / lr_base_size.
+    # The epochs of the cosine schedule (ignored when time_budget is set).
+    epochs: int = setting(10, POSITIVE_INT)
+    # Epochs at min_lr after the cosine (timm's --cooldown-epochs): the run trains
+    # epochs + cooldown_epochs epochs.
+    cooldown_epochs: int = setting(0, NON_NEGATIVE_INT)
     # Minutes of wall time for the whole run, evaluations and checkpoints included (None: off,
     # epochs decide). The schedules span the updates that fit, estimated from the measured
     # speed and re-estimated as the run goes (train/budget.py).
@@ -120,8 +127,23 @@ class TrainConfig:
     batch_size: int = setting(128, POSITIVE_INT)
     accum_steps: int = setting(1, POSITIVE_INT)
     base_lr: float = setting(8e-3, POSITIVE_NUMBER)
+    # The effective batch base_lr is the learning rate of: 1024 in the SCHEME release (its
+    # lr = batch / 1024 * 1e-3), 512 in GroupMixFormer's.
+    lr_base_size: int = setting(1024, POSITIVE_INT)
     min_lr: float = setting(1e-6, NON_NEGATIVE_NUMBER)
     warmup_epochs: float = setting(0.2, NON_NEGATIVE_NUMBER)
+    # The learning rate the warm-up starts from (None: a thousandth of the learning rate).
+    warmup_lr: float | None = setting(None, optional(NON_NEGATIVE_NUMBER))
+    # Scale min_lr and warmup_lr with the batch as base_lr is (GroupMixFormer's release does;
+    # the SCHEME release, timm's train script, takes them as they are).
+    scale_warmup_and_min_lr: bool = setting(False, BOOL)
+    # True: the cosine starts where the warm-up ends. False: it counts from the first step and
+    # the warm-up overlays its start, as timm's CosineLRScheduler does by default and both
+    # releases use it (their rate at the end of the warm-up is a little below the peak).
+    warmup_prefix: bool = setting(True, BOOL)
+    # Set the learning rate after every optimizer "update", or once per "epoch" (timm 0.6's
+    # train script, which the SCHEME release uses; warm-up epochs are then whole epochs).
+    sched_on: str = setting("update", one_of(*SCHED_ON))
     weight_decay: float = setting(0.05, NON_NEGATIVE_NUMBER)
     clip_grad: float | None = setting(5.0, optional(POSITIVE_NUMBER))
     drop_path: float = setting(0.0, number_in(0, 1, high_open=True))
@@ -150,11 +172,17 @@ class TrainConfig:
     auto_augment: str | None = setting(None, AUTO_AUGMENT)
     re_prob: float = setting(0.1, PROBABILITY)
     crop_scale: tuple[float, float] = setting((0.8, 1.0), CROP_SCALE)
+    # The random-resized crop's resampling; "random" draws bilinear or bicubic per image.
+    train_interpolation: str = setting("bicubic", one_of(*TRAIN_INTERPOLATIONS))
     hflip: float = setting(0.5, PROBABILITY)
     color_jitter: float = setting(0.0, NON_NEGATIVE_NUMBER)
     mixup: float = setting(0.0, NON_NEGATIVE_NUMBER)
     cutmix: float = setting(0.0, NON_NEGATIVE_NUMBER)
     label_smoothing: float = setting(0.1, number_in(0, 1, high_open=True))
+    # Validation and test images: the shorter side resized to img_size / eval_crop_pct, the
+    # centre img_size kept (timm's crop_pct; 1: the whole image, as small images want).
+    eval_crop_pct: float = setting(1.0, FRACTION)
+    eval_interpolation: str = setting("bicubic", one_of(*INTERPOLATIONS))
     # Plumbing.
     seed: int = setting(0, NON_NEGATIVE_INT)
     # Loader worker processes per training process; None: 2 on a CPU (whose cores train), on
@@ -184,6 +212,9 @@ class TrainConfig:
     # sources find damaged images while loading); "auto" decodes up to 10,000 images per split.
     verify_images: str = setting("auto", one_of(*VERIFY_MODES))
     progress_bar: bool = setting(True, BOOL)
+    # The shipped recipe the run started from (`vitmix recipes`), kept as a record: the
+    # command line applies it (--recipe, or this key in a --config file), TrainConfig does not.
+    recipe: str | None = setting(None, optional(TEXT))
 
     def __post_init__(self) -> None:
         if isinstance(self.crop_scale, list):
@@ -199,13 +230,18 @@ class TrainConfig:
                              f"got {self.batch_size}")
         if self.loader == "auto":
             self.loader = ("tensor" if self.data == "fashion-mnist" and not self.auto_augment
-                           and not self.color_jitter else "dataloader")
+                           and not self.color_jitter and self.train_interpolation == "bicubic"
+                           else "dataloader")
         if self.loader == "tensor" and self.auto_augment:
             raise ValueError(f"the tensor loader has no RandAugment; pass auto_augment=None "
                              f"(--auto-augment none) with it, got {self.auto_augment!r}")
         if self.loader == "tensor" and self.color_jitter:
             raise ValueError(f"the tensor loader has no colour jitter; pass color_jitter=0 "
                              f"(--color-jitter 0) with it, got {self.color_jitter}")
+        if self.loader == "tensor" and self.train_interpolation != "bicubic":
+            raise ValueError(f"the tensor loader resamples its crops bicubically; pass "
+                             f"train_interpolation='bicubic' (--train-interpolation bicubic) with "
+                             f"it, got {self.train_interpolation!r}")
         if self.lean_training and not self.accelerate:
             raise ValueError("lean_training runs vitmix.accelerate's functions, so it needs "
                              "accelerate=True (drop --no-accelerate or --lean-training)")
@@ -215,6 +251,7 @@ class TrainConfig:
         if self.time_budget is None and self.warmup_epochs > self.epochs:
             raise ValueError(f"warmup_epochs must lie in [0, epochs={self.epochs}], "
                              f"got {self.warmup_epochs}")
+        self._check_schedule()
         if self.data_dir is not None and self.data != "fashion-mnist":
             raise ValueError(f"data_dir names the folder of the Fashion-MNIST files; it goes "
                              f"with data='fashion-mnist', got data={self.data!r}")
@@ -222,6 +259,27 @@ class TrainConfig:
             if getattr(self, name) is not None and self.data == "fashion-mnist":
                 raise ValueError(f"{name} names the image or label of a Hugging Face dataset or "
                                  f"of webdataset samples; Fashion-MNIST has no other")
+
+    def _check_schedule(self) -> None:
+        """The schedule's settings that only make sense together."""
+        if self.time_budget is not None and self.sched_on == "epoch":
+            raise ValueError("a time_budget plans the run in updates and re-plans as it goes; "
+                             "its schedule needs sched_on='update' (--sched-on update), got "
+                             "sched_on='epoch'")
+        if self.time_budget is not None and self.cooldown_epochs:
+            raise ValueError(f"with a time_budget the epochs are what fits, so there are none "
+                             f"to add after the cosine; pass cooldown_epochs=0 "
+                             f"(--cooldown-epochs 0), got {self.cooldown_epochs}")
+        if self.sched_on == "epoch" and (self.warmup_epochs != int(self.warmup_epochs)
+                                         or self.warmup_epochs >= self.epochs):
+            raise ValueError(f"with sched_on='epoch' the rate changes once per epoch, so "
+                             f"warmup_epochs must be a whole number below epochs={self.epochs}, "
+                             f"got {self.warmup_epochs}")
+
+    @property
+    def run_epochs(self) -> int:
+        """The epochs a run without a time budget trains: the cosine's, then the cooldown."""
+        return self.epochs + self.cooldown_epochs
 
     def to_dict(self) -> dict:
         out = dataclasses.asdict(self)
@@ -233,14 +291,24 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, values: dict) -> TrainConfig:
+        cls.check_keys(values)
+        return cls(**values)
+
+    @classmethod
+    def check_keys(cls, values: dict) -> None:
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(values) - known)
         if unknown:
             raise ValueError(f"unknown config keys {unknown}; known keys: {sorted(known)}")
-        return cls(**values)
 
     @classmethod
     def load(cls, path: str | Path) -> TrainConfig:
+        return cls.from_dict(cls.read_values(path))
+
+    @classmethod
+    def read_values(cls, path: str | Path) -> dict:
+        """The keys a YAML config file sets, and only those (the command line lays them over a
+        recipe); an unknown key, a file that is no YAML mapping or is missing: one line."""
         path = Path(path)
         if path.is_dir():
             raise ValueError(f"config file {path} is a folder; give a YAML file")
@@ -254,7 +322,8 @@ class TrainConfig:
         if not isinstance(values, dict):
             raise ValueError(f"{path} must hold a mapping of config keys, got "
                              f"{type(values).__name__}")
-        return cls.from_dict(values)
+        cls.check_keys(values)
+        return values
 
 
 class _ConfigLoader(yaml.SafeLoader):

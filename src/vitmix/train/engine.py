@@ -36,7 +36,6 @@ import yaml
 from timm.data import Mixup
 from timm.loss import LabelSmoothingCrossEntropy, SoftTargetCrossEntropy
 from timm.optim import create_optimizer_v2
-from timm.scheduler import CosineLRScheduler
 from timm.utils import ModelEmaV3, dispatch_clip_grad
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
@@ -88,6 +87,7 @@ from .run_folder import (
     remove_stale_temporaries,
 )
 from .running_loss import RunningLoss
+from .schedule import build_scheduler, cosine_span, learning_rates
 
 __all__ = ["FitResult", "TrainingDiverged", "TrainingInterrupted", "TrainingPreempted", "fit",
            "loader_workers", "scheme_layers"]
@@ -196,9 +196,12 @@ class _Run:
         self.workers = loader_workers(config.workers, self.device)
         augment = AugmentSettings(auto_augment=config.auto_augment, re_prob=config.re_prob,
                                   scale=config.crop_scale, hflip=config.hflip,
-                                  color_jitter=config.color_jitter)
+                                  color_jitter=config.color_jitter,
+                                  interpolation=config.train_interpolation)
         # The workers stop at uint8: normalising and erasing happen on the device.
         train_tf, eval_tf = build_transforms(config.img_size, config.in_chans, augment,
+                                             eval_crop_pct=config.eval_crop_pct,
+                                             eval_interpolation=config.eval_interpolation,
                                              uint8_output=True)
         self.norm = default_norm(config.in_chans)
         val_split = resolve_val_split(config.val_split, config.data)
@@ -243,7 +246,8 @@ class _Run:
         self.scaler = (torch.amp.GradScaler(self.device.type)
                        if self.precision.scales_gradients else None)
         self.effective_batch = config.batch_size * config.accum_steps * ctx.world_size
-        self.lr = config.base_lr * self.effective_batch / 1024
+        self.rates = learning_rates(config, self.effective_batch)
+        self.lr = self.rates.peak
         # On a GPU the fused AdamW: one kernel for all parameters, and a GradScaler passes it
         # the overflow flag without reading it on the host.
         fused = {"fused": True} if self.device.type == "cuda" else {}
@@ -254,9 +258,9 @@ class _Run:
         self.updates_per_epoch = math.ceil(self.batches_per_epoch / config.accum_steps)
         self.budget = None
         if config.time_budget is None:
-            self.total_updates = config.epochs * self.updates_per_epoch
-            warmup = min(round(config.warmup_epochs * self.updates_per_epoch),
-                         self.total_updates - 1)
+            cosine = config.epochs * self.updates_per_epoch  # then the cooldown at min_lr
+            self.total_updates = config.run_epochs * self.updates_per_epoch
+            warmup = min(round(config.warmup_epochs * self.updates_per_epoch), cosine - 1)
         else:
             self.budget = self._start_budget(clock)
             self.total_updates = self.budget.planned
@@ -266,11 +270,8 @@ class _Run:
             warmup = min(round(config.warmup_epochs * self.updates_per_epoch),
                          self.total_updates // 2)
             self.budget.set_warmup(warmup)
-        self.scheduler = CosineLRScheduler(
-            self.optimizer, t_initial=self.total_updates - warmup, lr_min=config.min_lr,
-            warmup_t=warmup, warmup_lr_init=self.lr * 1e-3, warmup_prefix=True,
-            t_in_epochs=False,
-        )
+            cosine = self.total_updates
+        self.scheduler = build_scheduler(self.optimizer, config, self.rates, cosine, warmup)
         self.mixup = None
         if config.mixup > 0 or config.cutmix > 0:
             self.mixup = Mixup(mixup_alpha=config.mixup, cutmix_alpha=config.cutmix,
@@ -369,13 +370,13 @@ class _Run:
 
     def keep_training(self) -> bool:
         if self.budget is None:
-            return self.epoch < self.config.epochs
+            return self.epoch < self.config.run_epochs
         return not self.budget.finished(self.num_updates)
 
     def epochs_label(self) -> str:
         """The epochs of the run for people: planned ones are an estimate under a budget."""
         if self.budget is None:
-            return str(self.config.epochs)
+            return str(self.config.run_epochs)
         return f"~{max(self.epoch, math.ceil(self.total_updates / self.updates_per_epoch))}"
 
     def _build_loaders(self) -> None:
@@ -720,6 +721,10 @@ class _Run:
 
     def _optimizer_step(self) -> None:
         c = self.config
+        if c.sched_on == "epoch":
+            # The epoch's rate, before each of its updates: what timm 0.6's train script set at
+            # the end of the epoch before (and what a resumed run must set again).
+            self.scheduler.step(self.epoch)
         if self.scaler is not None:
             self.scaler.unscale_(self.optimizer)
         if c.clip_grad:
@@ -733,14 +738,14 @@ class _Run:
         self.num_updates += 1
         self.updates_in_epoch += 1
         self.samples_seen += self.effective_batch
-        if self.budget is None:
-            self.scheduler.step_update(self.schedule_position())
-        else:
+        if self.budget is not None:  # per update (config: a budget refuses sched_on=epoch)
             self.budget.after_update(self.num_updates, self.updates_in_epoch)
             self.total_updates = self.budget.planned
             s = self.scheduler
             self.scheduler.step_update(self.budget.lr_position(self.num_updates, s.warmup_t,
-                                                               s.t_initial))
+                                                               cosine_span(s)))
+        elif c.sched_on == "update":
+            self.scheduler.step_update(self.schedule_position())
         if self.scheduled_layers:
             self.set_progress(self.progress())
         if self.ema is not None:
@@ -886,7 +891,9 @@ class _Run:
         report_path = self.run_dir / "report.md"
         if self.ctx.is_main:
             meta = {"model": c.model, "model_kwargs": json.dumps(self.model_kwargs),
-                    "deployed": "1", "classes": json.dumps(data.classes)}
+                    "deployed": "1", "classes": json.dumps(data.classes),
+                    "eval_crop_pct": repr(c.eval_crop_pct),
+                    "eval_interpolation": c.eval_interpolation}
             save_weights(deployed.state_dict(), self.run_dir / "model_deployed.safetensors", meta)
             plots = plot_curves(self.metrics.rows, self.run_dir)
             split_name = "test split" if final_split == "test" else "validation split"

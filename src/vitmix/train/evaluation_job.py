@@ -3,28 +3,72 @@
 from __future__ import annotations
 
 import json
+import math
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
+import timm
 import torch
 from torch.utils.data import DataLoader
 
 from ..accelerate import accelerate
-from ..checkpoints.io import atomic_write_text, read_model
-from ..data import AugmentSettings, SafeImageFolder, build_transforms, load_eval_split
+from ..checkpoints.io import SavedModel, atomic_write_text, read_model
+from ..data import SafeImageFolder, build_eval_transform, load_eval_split
+from ..data.transforms import INTERPOLATIONS
 from ..factory import check_model_name
-from ..layers.checks import NON_NEGATIVE_INT, POSITIVE_INT, TEXT, one_of, optional
+from ..layers.checks import FRACTION, NON_NEGATIVE_INT, POSITIVE_INT, TEXT, one_of, optional
 from ..paths import check_output_folder
 from .config import DEVICES
 from .distributed import DistContext, resolve_device
 from .evaluate import check_tta, evaluate
 from .report import plot_confusion
 
-__all__ = ["evaluate_checkpoint"]
+__all__ = ["EvalTransform", "evaluate_checkpoint", "resolve_eval_transform"]
+
+
+@dataclass(frozen=True)
+class EvalTransform:
+    """How evaluation images are cut: the crop fraction and resampling, and where each came
+    from ("--crop-pct", "the checkpoint", "the model's pretrained_cfg", "the default")."""
+
+    crop_pct: float
+    interpolation: str
+    crop_from: str
+    interpolation_from: str
+
+    def describe(self, img_size: int) -> str:
+        where = (f"both from {self.crop_from}" if self.crop_from == self.interpolation_from
+                 else f"crop from {self.crop_from}, interpolation from "
+                      f"{self.interpolation_from}")
+        return (f"crop {self.crop_pct:g} (resize to {math.floor(img_size / self.crop_pct)}, "
+                f"centre {img_size}), {self.interpolation} ({where})")
+
+
+def resolve_eval_transform(model_name: str, saved: SavedModel, crop_pct: float | None = None,
+                           interpolation: str | None = None) -> EvalTransform:
+    """Each value from the first that has it: the argument, the checkpoint (what its run
+    validated with), the model's timm pretrained_cfg, else crop 1 and bicubic."""
+    cfg = timm.models.get_pretrained_cfg(model_name)
+    sources = {
+        "crop_pct": [("--crop-pct", crop_pct), ("the checkpoint", saved.eval_crop_pct),
+                     ("the model's pretrained_cfg", getattr(cfg, "crop_pct", None)),
+                     ("the default", 1.0)],
+        "interpolation": [("--interpolation", interpolation),
+                          ("the checkpoint", saved.eval_interpolation),
+                          ("the model's pretrained_cfg", getattr(cfg, "interpolation", None)),
+                          ("the default", "bicubic")],
+    }
+    crop_from, crop = next((s, v) for s, v in sources["crop_pct"] if v is not None)
+    interp_from, interp = next((s, v) for s, v in sources["interpolation"] if v)
+    if interp not in INTERPOLATIONS:
+        raise ValueError(f"{interp_from} names the evaluation interpolation {interp!r}, not one "
+                         f"of {', '.join(map(repr, INTERPOLATIONS))}; pass --interpolation")
+    return EvalTransform(float(crop), interp, crop_from, interp_from)
 
 
 def _check_arguments(model_name: str, img_size, in_chans, batch_size, workers, device, tta,
-                     out_dir, image_key, label_key) -> None:
+                     out_dir, image_key, label_key, crop_pct, interpolation) -> None:
     """Everything that needs no file read, so that a typo fails at once."""
     check_model_name(model_name)
     if img_size is not None:  # None: the checkpoint's
@@ -37,6 +81,10 @@ def _check_arguments(model_name: str, img_size, in_chans, batch_size, workers, d
     check_tta(tta)
     optional(TEXT).check("image_key (--data-image-key)", image_key)
     optional(TEXT).check("label_key (--data-label-key)", label_key)
+    if crop_pct is not None:  # None: see resolve_eval_transform
+        FRACTION.check("crop_pct (--crop-pct)", crop_pct)
+    if interpolation is not None:
+        one_of(*INTERPOLATIONS).check("interpolation (--interpolation)", interpolation)
     if out_dir is not None:
         check_output_folder(out_dir, "--out")
 
@@ -46,7 +94,8 @@ def evaluate_checkpoint(model_name: str, checkpoint: str | Path, data: str = "fa
                         batch_size: int = 256, workers: int = 2, device: str = "auto",
                         out_dir: Path | None = None, tta: str | None = None,
                         data_dir: str | Path | None = None, image_key: str | None = None,
-                        label_key: str | None = None) -> dict:
+                        label_key: str | None = None, crop_pct: float | None = None,
+                        interpolation: str | None = None) -> dict:
     """Top-1/top-5/per-class accuracy and images/s; writes eval.json and confusion.png.
 
     Only the validation split is read (Fashion-MNIST's test files, ``data/val``, the val shards
@@ -54,9 +103,12 @@ def evaluate_checkpoint(model_name: str, checkpoint: str | Path, data: str = "fa
     checkpoint names its classes, the images are labelled by those names, so a folder whose
     classes differ from the checkpoint's is refused rather than scored by position; a class
     without images gets None (no accuracy) in ``per_class_top1``.
+
+    ``crop_pct`` and ``interpolation`` (None: see :func:`resolve_eval_transform`) cut the
+    images as timm does: the shorter side resized to img_size / crop_pct, the centre kept.
     """
     _check_arguments(model_name, img_size, in_chans, batch_size, workers, device, tta, out_dir,
-                     image_key, label_key)
+                     image_key, label_key, crop_pct, interpolation)
     dev = resolve_device(device, 0)  # cuda asked for on a machine without: before any reading
     checkpoint = Path(checkpoint)
     saved = read_model(checkpoint, model_name)  # checks the file before any data is read
@@ -64,7 +116,8 @@ def evaluate_checkpoint(model_name: str, checkpoint: str | Path, data: str = "fa
     in_chans = in_chans or kwargs.get("in_chans", 3)
     img_size = img_size or kwargs.get("img_size", 224)
     kwargs.update(in_chans=in_chans, img_size=img_size)
-    _, eval_tf = build_transforms(img_size, in_chans, AugmentSettings())
+    cut = resolve_eval_transform(model_name, saved, crop_pct, interpolation)
+    eval_tf = build_eval_transform(img_size, in_chans, cut.crop_pct, cut.interpolation)
     split = load_eval_split(data, in_chans, eval_tf, classes=saved.classes, data_dir=data_dir,
                             classes_from=f"the checkpoint {checkpoint}", image_key=image_key,
                             label_key=label_key)
@@ -89,6 +142,7 @@ def evaluate_checkpoint(model_name: str, checkpoint: str | Path, data: str = "fa
     summary = dict(result.summary(), data=split.name, device=str(dev), classes=split.classes,
                    per_class_top1=result.per_class, confusion=result.confusion.tolist(),
                    confusion_png=str(png), checkpoint=str(checkpoint), model=model_name,
-                   tta=tta, skipped_images=split.skipped)
+                   tta=tta, skipped_images=split.skipped, crop_pct=cut.crop_pct,
+                   interpolation=cut.interpolation, eval_transform=cut.describe(img_size))
     atomic_write_text(out_dir / f"{stem}_eval.json", json.dumps(summary, indent=2))
     return summary
