@@ -225,3 +225,21 @@ def test_shards_resume_an_epoch_where_its_loader_stopped(tmp_path):
             assert sorted(sum(rest, [])) == sorted(sum(full[taken:], []))  # each sample once
     stream.set_epoch(3)
     assert _labels(stream, workers=3) == full  # set_epoch reads from the start again
+
+
+def test_a_budget_run_resumes_only_on_as_many_processes(image_tree, tmp_path):
+    import yaml
+
+    from vitmix.checkpoints.io import save_checkpoint
+
+    out = tmp_path / "run"
+    quiet_fit(tiny_config(image_tree, out, epochs=1))
+    # As if it had been a run with a time budget on two processes.
+    config = yaml.safe_load((out / "config.yaml").read_text())
+    (out / "config.yaml").write_text(yaml.safe_dump(dict(config, time_budget=5.0)))
+    ckpt = load_checkpoint(out / "last.pth")
+    save_checkpoint(dict(ckpt, world_size=2), out / "last.pth")
+    with pytest.raises(ValueError, match=r"^cannot resume: .*last.pth is a run with a time budget "
+                                         r"on 2 process\(es\); it resumes on as many \(now 1\), "
+                                         r"since its plan counts their updates$"):
+        quiet_fit(resume=out)
