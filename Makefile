@@ -29,7 +29,11 @@ lint: env
 	$(VENV)/bin/ruff check src tests benchmarks
 
 # Re-resolve both locks after a change to pyproject.toml's dependencies (needs the network).
+# `uv pip compile` keeps the versions requirements/oldest.txt already pins where they still
+# fit, so a lowered floor takes effect only for the packages named in OLDEST_UPGRADE, e.g.
+# `make lock OLDEST_UPGRADE="-P torch -P torchvision"`.
+OLDEST_UPGRADE ?=
 lock:
 	bash scripts/uv.sh lock
 	bash scripts/uv.sh pip compile pyproject.toml --extra dev --extra export --extra data --resolution lowest-direct \
-		--python-version 3.11 --generate-hashes --quiet -o requirements/oldest.txt
+		--python-version 3.11 --generate-hashes --quiet -o requirements/oldest.txt $(OLDEST_UPGRADE)

@@ -4,10 +4,10 @@ MACs are torch.utils.flop_counter's FLOPs divided by two: it counts matmul, line
 einsum and attention kernels, as fvcore does for the reference figures; elementwise ops, norms
 and pooling are left out on both sides.
 
-Which fused attention kernels torch's counter knows differs between releases (2.14 counts
-nothing for the CPU flash kernel that ``scaled_dot_product_attention`` dispatches to on the CPU),
-so vitmix gives the counter its own formulas for those kernels: the count is the same on every
-supported torch, and the same as the math path's matmuls.
+Which fused attention kernels torch's counter knows differs between releases (2.11 to 2.14
+count nothing for the CPU flash kernel that ``scaled_dot_product_attention`` dispatches to on the
+CPU, 2.15 counts it), so vitmix gives the counter its own formulas for those kernels: the count
+is the same on every supported torch, and the same as the math path's matmuls.
 """
 
 from __future__ import annotations

@@ -13,7 +13,6 @@ import torch
 import torch.nn.functional as F
 from timm.layers import (
     DropPath,
-    GroupNorm1,
     LayerScale2d,
     calculate_drop_path_rates,
     trunc_normal_,
@@ -28,6 +27,7 @@ from ..layers.checks import (
     check_positive_int,
     check_probability,
 )
+from ..layers.norm import GroupNorm1
 from ..layers.scheme import BlockDiagonalLinear
 from ..layers.stems import make_stem
 from ..layers.token_mixers import TOKEN_MIXERS
