@@ -9,8 +9,9 @@
 # What it reads beside the checkout, when present (a GPU machine without network gets them
 # carried in the working tree, in .gpu/, which git ignores):
 #   .gpu/wheels/*.whl        Python packages that machine lacks (timm, at the version tested)
-#   .gpu/fashion-mnist/      the Fashion-MNIST idx files (else $VITMIX_FASHION_MNIST_DIR, else
-#                            Debian's /usr/share/datasets/fashion-mnist)
+#   .gpu/fashion-mnist/      the Fashion-MNIST idx files ($VITMIX_FASHION_MNIST_DIR wins; without
+#                            either, Debian's /usr/share/datasets/fashion-mnist)
+# The smoke mode runs in the environment it is started from and installs nothing.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 python=${PYTHON:-python3}
@@ -20,9 +21,10 @@ if [ "${1:-}" = "--smoke" ]; then
     shift
 fi
 out=${1:-runs/gpu_check}
-data=${VITMIX_FASHION_MNIST_DIR:-/usr/share/datasets/fashion-mnist}
+data=/usr/share/datasets/fashion-mnist
 [ -d .gpu/fashion-mnist ] && data=.gpu/fashion-mnist
-if compgen -G ".gpu/wheels/*.whl" >/dev/null; then
+data=${VITMIX_FASHION_MNIST_DIR:-$data}
+if [ ${#smoke[@]} -eq 0 ] && compgen -G ".gpu/wheels/*.whl" >/dev/null; then
     site=$(mktemp -d)
     "$python" -m pip install --quiet --no-index --no-deps --no-compile --target "$site" \
         .gpu/wheels/*.whl
