@@ -307,13 +307,34 @@ class Case:
 class Timing:
     images: int
     seconds: float
+    cpu_seconds: float | None  # of the processes doing the work; None where /proc cannot say
     batch_shape: tuple[int, ...]
     batch_dtype: str
 
 
+def _children_cpu_seconds() -> float | None:
+    """User and system CPU seconds used so far by this process's live children (the DataLoader
+    workers), from /proc; None where the kernel does not list children."""
+    total = 0
+    try:
+        for task in Path(f"/proc/{os.getpid()}/task").iterdir():
+            for pid in (task / "children").read_text().split():
+                # Fields 14 and 15 of stat, counted after the command name's closing bracket.
+                fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+                total += int(fields[11]) + int(fields[12])
+    except (OSError, IndexError, ValueError):
+        return None
+    return total / os.sysconf("SC_CLK_TCK")
+
+
+def _work_cpu_seconds(workers: int) -> float | None:
+    return time.process_time() if workers == 0 else _children_cpu_seconds()
+
+
 def time_case(root: Path, case: Case, batch_size: int, warmup: int, batches: int,
               epoch: int = 0) -> Timing:
-    """Images over wall time for ``batches`` batches of a fresh DataLoader, after ``warmup``."""
+    """Images over wall time for ``batches`` batches of a fresh DataLoader, after ``warmup``,
+    and the CPU time the workers (with 0 workers, this process) spent meanwhile."""
     from timm.data.loader import fast_collate
     from torch.utils.data import DataLoader, default_collate
 
@@ -331,13 +352,16 @@ def time_case(root: Path, case: Case, batch_size: int, warmup: int, batches: int
         for _ in range(warmup):
             next(iterator)
         images = 0
-        start = time.perf_counter()
+        cpu_start, start = _work_cpu_seconds(case.workers), time.perf_counter()
         for _ in range(batches):
             batch, _ = next(iterator)
             images += batch.shape[0]
         seconds = time.perf_counter() - start
+        cpu_end = _work_cpu_seconds(case.workers)
         del iterator  # stops its workers before the next case starts its own
-    return Timing(images, seconds, tuple(batch.shape), str(batch.dtype).removeprefix("torch."))
+    cpu = cpu_end - cpu_start if cpu_start is not None and cpu_end is not None else None
+    return Timing(images, seconds, cpu, tuple(batch.shape),
+                  str(batch.dtype).removeprefix("torch."))
 
 
 def spread(values: list[float]) -> dict:
@@ -348,7 +372,12 @@ def spread(values: list[float]) -> dict:
 
 def measure(root: Path, cases: list[Case], batch_size: int = 32, warmup: int = 4,
             batches: int = 16, repeats: int = 3, log=None) -> list[dict]:
-    """Every case ``repeats`` times, interleaved; images/s in total and per worker process."""
+    """Every case ``repeats`` times, interleaved: images/s in total and per worker process (wall
+    time), and images per CPU-second of the workers.
+
+    On a machine others share, a worker waits for a core, and the wall-time rates fall with the
+    load; the CPU-time rate is what a worker delivers on a core of its own (in the steady state
+    the workers do, during the timed batches, the work of the batches timed)."""
     if batches < 1 or repeats < 1:
         raise ValueError(f"need at least one timed batch and one repeat, got {batches} and "
                          f"{repeats}")
@@ -363,27 +392,33 @@ def measure(root: Path, cases: list[Case], batch_size: int = 32, warmup: int = 4
             timing = time_case(root, case, batch_size, warmup, batches, epoch=repeat)
             timings[case].append(timing)
             if log:
+                cpu = (f", {timing.images / timing.cpu_seconds:7.1f} per CPU-second"
+                       if timing.cpu_seconds else "")
                 log(f"  repeat {repeat + 1}/{repeats} {case.source:6s} {case.stage:10s} "
-                    f"{case.workers} workers: {timing.images / timing.seconds:7.1f} images/s")
+                    f"{case.workers} workers: {timing.images / timing.seconds:7.1f} images/s"
+                    f"{cpu}")
     results = []
     for case, runs in timings.items():
         rates = [t.images / t.seconds for t in runs]
         processes = max(case.workers, 1)  # 0 workers: the main process does the work
+        cpu = [t.images / t.cpu_seconds for t in runs if t.cpu_seconds]
         results.append(asdict(case) | {
             "batch_size": batch_size, "warmup_batches": warmup, "timed_batches": batches,
             "images_per_s": spread(rates),
             "images_per_s_per_worker": spread([r / processes for r in rates]),
+            "images_per_cpu_s": spread(cpu) if len(cpu) == len(runs) else None,
             "batch": {"shape": list(runs[-1].batch_shape), "dtype": runs[-1].batch_dtype},
         })
     return results
 
 
 def stage_costs(results: list[dict]) -> list[dict]:
-    """Milliseconds per image that each stage adds, for one worker (from the medians)."""
+    """CPU milliseconds per image that each stage adds, with one worker (from the medians of
+    images per CPU-second; of wall-time images/s where the CPU time is unknown)."""
     out = []
     for source in SOURCES:
-        one = {r["stage"]: r["images_per_s_per_worker"]["median"] for r in results
-               if r["source"] == source and r["workers"] == 1}
+        one = {r["stage"]: (r["images_per_cpu_s"] or r["images_per_s_per_worker"])["median"]
+               for r in results if r["source"] == source and r["workers"] == 1}
         if not one:
             continue
         previous = 0.0
@@ -416,12 +451,14 @@ def machine() -> dict:
 
 
 def table(results: list[dict]) -> str:
-    lines = ["| stage | source | workers | images/s (median) | min-max | per worker |",
-             "|---|---|---|---|---|---|"]
+    lines = ["| stage | source | workers | images/s (median) | min-max | per worker | "
+             "per worker CPU-second (median) | min-max |", "|---|---|---|---|---|---|---|---|"]
     for r in results:
-        rate, per = r["images_per_s"], r["images_per_s_per_worker"]
+        rate, per, cpu = r["images_per_s"], r["images_per_s_per_worker"], r["images_per_cpu_s"]
+        cpu_cells = f"{cpu['median']:.1f} | {cpu['min']:.1f}-{cpu['max']:.1f}" if cpu else "- | -"
         lines.append(f"| {r['stage']} | {r['source']} | {r['workers']} | {rate['median']:.1f} "
-                     f"| {rate['min']:.1f}-{rate['max']:.1f} | {per['median']:.1f} |")
+                     f"| {rate['min']:.1f}-{rate['max']:.1f} | {per['median']:.1f} "
+                     f"| {cpu_cells} |")
     return "\n".join(lines)
 
 
@@ -454,10 +491,17 @@ def run_cpu(args) -> dict:
     ratios = {}
     for source in args.sources:
         for workers in args.workers:
-            med = {r["stage"]: r["images_per_s"]["median"] for r in results
-                   if r["source"] == source and r["workers"] == workers}
-            if "worker" in med and "cpu_full" in med:
-                ratios[f"{source}, {workers} workers"] = med["worker"] / med["cpu_full"]
+            here = {r["stage"]: r for r in results
+                    if r["source"] == source and r["workers"] == workers}
+            if "worker" in here and "cpu_full" in here:
+                gpu_path, cpu_path = here["worker"], here["cpu_full"]
+                ratios[f"{source}, {workers} workers"] = {
+                    "wall": (gpu_path["images_per_s"]["median"]
+                             / cpu_path["images_per_s"]["median"]),
+                    "cpu_time": (gpu_path["images_per_cpu_s"]["median"]
+                                 / cpu_path["images_per_cpu_s"]["median"]
+                                 if gpu_path["images_per_cpu_s"] and cpu_path["images_per_cpu_s"]
+                                 else None)}
     return {"mode": "cpu", "machine": machine(), "load_average_before": load_before,
             "load_average_after": load_after, "data": made,
             "transforms": {stage: repr(recipe_transform(stage)) for stage in args.stages},
@@ -477,10 +521,13 @@ def print_cpu(report: dict) -> None:
           f"{r0['warmup_batches']} warm-up, median and range of {repeats} repeats\n")
     print(table(report["results"]))
     if report["stage_costs_one_worker"]:
-        print("\nper image and worker (1 worker; in brackets what the stage adds):\n")
+        print("\nCPU time per image (1 worker; in brackets what the stage adds):\n")
         print(cost_table(report["stage_costs_one_worker"]))
+    print()
     for key, ratio in report["worker_over_cpu_full"].items():
-        print(f"worker transform (GPU path) / full CPU transform, {key}: {ratio:.2f}x")
+        cpu = f", per CPU-second {ratio['cpu_time']:.2f}x" if ratio["cpu_time"] else ""
+        print(f"images/s of the GPU path's worker over today's full CPU transform, {key}: "
+              f"{ratio['wall']:.2f}x{cpu}")
 
 
 # ---- the GPU --------------------------------------------------------------------------------
