@@ -18,8 +18,8 @@ Stages, each a timm transform on the decoded PIL image, through a torch DataLoad
               create_transform(..., use_prefetcher=True) with the recipe's arguments
   cpu_full    + to float, normalise and random erasing 0.25 (pixel) in the worker: today's path
               (batched by torch's default_collate, as timm does without the prefetcher)
-RandAugment's posterize takes 0 bits as Pillow before 13 did (``keep_posterize_zero_bits``):
-Pillow 13 raises an error there that would stop the worker.
+RandAugment's posterize takes 0 bits as Pillow before 13 did (vitmix.data.transforms'
+``keep_posterize_zero_bits``, which vitmix train applies too): Pillow 13 raises an error there.
 
 Each measurement starts a fresh DataLoader iterator (a new epoch), takes ``--warmup`` batches
 untimed (worker start-up, the first files) and counts the images of the next ``--batches``
@@ -232,34 +232,9 @@ def recipe_transform(stage: str):
     # With use_prefetcher=True timm leaves the image uint8 and normalisation and erasing to the
     # prefetcher (on the GPU); without it they run here, in the worker.
     transform = create_transform(**recipe, use_prefetcher=stage != "cpu_full")
+    from vitmix.data.transforms import keep_posterize_zero_bits  # as vitmix train does
+
     return keep_posterize_zero_bits(transform)
-
-
-def _posterize_zero_bits(img, bits_to_keep, **kwargs):
-    from timm.data import auto_augment
-
-    if bits_to_keep <= 0:
-        return Image.new(img.mode, img.size)  # what Pillow < 13 gave: every bit masked, black
-    return auto_augment.posterize(img, bits_to_keep, **kwargs)
-
-
-def keep_posterize_zero_bits(transform):
-    """``transform`` with its RandAugment's posterize taking 0 bits as Pillow before 13 did.
-
-    timm's increasing posterize ('inc1') keeps 4 - int(magnitude * 0.4) bits, 0 at magnitude 10,
-    which m9 with mstd 0.5 reaches when the drawn magnitude is clipped at 10; Pillow 13 raises
-    ValueError for 0 bits (72 and 80 of 50,000 RandAugment calls in two tries here, about
-    0.15%), which would stop a
-    worker. Changed on this transform's ops only, not in timm's tables.
-    """
-    from timm.data.auto_augment import RandAugment, posterize
-
-    for step in getattr(transform, "transforms", ()):
-        if isinstance(step, RandAugment):
-            for op in step.ops:
-                if op.aug_fn is posterize:
-                    op.aug_fn = _posterize_zero_bits
-    return transform
 
 
 def dataset(root: Path, source: str, transform, batch_size: int, epoch: int):

@@ -309,3 +309,21 @@ def test_transform_errors():
         build_transforms(32, 1, AugmentSettings(), mean=(0.5, 0.5, 0.5), std=(0.2, 0.2, 0.2))
     with pytest.raises(ValueError, match="img_size"):
         build_transforms(0, 1, AugmentSettings())
+
+
+def test_randaugment_posterize_at_zero_bits_gives_black_as_pillow_before_13():
+    # rand-m9-mstd0.5-inc1 (both authors' recipes) reaches magnitude 10, where timm's
+    # increasing posterize keeps 0 bits; Pillow 13 refuses 0 bits, Pillow 12 gave black.
+    from PIL import Image
+    from timm.data.auto_augment import RandAugment
+
+    train, _ = build_transforms(32, 3, AugmentSettings(auto_augment="rand-m9-mstd0.5-inc1"))
+    ops = [op for step in train.transforms if isinstance(step, RandAugment) for op in step.ops
+           if op.name == "PosterizeIncreasing"]
+    assert len(ops) == 1
+    image = Image.new("RGB", (8, 8), (200, 120, 77))
+    assert ops[0].aug_fn(image, 0).getextrema() == ((0, 0),) * 3
+    assert ops[0].aug_fn(image, 4).getpixel((0, 0)) == (192, 112, 64)  # 4 high bits kept
+    op = ops[0]
+    op.prob, op.magnitude, op.magnitude_std = 1.0, 10, 0  # always 0 bits
+    assert op(image).getextrema() == ((0, 0),) * 3

@@ -11,10 +11,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from PIL import Image
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD, create_transform
+from timm.data import auto_augment as timm_auto_augment
 
 __all__ = ["AugmentSettings", "FASHION_MNIST_MEAN", "FASHION_MNIST_STD", "INTERPOLATIONS",
-           "TRAIN_INTERPOLATIONS", "build_eval_transform", "build_transforms"]
+           "TRAIN_INTERPOLATIONS", "build_eval_transform", "build_transforms",
+           "keep_posterize_zero_bits"]
 
 # PIL's resampling filters by timm's names; for training timm also takes "random" (bilinear or
 # bicubic, drawn per image: the default of timm's train script).
@@ -34,6 +37,29 @@ class AugmentSettings:
     hflip: float = 0.5
     color_jitter: float = 0.4
     interpolation: str = "bicubic"  # of the random-resized crop
+
+
+def _posterize(img: Image.Image, bits_to_keep: int, **kwargs) -> Image.Image:
+    if bits_to_keep <= 0:
+        return Image.new(img.mode, img.size)  # every bit masked off: black, as Pillow < 13 gave
+    return timm_auto_augment.posterize(img, bits_to_keep, **kwargs)
+
+
+def keep_posterize_zero_bits(transform):
+    """``transform`` with its RandAugment's posterize taking 0 bits as Pillow before 13 did.
+
+    timm's increasing posterize ("inc1", as in the authors' rand-m9-mstd0.5-inc1) keeps
+    4 - int(magnitude * 0.4) bits: none at magnitude 10, which m9 with a magnitude std of 0.5
+    reaches about once in 700 RandAugment calls. Pillow 13 refuses 0 bits with a ValueError,
+    which would stop a training run (or count a good image as damaged). Only this transform's
+    operations change, not timm's tables.
+    """
+    for step in getattr(transform, "transforms", ()):
+        if isinstance(step, timm_auto_augment.RandAugment):
+            for op in step.ops:
+                if op.aug_fn is timm_auto_augment.posterize:
+                    op.aug_fn = _posterize
+    return transform
 
 
 def default_norm(in_chans: int) -> tuple[tuple[float, ...], tuple[float, ...]]:
@@ -89,6 +115,7 @@ def build_transforms(img_size: int, in_chans: int, augment: AugmentSettings,
         auto_augment=augment.auto_augment or None, re_prob=augment.re_prob, re_mode="pixel",
         interpolation=augment.interpolation, mean=mean, std=std, use_prefetcher=uint8_output,
     )
+    keep_posterize_zero_bits(train)
     evaluate = build_eval_transform(img_size, in_chans, eval_crop_pct, eval_interpolation,
                                     mean, std, uint8_output)
     return train, evaluate
