@@ -123,10 +123,10 @@ class Check:
         if not self.args.smoke:
             self.run("nvidia_smi", ["nvidia-smi"], 30)
 
-    def correctness(self) -> None:
-        """Everything that checks that vitmix works on the device, side by side. The smoke mode
-        runs one training of the list (they differ only in their flags) and the CUDA tests of
-        one file, to keep the test suite short."""
+    def correctness_jobs(self) -> list:
+        """Everything that checks that vitmix works on the device. The smoke mode runs one
+        training of the list (they differ only in their flags) and the CUDA tests of one file,
+        to keep the test suite short."""
         smoke = self.args.smoke
         trainings = [
             ("train_bf16", ["--amp", "auto"] if smoke else ["--amp", "auto", "--epochs", "2"]),
@@ -139,11 +139,11 @@ class Check:
                                              "--model-kwargs", "{}", "--img-size", "64",
                                              "--max-train-batches", "60"]),
         ]
-        jobs = [lambda: self.run("pytest_cuda", [
+        jobs = [self.kill_and_resume, self.torchrun,
+                lambda: self.run("pytest_cuda", [
                     sys.executable, "-m", "pytest", "-q", "-m", "cuda", "-p", "no:cacheprovider",
                     "--continue-on-collection-errors",
-                    "tests/test_cuda.py" if smoke else "tests/"], 240),
-                self.kill_and_resume, self.torchrun]
+                    "tests/test_cuda.py" if smoke else "tests/"], 240)]
         if smoke:
             name, flags = trainings[0]
             jobs.append(lambda: self.vitmix_train(name, flags, 240))
@@ -153,7 +153,11 @@ class Check:
             jobs += [lambda n=n, f=f: self.vitmix_train(n, f, 300) for n, f in trainings]
             jobs.append(lambda: self.vitmix_train("lean_refused", ["--lean-training"], 120,
                                                   expect=2))
-        with ThreadPoolExecutor(max_workers=2 if smoke else len(jobs)) as pool:
+        return jobs
+
+    @staticmethod
+    def side_by_side(jobs: list, at_once: int) -> None:
+        with ThreadPoolExecutor(max_workers=at_once) as pool:
             for future in [pool.submit(job) for job in jobs]:
                 future.result()
 
@@ -176,25 +180,28 @@ class Check:
         part = Part("kill_and_resume")
         self.parts.append(part)
         start = time.monotonic()
-        settings = ["--amp", "auto", "--loader", "dataloader", "--epochs", "2", "--re-prob",
-                    "0.25", "--progress-bar", "--log-interval", "1"]
+        epochs = 1 if self.args.smoke else 2
+        settings = ["--amp", "auto", "--loader", "dataloader", "--epochs", str(epochs),
+                    "--re-prob", "0.25", "--progress-bar", "--log-interval", "1"]
         if not self.args.smoke:
             settings += ["--max-train-batches", "40", "--workers", "4"]
         straight, stopped = self.out / "runs" / "straight", self.out / "runs" / "stopped"
         base = [sys.executable, "-m", "vitmix", "train", *self.train_args(), *settings]
         log_path = self.logs / "kill_and_resume.log"
+        started: list[subprocess.Popen] = []
         try:
-            with open(log_path, "w") as log:
-                done = subprocess.run([*base, "--out", str(straight), "--overwrite"], stdout=log,
-                                      stderr=subprocess.STDOUT, env=self.env, cwd=REPO,
-                                      timeout=min(300, self.left()))
-                part.detail["straight_exit"] = done.returncode
+            with open(log_path, "w") as log, open(self.logs / "straight.log", "w") as log2:
+                # The uninterrupted run beside the stopped one: they share nothing.
+                uninterrupted = subprocess.Popen([*base, "--out", str(straight), "--overwrite"],
+                                                 stdout=log2, stderr=subprocess.STDOUT,
+                                                 env=self.env, cwd=REPO)
                 proc = subprocess.Popen([*base, "--out", str(stopped), "--overwrite"],
                                         stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                                         env=self.env, cwd=REPO, text=True)
+                started += [uninterrupted, proc]
                 for line in proc.stdout:
                     log.write(line)
-                    if "epoch 1/2: update 2/" in line:
+                    if f"epoch 1/{epochs}: update 2/" in line:
                         proc.send_signal(signal.SIGTERM)
                 rest, _ = proc.communicate(timeout=min(120, self.left()))
                 log.write(rest or "")
@@ -204,12 +211,17 @@ class Check:
                                        str(stopped)], stdout=log, stderr=subprocess.STDOUT,
                                       env=self.env, cwd=REPO, timeout=min(300, self.left()))
                 part.detail["resumed_exit"] = done.returncode
+                part.detail["straight_exit"] = uninterrupted.wait(timeout=max(self.left(), 1))
             part.detail.update(_compare_runs(straight, stopped))
             ok = (part.detail["straight_exit"] == 0 and part.detail["stopped_exit"] == 75
                   and part.detail["resumed_exit"] == 0)
             part.status = "ok" if ok else "failed"
         except (subprocess.TimeoutExpired, OSError, KeyError, ValueError) as err:
             part.status, part.detail["error"] = "failed", f"{type(err).__name__}: {err}"
+        finally:
+            for process in started:  # none outlives its part
+                if process.poll() is None:
+                    process.kill()
         part.seconds = time.monotonic() - start
         return part
 
@@ -314,17 +326,21 @@ def main(argv: list[str] | None = None) -> int:
                   file=sys.stderr)
             return 2
     check = Check(args)
+    if args.smoke:
+        # Nothing is timed: every part at once, two at a time (the three table parts in one
+        # process: they share their code).
+        check.side_by_side([*check.correctness_jobs(), check.environment, check.input_decode,
+                            lambda: check.tables(["eager", "lean", "compiled"],
+                                                 "gpu_tables_eager", 240)], at_once=2)
+        return check.summary()
     check.environment()
     # The eager tables first and alone (the numbers the docs show), then the correctness parts
     # side by side, then the rest as the deadline allows.
-    if args.smoke:  # one process for the three parts: they share their code
-        check.tables(["eager", "lean", "compiled"], "gpu_tables_eager", 240)
-    else:
-        check.tables(["eager", "lean"], "gpu_tables_eager", 150)
-    check.correctness()
+    check.tables(["eager", "lean"], "gpu_tables_eager", 150)
+    jobs = check.correctness_jobs()
+    check.side_by_side(jobs, at_once=len(jobs))
     check.input_decode()
-    if not args.smoke:
-        check.tables(["compiled"], "gpu_tables_compiled", 400)
+    check.tables(["compiled"], "gpu_tables_compiled", 400)
     return check.summary()
 
 

@@ -207,7 +207,7 @@ def main(argv: list[str] | None = None) -> int:
     size, img_size = ("t", 32) if args.smoke else ("s12", 224)
     if args.smoke:
         args.batches, args.compiled_batches, args.backend = [2], [2], "eager"
-        args.repeats, args.warmup = 2, 1
+        args.repeats, args.warmup = 1, 0
     if device.type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
         torch.backends.cudnn.benchmark = True

@@ -86,7 +86,11 @@ def init_distributed(requested_device: str = "auto") -> DistContext:
         if not dist.is_initialized():
             if device.type == "cuda":
                 torch.cuda.set_device(device)
-            dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
+                # Naming the GPU binds the NCCL communicator to it at once (NCCL otherwise
+                # guesses it from the rank and warns that a guess can hang).
+                dist.init_process_group(backend="nccl", device_id=device)
+            else:
+                dist.init_process_group(backend="gloo")
         if dist.get_backend() != "gloo":
             host_group = dist.new_group(backend="gloo")
     return DistContext(rank, world_size, local_rank, device, host_group, launched)
