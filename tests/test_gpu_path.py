@@ -330,3 +330,25 @@ def test_a_run_logged_to_a_file_prints_lines_not_carriage_returns(image_tree, tm
     # 24 readable images in batches of 2: 12 updates per epoch, a line every 3.
     assert [line.split(",")[0] for line in out.splitlines() if ": update " in line] == [
         f"epoch {e}/2: update {u}/12 ({25 * u // 3}%)" for e in (1, 2) for u in (3, 6, 9, 12)]
+
+
+def test_a_run_stops_its_loader_workers_when_it_ends(image_tree, tmp_path, monkeypatch):
+    """A run object that outlives fit() (held here, as a reference cycle would hold it) must not
+    keep its persistent workers: they ignore SIGTERM, so multiprocessing's exit handler would
+    wait for them forever."""
+    import multiprocessing
+
+    held = []
+    finish = engine_module._Run.finish
+
+    def finish_and_hold(self):
+        held.append(self)
+        return finish(self)
+
+    monkeypatch.setattr(engine_module._Run, "finish", finish_and_hold)
+    try:
+        quiet_fit(tiny_config(image_tree, tmp_path / "run", workers=2, val_split=6, epochs=1))
+        assert held and multiprocessing.active_children() == []
+    finally:  # a failure here must not leave the test session waiting for them at its exit
+        for child in multiprocessing.active_children():
+            child.kill()

@@ -469,6 +469,21 @@ class _Run:
         return TensorBatchLoader(images.to(self.device), torch.from_numpy(labels).to(self.device),
                                  c.batch_size, self.sampler, augment)
 
+    def close_loaders(self) -> None:
+        """Stop the loaders' worker processes now, whoever still holds the run.
+
+        Persistent workers otherwise stop when their loader is collected; a run object kept
+        alive past the end of the process (by a reference cycle) would leave them to
+        multiprocessing's exit handler, whose SIGTERM they ignore (see
+        vitmix.data.seeding.ignore_stop_signals), and the process would wait for them forever.
+        """
+        for batches in (self.train_loader, self.val_loader, self.test_loader):
+            loader = getattr(batches, "loader", None)
+            iterator = getattr(loader, "_iterator", None)  # a DataLoader's live workers
+            if iterator is not None and hasattr(iterator, "_shutdown_workers"):
+                iterator._shutdown_workers()
+                loader._iterator = None
+
     def start_epoch(self, skip_batches: int = 0, skipped_by_workers: int = 0) -> None:
         """Order the loaders for the current epoch, from its batch ``skip_batches`` on (the
         batches that a loader with ``skipped_by_workers`` workers had yielded)."""
@@ -1034,6 +1049,8 @@ def fit(config: TrainConfig | None = None, resume: str | Path | None = None,
             hint = "no checkpoint was written yet, so there is nothing to resume"
         raise TrainingInterrupted(hint) from None
     finally:
+        if run is not None:
+            run.close_loaders()
         if lock is not None:
             if not finished:
                 _tidy_after_failure(run_dir, previous if moved_aside else None,
