@@ -70,7 +70,7 @@ class DeviceBatches:
         x = images.float().sub_(self.shift).div_(self.scale)
         if self._generator is not None:
             state = np.random.SeedSequence([self.seed, self.epoch, self.rank, batch])
-            self._generator.manual_seed(int(state.generate_state(1, np.uint64)[0] >> 1))
+            self._generator.manual_seed(int(state.generate_state(1, np.uint64)[0]) >> 1)
             x = random_erase(x, self.erase_prob, generator=self._generator)
         return x, torch.as_tensor(targets).to(self.device, non_blocking=True)
 
