@@ -253,6 +253,7 @@ def test_running_loss_matches_a_float64_sum_and_names_the_first_bad_update():
     for i, v in enumerate(values[25:], start=25):
         losses.add(torch.tensor(float("inf") if i in (31, 35) else v), update=i // 2)
     second = losses.read(DistContext())
+    assert losses.read(DistContext()) is second  # nothing added: the same reading, no collective
     assert second.first_bad_update == 15  # micro-batch 31 came before update 15
     assert not math.isfinite(second.epoch_mean)
     # A resumed epoch: what was carried counts once, and the next interval starts after it.

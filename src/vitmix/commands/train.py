@@ -217,13 +217,15 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
 
 def _trains_on_cpu(config: TrainConfig | None, resume: str | None) -> bool:
     """Whether the run will train on the CPU (the allocator setting is measured to pay there)."""
-    import torch
+    from ..train.distributed import resolve_device
 
     device = config.device if config is not None else "auto"
     if config is None:
         with contextlib.suppress(OSError, ValueError):  # fit() reports a broken folder
             device = TrainConfig.load(Path(resume) / "config.yaml").device
-    return device == "cpu" or (device == "auto" and not torch.cuda.is_available())
+    with contextlib.suppress(ValueError):  # a GPU asked for and missing: fit() says so
+        return resolve_device(device, 0).type == "cpu"
+    return False
 
 
 def run(args: argparse.Namespace) -> int:

@@ -590,7 +590,7 @@ class _Run:
             _seed_all(self.config.seed, self.epoch, self.ctx.rank)
             notes.append(f"the rest of epoch {self.epoch + 1} reads its images in another "
                          f"order than an uninterrupted run")
-        self.saved_update, self.saved_mid_epoch = self.num_updates, True
+        self.saved_mid_epoch = True
         return notes
 
     def save(self, best: bool, in_epoch: dict | None = None) -> None:

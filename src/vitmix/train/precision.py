@@ -16,6 +16,9 @@ from dataclasses import dataclass
 
 import torch
 
+from ..layers.checks import one_of
+from .config import AMP_MODES
+
 __all__ = ["NATIVE_BF16_CAPABILITY", "Precision", "has_native_bf16", "resolve_precision"]
 
 NATIVE_BF16_CAPABILITY = (8, 0)
@@ -54,8 +57,7 @@ class Precision:
 def resolve_precision(amp: str, device: torch.device,
                       native_bf16: Callable[[torch.device], bool] = has_native_bf16) -> Precision:
     """The precision ``amp`` ("auto", "off", "bf16", "fp16") means on ``device``."""
-    if amp not in ("auto", "off", "bf16", "fp16"):
-        raise ValueError(f"amp must be one of 'auto', 'off', 'bf16', 'fp16', got {amp!r}")
+    one_of(*AMP_MODES).check("amp", amp)
     if device.type != "cuda":
         return Precision("off" if amp == "auto" else amp, device.type)
     native = native_bf16(device)

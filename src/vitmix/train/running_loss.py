@@ -48,6 +48,7 @@ class RunningLoss:
         self.count = count  # micro-batches: known on the host without asking the device
         self.first_bad = torch.full((), _NONE, dtype=torch.int64, device=device)
         self._last = (float(carried[0]), int(carried[1]))  # all processes', at the last reading
+        self._reading: LossReading | None = None  # the last reading, until a loss is added
 
     def add(self, loss: torch.Tensor, update: int) -> None:
         """One micro-batch's (mean) loss; ``update`` is the number of updates done before it."""
@@ -57,10 +58,14 @@ class RunningLoss:
         self.first_bad = torch.where(bad, torch.clamp(self.first_bad, max=update),
                                      self.first_bad)
         self.count += 1
+        self._reading = None
 
     def read(self, ctx: DistContext) -> LossReading:
         """Every process's sums, brought together (a collective: all processes call it at the
-        same micro-batch)."""
+        same micro-batch). Read again with nothing added since (the epoch's end right after a
+        report), it is the same reading, without another collective."""
+        if self._reading is not None:
+            return self._reading
         sums = torch.stack([self.total, torch.tensor(float(self.count), dtype=torch.float64,
                                                      device=self.total.device)])
         all_reduce_sum(sums, ctx)
@@ -70,8 +75,9 @@ class RunningLoss:
         self._last = (total, count)
         interval = count - last_count
         bad = int(first_bad)
-        return LossReading(
+        self._reading = LossReading(
             epoch_mean=total / count if count else math.nan, epoch_total=total,
             epoch_count=int(count),
             interval_mean=(total - last_total) / interval if interval else math.nan,
             first_bad_update=None if bad == _NONE else bad)
+        return self._reading
