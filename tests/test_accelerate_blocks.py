@@ -12,8 +12,8 @@ import torch
 import vitmix  # noqa: F401  (registers the models)
 from vitmix.accelerate import accelerate, accelerated_modules, kernels, restore, set_enabled
 from vitmix.complexity import count_macs
-from vitmix.models.groupmixformer import GroupMixBlock
-from vitmix.models.metaformer import MetaFormerBlock
+from vitmix.models.vitmix_groupmixformer import GroupMixBlock
+from vitmix.models.vitmix_metaformer import MetaFormerBlock
 
 pytestmark = pytest.mark.skipif(not kernels.HAS_FUSED_CONV, reason="no oneDNN in this torch")
 

@@ -399,7 +399,7 @@ def test_whole_models_train_as_the_plain_models(lean_calls, name):
 
 
 def _metaformer_block(token_mixer: str, groups: int, cca: bool) -> nn.Module:
-    from vitmix.models.metaformer import MetaFormerBlock
+    from vitmix.models.vitmix_metaformer import MetaFormerBlock
     torch.manual_seed(0)
     block = MetaFormerBlock(16, token_mixer, mlp_ratio=4, mlp_groups=groups, cca=cca,
                             cca_schedule="learned", drop=0.0, drop_path=0.0,

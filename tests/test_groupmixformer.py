@@ -8,7 +8,7 @@ import vitmix  # noqa: F401  (registers the models)
 from vitmix.complexity import count_macs, count_params
 from vitmix.layers.group_mix import GroupMixAttention
 from vitmix.layers.scheme import SchemeMlp
-from vitmix.models.groupmixformer import GroupMixFormer
+from vitmix.models.vitmix_groupmixformer import GroupMixFormer
 
 # (model, params in millions, MACs at 224 in G), from the reference table (authors' release,
 # counted with fvcore).

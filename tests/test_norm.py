@@ -19,7 +19,7 @@ from vitmix.layers.norm import (
     GroupNorm1,
     crashing_backward_case,
 )
-from vitmix.models.metaformer import MetaFormerBlock
+from vitmix.models.vitmix_metaformer import MetaFormerBlock
 
 # The bare case, in a process of its own since on the affected versions it dies of SIGSEGV.
 BARE_CASE = """

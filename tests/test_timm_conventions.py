@@ -9,8 +9,8 @@ import torch
 import vitmix  # noqa: F401  (registers the models)
 from vitmix.layers import SchemeMlp
 from vitmix.layers.stems import ConvStem
-from vitmix.models.groupmixformer import GroupMixFormer
-from vitmix.models.metaformer import MetaFormer
+from vitmix.models.vitmix_groupmixformer import GroupMixFormer
+from vitmix.models.vitmix_metaformer import MetaFormer
 
 
 def tiny_metaformer(**kwargs) -> MetaFormer:

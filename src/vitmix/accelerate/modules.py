@@ -25,8 +25,8 @@ from torch import nn
 from ..layers.group_mix import GroupMixAttention, depthwise_conv_channels_last
 from ..layers.scheme import SchemeMlp
 from ..layers.token_mixers import Pooling
-from ..models.groupmixformer import GroupMixBlock
-from ..models.metaformer import MetaFormerBlock
+from ..models.vitmix_groupmixformer import GroupMixBlock
+from ..models.vitmix_metaformer import MetaFormerBlock
 from . import kernels, training
 from .kernels import RowKernel
 

@@ -8,8 +8,8 @@ from torch import nn
 from ..layers.group_mix import GroupMixAttention
 from ..layers.scheme import SchemeMlp
 from ..layers.token_mixers import SelfAttention
-from ..models.groupmixformer import GroupMixBlock
-from ..models.metaformer import MetaFormerBlock
+from ..models.vitmix_groupmixformer import GroupMixBlock
+from ..models.vitmix_metaformer import MetaFormerBlock
 from .modules import (
     AcceleratedGroupMixAttention,
     AcceleratedGroupMixBlock,

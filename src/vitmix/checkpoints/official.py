@@ -116,7 +116,7 @@ def describe_groupmixformer(state_dict: Mapping[str, torch.Tensor]) -> dict:
     Returns dict(dims, depths, mlp_ratios, num_classes, model) with model None when no
     registered variant has these sizes.
     """
-    from ..models.groupmixformer import MODEL_SPECS
+    from ..models.vitmix_groupmixformer import MODEL_SPECS
 
     dims, depths, ratios = [], [], []
     stage = 0

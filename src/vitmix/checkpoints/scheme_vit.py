@@ -33,7 +33,7 @@ import torch
 from torch import nn
 
 from ..factory import build_model
-from ..models.metaformer import ARCHS as METAFORMER_ARCHS
+from ..models.vitmix_metaformer import ARCHS as METAFORMER_ARCHS
 from .state_dicts import unwrap_state_dict
 
 __all__ = ["SchemeformerImport", "convert_schemeformer"]
