@@ -299,7 +299,7 @@ def test_registered_metaformer_defaults(name):
     assert tuple(info["num_chs"] for info in model.feature_info) == dims
     assert model.img_size == (size, size)
     assert model.pretrained_cfg["input_size"] == (3, size, size)
-    assert model.pretrained_cfg["first_conv"] == "stages.0.downsample"
+    assert model.pretrained_cfg["pool_size"] == (size // 32, size // 32)
     assert model.pretrained_cfg["crop_pct"] == 0.9 and model.num_classes == 1000
     mixers = [type(s.blocks[0].token_mixer).__name__ for s in model.stages]
     assert mixers == ["Pooling", "Pooling", "SelfAttention", "SelfAttention"]
@@ -309,8 +309,12 @@ def test_registered_metaformer_defaults(name):
     assert {m.cca_schedule for m in model.modules() if isinstance(m, SchemeMlp)} <= {"learned"}
     assert {m.channel_shuffle for m in model.modules() if isinstance(m, SchemeMlp)} <= {
         name.endswith("_shuffle")}
+    # first_conv names the convolution that sees the image.
+    first_conv = model.get_submodule(model.pretrained_cfg["first_conv"])
+    assert isinstance(first_conv, torch.nn.Conv2d) and first_conv.in_channels == 3
     if name.endswith("_convstem"):
         assert isinstance(model.stages[0].downsample, ConvStem)
+        assert first_conv is model.stages[0].downsample[0]
     else:
         assert isinstance(model.stages[0].downsample, torch.nn.Conv2d)  # the patch stem
         assert model.stages[0].downsample.kernel_size == (7, 7)
@@ -326,6 +330,7 @@ def test_registered_groupmixformer_defaults(name):
     assert model.img_size == (224, 224) and model.num_classes == 1000
     assert model.pretrained_cfg["input_size"] == (3, 224, 224)
     assert model.pretrained_cfg["first_conv"] == "stem.conv1"
+    assert model.pretrained_cfg["pool_size"] == (7, 7)
     assert [{_mlp_layout(b) for b in s.blocks} for s in model.stages] == [
         {(r, groups, cca)} for r in ratios]
     attn = [b.attn for s in model.stages for b in s.blocks]

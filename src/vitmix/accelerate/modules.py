@@ -23,7 +23,7 @@ from timm.layers import Mlp
 from torch import nn
 
 from ..layers.group_mix import GroupMixAttention, depthwise_conv_channels_last
-from ..layers.scheme import SchemeMlp
+from ..layers.scheme import SchemeMlp, check_channels
 from ..layers.token_mixers import Pooling
 from ..models.vitmix_groupmixformer import GroupMixBlock
 from ..models.vitmix_metaformer import MetaFormerBlock
@@ -238,7 +238,8 @@ class AcceleratedSchemeMlp(SchemeMlp):
                 or not _trains_lean(self, x, self.fc1.weight)):
             return None
         where = "dimension 1 (channels first)" if self.channels_first else "the last dimension"
-        self.fc1._check_channels(x.shape[1] if self.channels_first else x.shape[-1], where)
+        check_channels(x, 1 if self.channels_first else -1, self.fc1.in_features,
+                       "BlockDiagonalLinear", where)
         rows, back = kernels.rows_and_back(x, self.channels_first)
         mlp_scale = out_scale
         if self.cca is not None:
@@ -265,7 +266,8 @@ class AcceleratedSchemeMlp(SchemeMlp):
         if not kernels.inference_allowed(x, self.fc1.weight):
             return super().forward_mlp(x)
         where = "dimension 1 (channels first)" if self.channels_first else "the last dimension"
-        self.fc1._check_channels(x.shape[1] if self.channels_first else x.shape[-1], where)
+        check_channels(x, 1 if self.channels_first else -1, self.fc1.in_features,
+                       "BlockDiagonalLinear", where)
         branch = derived(self, self._kernels)[0]
         return kernels.apply_row_kernel(branch, x, self.out_features, self.channels_first)
 

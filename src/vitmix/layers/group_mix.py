@@ -33,8 +33,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .tracing import is_fx_tracing, shape_text
+
 __all__ = ["ConvRelPosEnc", "FastWeights", "GroupAggregator", "GroupMixAttention",
-           "SeparableConv2d", "SkipBranch", "conv_memory_format", "depthwise_conv_channels_last"]
+           "SeparableConv2d", "SkipBranch", "depthwise_conv_channels_last", "to_conv_layout"]
 
 ATTN_MODES = ("factorized", "softmax")
 IMPLS = ("fast", "reference")
@@ -43,12 +45,12 @@ NUM_SEGMENTS = 5
 PROXY_KERNELS = (1, 3, 5, 7)
 
 
-def conv_memory_format(x: torch.Tensor) -> torch.memory_format:
-    """Channels-last, except where PyTorch has no fast channels-last depthwise kernel (float64
-    on CPU falls back to one tiny convolution per channel)."""
+def to_conv_layout(x: torch.Tensor) -> torch.Tensor:
+    """A (B, C, H, W) map stored channels-last, except where PyTorch has no fast channels-last
+    depthwise kernel (float64 on CPU falls back to one tiny convolution per channel)."""
     if x.dtype == torch.float64 and x.device.type == "cpu":
-        return torch.contiguous_format
-    return torch.channels_last
+        return x.contiguous()
+    return x.contiguous(memory_format=torch.channels_last)
 
 
 def depthwise_conv_channels_last(x: torch.Tensor, weight: torch.Tensor,
@@ -58,9 +60,20 @@ def depthwise_conv_channels_last(x: torch.Tensor, weight: torch.Tensor,
     oneDNN's depthwise kernels are many times faster on channels-last memory than on NCHW,
     and this layout is the one the linear layers around it produce and consume.
     """
-    x = x.permute(0, 3, 1, 2).contiguous(memory_format=conv_memory_format(x))
+    x = to_conv_layout(x.permute(0, 3, 1, 2))
     k = weight.shape[-1]
     return F.conv2d(x, weight, bias, padding=k // 2, groups=weight.shape[0]).permute(0, 2, 3, 1)
+
+
+def check_channels_last_map(x: torch.Tensor, dim: int) -> None:
+    if x.dim() != 4 or x.shape[-1] != dim:
+        raise ValueError("GroupMixAttention expects channels-last maps (B, H, W, " + str(dim)
+                         + "), got " + shape_text(x.shape))
+
+
+# Recorded as calls by torch.fx (see vitmix.layers.tracing): they read dtypes and shapes.
+torch.fx.wrap("to_conv_layout")
+torch.fx.wrap("check_channels_last_map")
 
 
 def batchnorm_affine(norm: nn.BatchNorm2d) -> tuple[torch.Tensor, torch.Tensor]:
@@ -133,9 +146,9 @@ class ConvRelPosEnc(nn.Module):
     def position_term(self, v: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
         """dwconv of v (B, heads, N, head_dim), returned in the same layout."""
         b, h, n, d = v.shape
-        v_map = v.transpose(-1, -2).reshape(b, h * d, *size)
-        parts = [conv(part) for conv, part in
-                 zip(self.convs, v_map.split(self.channel_splits, 1), strict=True)]
+        v_map = v.transpose(-1, -2).reshape(b, h * d, size[0], size[1])
+        splits = v_map.split(self.channel_splits, 1)
+        parts = [conv(splits[i]) for i, conv in enumerate(self.convs)]
         return torch.cat(parts, dim=1).reshape(b, h, d, n).transpose(-1, -2)
 
     def channel_kernel_sizes(self) -> list[int]:
@@ -235,17 +248,20 @@ class GroupMixAttention(nn.Module):
         return f"dim={self.dim}, num_heads={self.num_heads}, attn={self.attn}, impl={self.impl}"
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if x.dim() != 4 or x.shape[-1] != self.dim:
-            raise ValueError(f"GroupMixAttention expects channels-last maps (B, H, W, {self.dim}), "
-                             f"got {tuple(x.shape)}")
-        # The reference handles heads that straddle two segments, and is what ONNX export
-        # records (the exporter mistranslates the fast path's writes into strided views).
-        if (self.impl == "fast" and self.num_heads % (NUM_SEGMENTS - 1) == 0
-                and not torch.onnx.is_in_onnx_export()):
-            out = self._forward_fast(x)
-        else:
-            out = self.proj(self._forward_reference(x))
-        return self.proj_drop(out)
+        check_channels_last_map(x, self.dim)
+        # The fast path in eager mode and under torch.compile; TorchScript compiles the
+        # reference only (the fast path's Python is beyond it).
+        if not torch.jit.is_scripting():
+            if self._runs_fast():
+                return self.proj_drop(self._forward_fast(x))
+        return self.proj_drop(self.proj(self._forward_reference(x)))
+
+    def _runs_fast(self) -> bool:
+        """The reference handles heads that straddle two segments; it is what ONNX export
+        records (the exporter mistranslates the fast path's writes into strided views) and
+        what torch.fx records (the plain form, free of in-place writes into strided views)."""
+        return (self.impl == "fast" and self.num_heads % (NUM_SEGMENTS - 1) == 0
+                and not torch.onnx.is_in_onnx_export() and not is_fx_tracing())
 
     def _attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
         """q, k, v: (B, heads, N, head_dim) -> the same layout, without the position term."""
@@ -261,9 +277,9 @@ class GroupMixAttention(nn.Module):
         # in training their BatchNorm statistics are taken over all three together.
         qkv = self.qkv(x).reshape(b, n, 3, c).permute(2, 0, 3, 1).reshape(3 * b, c, h, w)
         segments = qkv.split(seg, dim=1)
-        proxies = [agg(s) for agg, s in zip(self.aggregators, segments[:4], strict=True)]
-        proxies = torch.cat(proxies, dim=1)
-        q, k, v = proxies.reshape(3, b, self.num_heads, self.head_dim, n).transpose(-1, -2)
+        proxies = torch.cat([agg(segments[i]) for i, agg in enumerate(self.aggregators)], dim=1)
+        q, k, v = proxies.reshape(3, b, self.num_heads, self.head_dim, n).transpose(-1, -2
+                                                                                  ).unbind(0)
 
         skipped = segments[4].reshape(3, b, seg, h, w).transpose(0, 1).reshape(b, 3 * seg, h, w)
         skipped = self.skip_branch(skipped)

@@ -14,8 +14,12 @@ its output back channels-last: the same values, two more copies, no crash.
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from timm.layers import GroupNorm1 as _TimmGroupNorm1
+from timm.layers.fast_norm import fast_group_norm
 from torch.torch_version import TorchVersion
+
+from .tracing import is_fx_tracing
 
 __all__ = ["GROUP_NORM_CHANNELS_LAST_BACKWARD_CRASHES", "GroupNorm1", "crashing_backward_case"]
 
@@ -29,6 +33,8 @@ def crashing_backward_case(x: torch.Tensor, weight: torch.Tensor | None,
     """Whether autograd could run the crashing CPU backward on ``x``: grad mode, a CPU map
     (4-D or 5-D) not stored contiguously that needs no gradient, and a weight or bias that
     does. (Tracing is left alone: a traced graph is for inference.)"""
+    if is_fx_tracing():
+        return False
     if x.requires_grad or not torch.is_grad_enabled() or x.device.type != "cpu":
         return False
     if x.dim() not in (4, 5) or x.is_contiguous():
@@ -51,8 +57,13 @@ class GroupNorm1(_TimmGroupNorm1):
     steers clear of the crashing CPU backward (see the module's doc)."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if GROUP_NORM_CHANNELS_LAST_BACKWARD_CRASHES and crashing_backward_case(
-                x, self.weight, self.bias):
-            y = super().forward(x.contiguous())
-            return y.contiguous(memory_format=_channels_last_format(x))
-        return super().forward(x)
+        # Not in TorchScript (an inference graph, and the check reads a Python global).
+        if not torch.jit.is_scripting():
+            if GROUP_NORM_CHANNELS_LAST_BACKWARD_CRASHES and crashing_backward_case(
+                    x, self.weight, self.bias):
+                y = super().forward(x.contiguous())
+                return y.contiguous(memory_format=_channels_last_format(x))
+        # timm's forward, written out: TorchScript cannot compile a call through super().
+        if self._fast_norm:
+            return fast_group_norm(x, self.num_groups, self.weight, self.bias, self.eps)
+        return F.group_norm(x, self.num_groups, self.weight, self.bias, self.eps)

@@ -26,9 +26,30 @@ from .checks import (
     check_positive_number,
     check_probability,
 )
+from .tracing import is_fx_tracing, shape_text, shape_with
 
 __all__ = ["BlockDiagonalLinear", "ChannelCovarianceAttention", "SchemeMlp", "cosine_cca_weight",
            "covariance_softmax", "shuffle_channels"]
+
+
+def check_channels(x: torch.Tensor, dim: int, expected: int, owner: str, where: str) -> None:
+    """Refuse a tensor whose dimension ``dim`` is not ``expected`` channels, in one line."""
+    got = x.shape[dim]
+    if got != expected:
+        raise ValueError(owner + " expected " + str(expected) + " input channels in " + where
+                         + ", got " + str(got))
+
+
+def check_channels_first_input(x: torch.Tensor, owner: str) -> None:
+    if x.dim() < 3:
+        raise ValueError(owner + "(channels_first=True) expects (B, C, ...), got "
+                         + shape_text(x.shape))
+
+
+# Recorded as calls by torch.fx (see vitmix.layers.tracing): they read shapes.
+torch.fx.wrap("check_channels")
+torch.fx.wrap("check_channels_first_input")
+torch.fx.wrap("shape_with")
 
 
 def _check_divisible(name: str, value: int, groups: int) -> None:
@@ -78,13 +99,6 @@ class BlockDiagonalLinear(nn.Module):
             f"groups={self.groups}, bias={self.bias is not None}"
         )
 
-    def _check_channels(self, got: int, where: str) -> None:
-        if got != self.in_features:
-            raise ValueError(
-                f"{type(self).__name__} expected {self.in_features} input channels in {where}, "
-                f"got {got}"
-            )
-
     # Grouped layout (G, M, in/G) -> (G, M, out/G): the form SchemeMlp keeps between fc1 and fc2.
     def forward_grouped(self, xg: torch.Tensor) -> torch.Tensor:
         if self.bias is None:
@@ -94,26 +108,27 @@ class BlockDiagonalLinear(nn.Module):
 
     def to_grouped(self, x: torch.Tensor) -> torch.Tensor:
         """(..., in) -> (G, M, in/G), a strided view where the input allows it."""
-        self._check_channels(x.shape[-1], "the last dimension")
+        check_channels(x, -1, self.in_features, "BlockDiagonalLinear", "the last dimension")
         return x.reshape(-1, self.groups, self.in_features // self.groups).transpose(0, 1)
 
-    def from_grouped(self, yg: torch.Tensor, lead_shape: torch.Size) -> torch.Tensor:
-        return yg.transpose(0, 1).reshape(*lead_shape, self.out_features)
+    def from_grouped(self, yg: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+        """(G, M, out/G) -> (..., out), the leading dimensions those of ``like`` (..., in)."""
+        return yg.transpose(0, 1).reshape(shape_with(like.shape, -1, self.out_features))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.groups == 1:
             return F.linear(x, self.weight[0], self.bias)
-        return self.from_grouped(self.forward_grouped(self.to_grouped(x)), x.shape[:-1])
+        return self.from_grouped(self.forward_grouped(self.to_grouped(x)), x)
 
     # Channels-first (B, in, *spatial) -> (B, out, *spatial), without moving channels last.
     def forward_channels_first(self, x: torch.Tensor) -> torch.Tensor:
-        self._check_channels(x.shape[1], "dimension 1 (channels first)")
-        b, spatial = x.shape[0], x.shape[2:]
-        xg = x.reshape(b, self.groups, self.in_features // self.groups, -1)
+        check_channels(x, 1, self.in_features, "BlockDiagonalLinear",
+                       "dimension 1 (channels first)")
+        xg = x.reshape(x.shape[0], self.groups, self.in_features // self.groups, -1)
         y = torch.matmul(self.weight, xg)  # (B, G, out/G, S)
         if self.bias is not None:
             y = y + self.bias.view(1, self.groups, -1, 1)
-        return y.reshape(b, self.out_features, *spatial)
+        return y.reshape(shape_with(x.shape, 1, self.out_features))
 
     def to_dense(self) -> torch.Tensor:
         """The equivalent dense (out, in) weight."""
@@ -161,23 +176,29 @@ class ChannelCovarianceAttention(nn.Module):
 
     def _attention_from_features(self, feats: torch.Tensor) -> torch.Tensor:
         """A from X^T, (B, C, N) -> (B, C, C)."""
-        return covariance_softmax(feats, self.logit_scale(*feats.shape[1:]))
+        return covariance_softmax(feats, self.logit_scale(feats.shape[1], feats.shape[2]))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if x.dim() == 0:
-            raise ValueError("ChannelCovarianceAttention expects (..., C), got a scalar")
-        # timm's Mlp takes (..., C) in any mode, so this does too: (B, C) is one token per
-        # sample, and a lone (C,) token one sample of one token.
-        tokens = x.reshape(x.shape[0] if x.dim() > 1 else 1, -1, x.shape[-1])
+        tokens = x.reshape(cca_token_shape(x))
         out = torch.bmm(tokens, self.attention(tokens).transpose(1, 2))
         return out.reshape(x.shape)
 
     def forward_channels_first(self, x: torch.Tensor) -> torch.Tensor:
         """(B, C, *spatial): the same operator, computed without moving channels last."""
-        b, c = x.shape[:2]
-        feats = x.reshape(b, c, -1)  # X^T, (B, C, N)
+        feats = x.flatten(2)  # X^T, (B, C, N)
         attn = self._attention_from_features(feats)
         return torch.bmm(attn, feats).reshape(x.shape)  # (X A^T)^T = A X^T
+
+
+def cca_token_shape(x: torch.Tensor) -> list[int]:
+    """The (B, N, C) shape CCA sees ``x`` as. timm's Mlp takes (..., C) in any mode, so CCA
+    does too: (B, C) is one token per sample, and a lone (C,) token one sample of one token."""
+    if x.dim() == 0:
+        raise ValueError("ChannelCovarianceAttention expects (..., C), got a scalar")
+    return [x.shape[0] if x.dim() > 1 else 1, -1, x.shape[-1]]
+
+
+torch.fx.wrap("cca_token_shape")
 
 
 def _is_channels_last_memory(x: torch.Tensor) -> bool:
@@ -188,11 +209,11 @@ def _is_channels_last_memory(x: torch.Tensor) -> bool:
 # permute() with explicit non-negative axes rather than movedim(1, -1): ONNX's exporter turns
 # the latter into a Transpose with a negative axis, which onnxruntime rejects.
 def _channels_to_last(x: torch.Tensor) -> torch.Tensor:
-    return x.permute(0, *range(2, x.dim()), 1)
+    return x.permute([0] + list(range(2, x.dim())) + [1])
 
 
 def _channels_to_first(x: torch.Tensor) -> torch.Tensor:
-    return x.permute(0, x.dim() - 1, *range(1, x.dim() - 1))
+    return x.permute([0, x.dim() - 1] + list(range(1, x.dim() - 1)))
 
 
 def shuffle_channels(x: torch.Tensor, groups: int, dim: int) -> torch.Tensor:
@@ -344,8 +365,8 @@ class SchemeMlp(nn.Module):
             cosine = start * 0.5 * (1.0 + torch.cos(math.pi * p))
             cca_w = torch.where(p >= 1.0, torch.zeros_like(cosine), cosine)
             return 1.0 - cca_w, cca_w
-        a, cca_w = torch.softmax(self.mix_logits, dim=0).unbind(0)
-        return a, cca_w
+        weights = torch.softmax(self.mix_logits, dim=0)
+        return weights[0], weights[1]
 
     def cca_weight(self) -> float:
         """Current weight (1 - a) of the CCA branch; 0 when the branch is absent."""
@@ -377,12 +398,12 @@ class SchemeMlp(nn.Module):
     def has_norm(self) -> bool:
         return not isinstance(self.norm, nn.Identity)
 
-    def _norm_grouped(self, h: torch.Tensor, lead: torch.Size) -> torch.Tensor:
+    def _norm_grouped(self, h: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         """The hidden norm on the grouped (G, M, hidden/G) activation: it normalises over the
         whole hidden width, so it sees the (..., hidden) tokens a dense Mlp would give it."""
         if not self.has_norm:
             return h
-        tokens = self.fc1.from_grouped(h, lead)
+        tokens = self.fc1.from_grouped(h, x)
         return self.fc2.to_grouped(self.norm(tokens))
 
     @property
@@ -395,8 +416,8 @@ class SchemeMlp(nn.Module):
         """The channel shuffle on the grouped (G, M, hidden/G) activation, in one copy: the
         token-major (M, hidden/G, G) order is the shuffled hidden vector, which is then cut
         into fc2's G contiguous groups again."""
-        m = h.shape[1]
-        return h.permute(1, 2, 0).reshape(m, self.groups, -1).transpose(0, 1)
+        return h.permute(1, 2, 0).reshape(-1, self.groups, self.hidden_features // self.groups
+                                          ).transpose(0, 1)
 
     def forward_mlp(self, x: torch.Tensor) -> torch.Tensor:
         """The block-diagonal MLP branch alone:
@@ -406,18 +427,24 @@ class SchemeMlp(nn.Module):
         return self._mlp_channels_last(x)
 
     def _mlp_channels_last(self, x: torch.Tensor) -> torch.Tensor:
-        lead = x.shape[:-1]
         h = self.fc1.forward_grouped(self.fc1.to_grouped(x))
-        h = self._norm_grouped(self.drop1(self.act(h)), lead)
+        h = self._norm_grouped(self.drop1(self.act(h)), x)
         if self.shuffles:
             h = self._shuffle_grouped(h)
         y = self.fc2.forward_grouped(h)
-        return self.drop2(self.fc2.from_grouped(y, lead))
+        return self.drop2(self.fc2.from_grouped(y, x))
+
+    def _reads_channels_last_in_place(self, x: torch.Tensor) -> bool:
+        """Whether a (B, C, H, W) map is stored as (B, H, W, C), so that the channels-last
+        kernels can read it in place. Not with a hidden norm, which (as in timm's use_conv
+        Mlp) takes (B, C, H, W) maps; and not while torch.fx records the layer, which has no
+        memory layout to look at (it records the layout-free path, the same function)."""
+        if self.has_norm or is_fx_tracing():
+            return False
+        return _is_channels_last_memory(x)
 
     def _mlp_channels_first(self, x: torch.Tensor) -> torch.Tensor:
-        if _is_channels_last_memory(x) and not self.has_norm:
-            # (B, C, H, W) stored as (B, H, W, C): the channels-last kernels read it in place.
-            # Not with a hidden norm, which (as in timm's use_conv Mlp) takes (B, C, H, W) maps.
+        if self._reads_channels_last_in_place(x):
             return _channels_to_first(self._mlp_channels_last(_channels_to_last(x)))
         h = self.norm(self.drop1(self.act(self.fc1.forward_channels_first(x))))
         if self.shuffles:
@@ -425,10 +452,8 @@ class SchemeMlp(nn.Module):
         return self.drop2(self.fc2.forward_channels_first(h))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.channels_first and x.dim() < 3:
-            raise ValueError(
-                f"SchemeMlp(channels_first=True) expects (B, C, ...), got {tuple(x.shape)}"
-            )
+        if self.channels_first:
+            check_channels_first_input(x, "SchemeMlp")
         y = self.forward_mlp(x)
         if self.cca is None:
             return y

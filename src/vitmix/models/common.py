@@ -18,6 +18,7 @@ from ..layers.checks import (
     check_positive_number,
 )
 from ..layers.scheme import CCA_SCHEDULES, SchemeMlp
+from ..layers.tracing import shape_text
 
 # Both families divide the map by 4 in the stem and halve it three times: inputs must be
 # multiples of 32.
@@ -36,16 +37,21 @@ def check_img_size(img_size: int | Sequence[int], multiple: int = INPUT_MULTIPLE
 
 
 def check_input(x: torch.Tensor, in_chans: int, multiple: int = INPUT_MULTIPLE) -> None:
-    """Reject an image batch the model cannot take, before any work is done."""
-    expected = f"expected images of shape (B, {in_chans}, H, W), got shape {tuple(x.shape)}"
+    """Reject an image batch the model cannot take, before any work is done.
+
+    Written in TorchScript's subset, so a scripted model refuses a bad batch in the same line;
+    the model modules wrap it for torch.fx (see vitmix.layers.tracing)."""
+    expected = ("expected images of shape (B, " + str(in_chans) + ", H, W), got shape "
+                + shape_text(x.shape))
     if x.dim() != 4:
         raise ValueError(expected)
     if x.shape[1] != in_chans:
-        raise ValueError(f"{expected}: expected {in_chans} input channels, got {x.shape[1]}")
-    h, w = x.shape[-2:]
-    if h % multiple or w % multiple:
-        raise ValueError(f"input size {h}x{w} is not supported: height and width must be "
-                         f"multiples of {multiple}")
+        raise ValueError(expected + ": expected " + str(in_chans) + " input channels, got "
+                         + str(x.shape[1]))
+    h, w = x.shape[2], x.shape[3]
+    if h % multiple != 0 or w % multiple != 0:
+        raise ValueError("input size " + str(h) + "x" + str(w) + " is not supported: height "
+                         "and width must be multiples of " + str(multiple))
 
 
 def check_stage_sizes(depths: Sequence[int], dims: Sequence[int]) -> int:

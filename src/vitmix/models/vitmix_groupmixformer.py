@@ -29,8 +29,8 @@ from ..layers.group_mix import (
     IMPLS,
     GroupMixAttention,
     SeparableConv2d,
-    conv_memory_format,
     depthwise_conv_channels_last,
+    to_conv_layout,
 )
 from ..layers.scheme import BlockDiagonalLinear
 from .common import (
@@ -46,6 +46,11 @@ from .common import (
 )
 
 __all__ = ["ConvStem", "GroupMixBlock", "GroupMixFormer", "GroupMixStage", "PatchEmbed"]
+
+# Recorded as calls by torch.fx (see vitmix.layers.tracing): they read shapes and dtypes.
+torch.fx.wrap("check_input")
+torch.fx.wrap("to_conv_layout")
+torch.fx.wrap("depthwise_conv_channels_last")
 
 class ConvStem(nn.Module):
     """Two 3x3 stride-2 convs (with bias), each followed by BatchNorm and Hardswish.
@@ -69,7 +74,7 @@ class ConvStem(nn.Module):
         check_input(x, self.in_chans)
         # Channels-last from here on: every later conv is depthwise or follows a channels-last
         # block, and oneDNN's depthwise kernels are much faster on that layout.
-        x = x.contiguous(memory_format=conv_memory_format(x))
+        x = to_conv_layout(x)
         x = self.act1(self.norm1(self.conv1(x)))
         return self.act2(self.norm2(self.conv2(x)))
 

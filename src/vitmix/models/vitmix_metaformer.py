@@ -32,6 +32,7 @@ from ..layers.scheme import BlockDiagonalLinear
 from ..layers.stems import make_stem
 from ..layers.token_mixers import TOKEN_MIXERS
 from .common import (
+    INPUT_MULTIPLE,
     PooledClassifierMixin,
     build_on,
     check_global_pool,
@@ -69,6 +70,20 @@ class MetaFormerBlock(nn.Module):
         return x + self.drop_path2(self.ls2(self.mlp(self.norm2(x))))
 
 
+def pos_embed_for(pos_embed: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """The (1, C, h, w) position embedding at the size of the (B, C, H, W) map ``x``: itself,
+    or resized bicubically for another input size."""
+    size = [x.shape[2], x.shape[3]]
+    if pos_embed.shape[2] == size[0] and pos_embed.shape[3] == size[1]:
+        return pos_embed
+    return F.interpolate(pos_embed, size=size, mode="bicubic", align_corners=False)
+
+
+# Recorded as calls by torch.fx (see vitmix.layers.tracing): they read shapes.
+torch.fx.wrap("check_input")
+torch.fx.wrap("pos_embed_for")
+
+
 class MetaFormerStage(nn.Module):
     """Downsampling, then an optional learned position embedding, then the blocks."""
 
@@ -99,17 +114,12 @@ class MetaFormerStage(nn.Module):
         if self.pos_embed is not None:
             trunc_normal_(self.pos_embed, std=0.02)
 
-    def resized_pos_embed(self, size: tuple[int, int]) -> torch.Tensor:
-        if self.pos_embed.shape[-2:] == size:
-            return self.pos_embed
-        return F.interpolate(self.pos_embed, size=size, mode="bicubic", align_corners=False)
-
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.input_chans is not None:
             check_input(x, self.input_chans)
         x = self.downsample(x)
         if self.pos_embed is not None:
-            x = x + self.resized_pos_embed(tuple(x.shape[-2:]))
+            x = x + pos_embed_for(self.pos_embed, x)
         if self.grad_checkpointing and not torch.jit.is_scripting():
             return checkpoint_seq(self.blocks, x)
         return self.blocks(x)
@@ -255,13 +265,20 @@ def _create(variant: str, pretrained: bool = False, **kwargs) -> MetaFormer:
     )
 
 
-def _cfg(input_size: int = 224, **kwargs) -> dict:
+def _cfg(input_size: int = 224, stem: str = "patch", **kwargs) -> dict:
+    """timm's pretrained_cfg: ``pool_size`` is the last map's size (the input over 32), and
+    ``first_conv`` the convolution that sees the image (timm adapts its weight to another
+    ``in_chans``): the patch stem is one, the conv stem's is its first layer."""
     return dict(
-        url="", num_classes=1000, input_size=(3, input_size, input_size), pool_size=None,
+        url="", num_classes=1000, input_size=(3, input_size, input_size),
+        pool_size=(input_size // INPUT_MULTIPLE, input_size // INPUT_MULTIPLE),
         crop_pct=0.9, interpolation="bicubic", mean=(0.485, 0.456, 0.406),
-        std=(0.229, 0.224, 0.225), first_conv="stages.0.downsample", classifier="head",
+        std=(0.229, 0.224, 0.225), first_conv=STEM_FIRST_CONV[stem], classifier="head",
         license="apache-2.0", **kwargs,
     )
+
+
+STEM_FIRST_CONV = {"patch": "stages.0.downsample", "conv": "stages.0.downsample.0"}
 
 
 # Macro designs: name -> (depths, dims, default input size). "t" is a small design for small
@@ -288,8 +305,8 @@ default_cfgs = generate_default_cfgs({
     "schemeformer_ppaa_t_e8_g4": _cfg(input_size=64),
     "schemeformer_ppaa_t_e8_g8": _cfg(input_size=64),
     "schemeformer_ppaa_t_e16_g8": _cfg(input_size=64),
-    "metaformer_ppaa_t_convstem": _cfg(input_size=64),
-    "schemeformer_ppaa_t_e8_g4_convstem": _cfg(input_size=64),
+    "metaformer_ppaa_t_convstem": _cfg(input_size=64, stem="conv"),
+    "schemeformer_ppaa_t_e8_g4_convstem": _cfg(input_size=64, stem="conv"),
     "metaformer_ppaa_s12": _cfg(),
     "schemeformer_ppaa_s12_e4_g2": _cfg(),
     "schemeformer_ppaa_s12_e8_g2": _cfg(),
