@@ -109,7 +109,10 @@ def load_hub_folder(folder: str | Path, **kwargs) -> nn.Module:
     folder = Path(folder)
     config = json.loads((folder / "config.json").read_text())
     overlay = dict(config["pretrained_cfg"], file=str(folder / "model.safetensors"))
-    overlay.pop("label_names", None)  # a top-level field of config.json; older timm lacks it
+    # Top-level fields of config.json that timm's loader moves into the pretrained_cfg.
+    for key in ("num_classes", "label_names", "label_descriptions"):
+        if config.get(key) is not None:
+            overlay[key] = config[key]
     args = dict(config.get("model_args", {}), **kwargs)
     return timm.create_model(config["architecture"], pretrained=True,
                              pretrained_cfg_overlay=overlay, **args)
