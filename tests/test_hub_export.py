@@ -13,6 +13,7 @@ import torch
 import yaml
 
 import vitmix
+import vitmix.factory
 from test_checkpoints_official import official_state_dict
 from test_checkpoints_scheme_vit import release_checkpoint
 from tiny_runs import CLASSES, quiet_fit, tiny_config
@@ -199,3 +200,19 @@ def test_the_card_cites_the_papers_as_the_readme_does():
     readme = (ROOT / "README.md").read_text()
     for entry in CITATIONS.values():
         assert entry in readme
+
+
+def test_a_timm_model_vitmix_did_not_change_keeps_timm_arguments_and_cites_nothing(tmp_path):
+    # `vitmix train` trains any timm model; a convolutional one takes no img_size.
+    weights, out = tmp_path / "resnet.safetensors", tmp_path / "hub"
+    kwargs = {"num_classes": 3, "in_chans": 1, "img_size": 32}
+    model = vitmix.factory.build_model("test_resnet", kwargs)
+    vitmix.checkpoints.save_weights(model.state_dict(), weights, metadata={
+        "model": "test_resnet", "model_kwargs": json.dumps(kwargs), "deployed": "0"})
+    vitmix.save_for_hub(weights, out)
+    config = json.loads((out / "config.json").read_text())
+    assert "img_size" not in config["model_args"]
+    assert config["pretrained_cfg"]["input_size"] == [1, 32, 32]
+    same_outputs(load_folder(out), model, (1, 32, 32))
+    card = check_card(out, [])
+    assert "## Citation" not in card and "vitmix registers" not in card

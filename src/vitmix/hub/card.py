@@ -16,6 +16,7 @@ from torch import nn
 from ..complexity import count_params
 from ..layers.scheme import SchemeMlp
 from ..models.vitmix_groupmixformer import GroupMixFormer
+from ..models.vitmix_metaformer import MetaFormer
 from .source import ExportSource, Result
 
 __all__ = ["CITATIONS", "model_card"]
@@ -45,13 +46,12 @@ CITATIONS = {
 
 def papers(model: nn.Module) -> list[str]:
     """The keys of CITATIONS a model's design comes from: GroupMixFormer for its attention,
-    SCHEME for a block-diagonal MLP, and for the PPAA MetaFormer, whose SCHEMEformer and dense
-    baselines are the SCHEME paper's models."""
+    SCHEME for a block-diagonal MLP and for the PPAA MetaFormer, whose SCHEMEformer and dense
+    baselines are the SCHEME paper's models. None for a timm model vitmix did not change."""
     found = []
     if isinstance(model, GroupMixFormer):
         found.append("groupmixformer")
-    if not isinstance(model, GroupMixFormer) or any(isinstance(m, SchemeMlp)
-                                                     for m in model.modules()):
+    if isinstance(model, MetaFormer) or any(isinstance(m, SchemeMlp) for m in model.modules()):
         found.append("scheme")
     return found
 
@@ -69,6 +69,12 @@ def _results_table(results: list[Result]) -> list[str]:
         lines.append(f"| {r.split} | {r.weights} | {images} | {_percent(r.top1)} | "
                      f"{_percent(r.top5)} |")
     return lines
+
+
+def _registered_by(model: nn.Module) -> str:
+    if type(model).__module__.startswith("vitmix."):
+        return " (a model vitmix registers with timm)"
+    return ""
 
 
 def _scheme_note(model: nn.Module) -> str | None:
@@ -95,8 +101,7 @@ def model_card(source: ExportSource, model: nn.Module, config: dict) -> str:
              "tags": ["image-classification", "timm", "vitmix"]}
     lines = ["---", yaml.safe_dump(front, sort_keys=False).strip(), "---", "",
              f"# {name}", "",
-             f"A `{name}` image classifier (a model vitmix registers with timm), "
-             f"{source.origin}.", "",
+             f"A `{name}` image classifier{_registered_by(model)}, {source.origin}.", "",
              "## Model details", "",
              f"- Model: `{name}`, built with `{json.dumps(config.get('model_args', {}))}`",
              f"- Parameters: {count_params(model) / 1e6:.3f}M",
@@ -137,7 +142,9 @@ def model_card(source: ExportSource, model: nn.Module, config: dict) -> str:
     else:
         lines.append("The weights were not trained by vitmix: no training settings were "
                      "recorded with them.")
-    lines += ["", "## Citation", "",
-              "Please cite the papers of the methods this model uses:", "", "```bibtex"]
-    lines += ["\n\n".join(CITATIONS[key] for key in papers(model)), "```", ""]
-    return "\n".join(lines)
+    cited = papers(model)
+    if cited:
+        lines += ["", "## Citation", "",
+                  "Please cite the papers of the methods this model uses:", "", "```bibtex",
+                  "\n\n".join(CITATIONS[key] for key in cited), "```"]
+    return "\n".join(lines) + "\n"

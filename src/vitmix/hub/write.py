@@ -9,6 +9,7 @@ replaced with ``force`` stays whole until its replacement is.
 
 from __future__ import annotations
 
+import inspect
 import json
 import os
 import secrets
@@ -89,8 +90,17 @@ def _pretrained_cfg(model: nn.Module, source: ExportSource) -> dict:
     return cfg
 
 
+def _takes_img_size(model: nn.Module) -> bool:
+    """Whether the model's class takes img_size; vitmix's build_model leaves it out for the
+    convolutional timm models that do not, and config.json must too."""
+    params = inspect.signature(type(model).__init__).parameters
+    return "img_size" in params or any(p.kind is p.VAR_KEYWORD for p in params.values())
+
+
 def _model_args(source: ExportSource, model: nn.Module) -> dict:
     args = {k: v for k, v in source.saved.kwargs.items() if k not in _PLACEMENT_ARGS}
+    if not _takes_img_size(model):
+        args.pop("img_size", None)
     args["num_classes"] = model.num_classes
     for key, value in args.items():
         try:
