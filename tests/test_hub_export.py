@@ -3,6 +3,7 @@ of each family and from `vitmix import-weights` output, loaded back through timm
 ``local-dir:`` source with outputs equal to the source model's, and every refusal in one line
 with nothing written."""
 
+import importlib
 import json
 import re
 from pathlib import Path
@@ -15,7 +16,7 @@ import yaml
 import vitmix
 import vitmix.factory
 from test_checkpoints_official import official_state_dict
-from test_checkpoints_scheme_vit import release_checkpoint
+from test_checkpoints_scheme_vit import SHUFFLE_S12, release_checkpoint
 from tiny_runs import CLASSES, quiet_fit, tiny_config
 from vitmix.checkpoints import read_model
 from vitmix.cli import main as cli_main
@@ -126,7 +127,8 @@ def test_import_weights_output_exports_for_both_families(tmp_path, capsys):
     same_outputs(load_folder(out), read_model(converted, "metaformer_ppaa_s12").build(),
                  (3, 32, 32))
     card = check_card(out, ["scheme"])
-    assert "the schemeformer authors' released checkpoint" in card
+    assert "in the format of the SCHEME authors' release (scheme_vit)" in card
+    assert f"named its model `{SHUFFLE_S12}`" in card
     assert "release's eval function" in card and "`state_dict` entry" in card
 
     # GroupMixFormer: the release's {"model": ...} file.
@@ -186,11 +188,20 @@ def test_a_failed_export_leaves_the_earlier_folder_and_no_temporary(runs, tmp_pa
     vitmix.save_for_hub(runs["gmf"], out)
     before = {p.name: p.read_bytes() for p in out.iterdir()}
 
-    def broken(folder, model):
-        raise ValueError("the written config.json does not rebuild the model exactly")
+    # A model argument lost on the way to config.json: the rebuilt model has other sizes.
+    write_module = importlib.import_module("vitmix.hub.write")
+    real_save = write_module.save_for_hf
 
-    monkeypatch.setattr("vitmix.hub.write._check_rebuilds", broken)
-    with pytest.raises(ValueError, match="does not rebuild"):
+    def losing_dims(model, folder, **kwargs):
+        real_save(model, folder, **kwargs)
+        config_file = Path(folder) / "config.json"
+        config = json.loads(config_file.read_text())
+        del config["model_args"]["dims"]
+        config_file.write_text(json.dumps(config))
+
+    monkeypatch.setattr(write_module, "save_for_hf", losing_dims)
+    with pytest.raises(ValueError, match=r"does not rebuild the model exactly \(.*size "
+                                         r"mismatch.*\); nothing was written"):
         vitmix.save_for_hub(runs["scheme"], out, force=True)
     assert {p.name: p.read_bytes() for p in out.iterdir()} == before
     assert [p.name for p in tmp_path.iterdir()] == ["hub"]

@@ -93,6 +93,11 @@ def _eval_results(weights_file: Path) -> list[Result]:
     return [result] if result else []
 
 
+# The authors' releases `vitmix import-weights` converts, by its --arch.
+_RELEASES = {"schemeformer": "the SCHEME authors' release (scheme_vit)",
+             "groupmixformer": "the GroupMixFormer authors' release (AILab-CVC/GroupMixFormer)"}
+
+
 def _check_not_deployed(saved: SavedModel) -> None:
     if saved.deployed:
         raise ValueError(
@@ -142,11 +147,15 @@ def _from_safetensors(path: Path, model: str | None) -> ExportSource:
         metadata = dict(f.metadata() or {})
     official = metadata.get("official_arch")
     if official:
-        origin = (f"converted by `vitmix import-weights` from the {official} authors' released "
-                  f"checkpoint format")
+        release = _RELEASES.get(official, f"the {official} authors' release")
+        origin = (f"converted by `vitmix import-weights` from a checkpoint in the format of "
+                  f"{release}")
     else:
         origin = f"read from {path.name}"
     source = ExportSource(path, path, saved, origin=origin)
+    if metadata.get("release_model"):
+        source.notes.append(f"The release checkpoint named its model "
+                            f"`{metadata['release_model']}`.")
     if metadata.get("eval_function"):
         source.notes.append(f"Eval mode computes the release's eval function "
                             f"({metadata['eval_function']}).")

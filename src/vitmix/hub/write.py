@@ -130,7 +130,14 @@ def load_hub_folder(folder: str | Path, **kwargs) -> nn.Module:
 
 def _check_rebuilds(folder: Path, model: nn.Module) -> None:
     """The folder must rebuild the same modules holding the same tensors."""
-    rebuilt = load_hub_folder(folder)
+    try:
+        rebuilt = load_hub_folder(folder)
+    except RuntimeError as err:
+        # torch's strict load: a header line, then one line per key that does not fit.
+        lines = [line.strip() for line in str(err).strip().splitlines()]
+        reason = lines[1] if len(lines) > 1 else lines[0]
+        raise ValueError(f"the written config.json does not rebuild the model exactly "
+                         f"({reason}); nothing was written") from None
     expected, got = model.state_dict(), rebuilt.state_dict()
     differ = [k for k, v in expected.items() if k not in got or not torch.equal(v, got[k])]
     if repr(rebuilt) != repr(model) or differ or set(got) != set(expected):
