@@ -4,6 +4,7 @@ Hugging Face Hub or from disk (``local-dir:``)."""
 from __future__ import annotations
 
 import argparse
+import json
 from pathlib import Path
 
 NAME = "hub-export"
@@ -49,7 +50,7 @@ def run(args: argparse.Namespace) -> int:
     done = save_for_hub(args.source, args.out, model=args.model, force=args.force,
                         pytorch_bin=args.pytorch_bin)
     print(f"wrote {done.folder}: {', '.join(done.files)}")
-    print(f"  model: {done.model}, arguments {done.model_args}; the card shows "
+    print(f"  model: {done.model}, arguments {json.dumps(done.model_args)}; the card shows "
           f"{done.results} measured result(s)")
     print(f"  load it: import vitmix, timm; timm.create_model('local-dir:{done.folder}', "
           f"pretrained=True)")
