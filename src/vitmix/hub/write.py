@@ -9,6 +9,7 @@ replaced with ``force`` stays whole until its replacement is.
 
 from __future__ import annotations
 
+import dataclasses
 import inspect
 import json
 import os
@@ -19,6 +20,7 @@ from pathlib import Path
 
 import timm
 import torch
+from timm.models import PretrainedCfg
 from timm.models._hub import save_for_hf
 from torch import nn
 
@@ -123,6 +125,9 @@ def load_hub_folder(folder: str | Path, **kwargs) -> nn.Module:
     for key in ("num_classes", "label_names", "label_descriptions"):
         if config.get(key) is not None:
             overlay[key] = config[key]
+    # A folder written by a newer timm may hold fields this one's PretrainedCfg lacks.
+    known = {f.name for f in dataclasses.fields(PretrainedCfg)}
+    overlay = {k: v for k, v in overlay.items() if k in known}
     args = dict(config.get("model_args", {}), **kwargs)
     return timm.create_model(config["architecture"], pretrained=True,
                              pretrained_cfg_overlay=overlay, **args)
