@@ -372,32 +372,44 @@ CLI_LAYOUT = dict(dims=(32, 64, 64, 64), depths=(1, 1, 1, 1), pos_size=(2, 2),
                   ratios=(8,) * 4, groups=(4,) * 4, cca=True, num_classes=2)
 
 
-def release_checkpoint(path: Path, seed: int = 5) -> dict:
+def release_checkpoint(path: Path, seed: int = 5, model: str | None = SHUFFLE_S12,
+                       ema: bool = False, layout: dict | None = None) -> dict:
     """A release-format checkpoint file as timm's train script writes it (its arguments as an
-    argparse.Namespace beside the weights); returns the tensors."""
-    official = random_state(release_layout(**CLI_LAYOUT), seed=seed)
-    torch.save({"epoch": 3, "arch": "shufflegrouporgattnmlpformer_ppaa_s12_224",
-                "state_dict": official, "version": 2, "metric": 12.5,
-                "args": argparse.Namespace(model="shufflegrouporgattnmlpformer_ppaa_s12_224",
-                                           lr=1e-3, sched="cosine")}, path)
+    argparse.Namespace beside the weights; without ``model``, a bare state dict); returns the
+    tensors of its state_dict entry. ``ema``: a state_dict_ema entry too (other tensors)."""
+    official = random_state(release_layout(**(layout or CLI_LAYOUT)), seed=seed)
+    if model is None:
+        torch.save(official, path)
+        return official
+    ckpt = {"epoch": 3, "arch": "MetaFormer", "state_dict": official, "version": 2,
+            "metric": 12.5, "args": argparse.Namespace(model=model, lr=1e-3, sched="cosine")}
+    if ema:
+        ckpt["state_dict_ema"] = {k: v + 1 for k, v in official.items()}
+    torch.save(ckpt, path)
     return official
 
 
 def test_cli_import_weights_writes_a_file_that_names_its_model(tmp_path, capsys):
     src, out = tmp_path / "scheme.pth", tmp_path / "scheme.safetensors"
-    official = release_checkpoint(src)
+    bare = tmp_path / "bare.pth"
+    release_checkpoint(bare, model=None)
 
-    # Grouped MLPs: the command asks whether they shuffled, in one line, before writing.
-    assert cli_main(["import-weights", str(src), str(out), "--arch", "schemeformer"]) == 2
+    # Grouped MLPs and no model name: the command asks whether they shuffled, in one line,
+    # before writing.
+    assert cli_main(["import-weights", str(bare), str(out), "--arch", "schemeformer"]) == 2
     assert "--channel-shuffle" in capsys.readouterr().err and not out.exists()
 
-    assert cli_main(["import-weights", str(src), str(out), "--arch", "schemeformer",
-                     "--channel-shuffle"]) == 0
+    # A timm train checkpoint names its model: no --arch, no --channel-shuffle needed.
+    official = release_checkpoint(src)
+    assert cli_main(["import-weights", str(src), str(out)]) == 0
     printed = capsys.readouterr().out
     assert "model: metaformer_ppaa_s12" in printed and "release's eval function" in printed
+    assert "converted entry 'state_dict'\n" in printed
+    assert f"args.model: {SHUFFLE_S12} (ShuffleGroupLiteAttMlp" in printed
     with safe_open(str(out), framework="pt") as f:
         meta = f.metadata()
     assert meta["model"] == "metaformer_ppaa_s12" and meta["deployed"] == "0"
+    assert (meta["converted_entry"], meta["release_model"]) == ("state_dict", SHUFFLE_S12)
     kwargs = json.loads(meta["model_kwargs"])
     assert kwargs["channel_shuffle"] is True and kwargs["mlp_groups"] == [4] * 4
     assert (kwargs["img_size"], kwargs["num_classes"], kwargs["in_chans"]) == (32, 2, 3)
@@ -413,7 +425,7 @@ def test_cli_import_weights_writes_a_file_that_names_its_model(tmp_path, capsys)
 
     # The deprecated alias forwards the new options.
     old = tmp_path / "old.safetensors"
-    assert cli_main(["convert", str(src), str(old), "--arch", "schemeformer",
+    assert cli_main(["convert", str(bare), str(old), "--arch", "schemeformer",
                      "--channel-shuffle"]) == 0
     assert "deprecated" in capsys.readouterr().err
     with safe_open(str(old), framework="pt") as f:
@@ -421,10 +433,81 @@ def test_cli_import_weights_writes_a_file_that_names_its_model(tmp_path, capsys)
 
     # .pth output holds the tensors only, and says so.
     as_pth = tmp_path / "scheme_out.pth"
-    assert cli_main(["import-weights", str(src), str(as_pth), "--arch", "schemeformer",
+    assert cli_main(["import-weights", str(bare), str(as_pth), "--arch", "schemeformer",
                      "--no-channel-shuffle"]) == 0
     assert "holds the tensors only" in capsys.readouterr().out
     assert torch.load(as_pth, weights_only=True).keys() == model.state_dict().keys()
+
+
+DENSE_LAYOUT = dict(CLI_LAYOUT, ratios=(8,) * 4, groups=(1,) * 4, cca=False)
+
+
+def _refused(capsys, argv: list[str], out: Path) -> str:
+    """The one line a refused import prints; nothing is written."""
+    assert cli_main(argv) == 2
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and not out.exists()
+    return err
+
+
+def test_import_weights_refuses_options_that_contradict_the_stored_model_name(tmp_path, capsys):
+    src, out = tmp_path / "scheme.pth", tmp_path / "out.safetensors"
+    release_checkpoint(src)
+    err = _refused(capsys, ["import-weights", str(src), str(out), "--arch", "groupmixformer"],
+                   out)
+    assert f"--arch groupmixformer contradicts the checkpoint's args.model '{SHUFFLE_S12}', a " \
+           f"model of the schemeformer release; leave --arch out" in err
+    err = _refused(capsys, ["import-weights", str(src), str(out), "--no-channel-shuffle"], out)
+    assert f"--no-channel-shuffle contradicts the checkpoint's args.model '{SHUFFLE_S12}', " \
+           f"whose ShuffleGroupLiteAttMlp shuffles its hidden channels" in err
+
+    # Options that agree with the name are accepted.
+    assert cli_main(["import-weights", str(src), str(out), "--arch", "schemeformer",
+                     "--channel-shuffle"]) == 0
+    capsys.readouterr()
+
+    # A name whose MLPs the weights do not have, and a release model vitmix cannot build.
+    dense_named = tmp_path / "dense_named.pth"
+    release_checkpoint(dense_named, model=DENSE_S12)
+    err = _refused(capsys, ["import-weights", str(dense_named), str(tmp_path / "d.safetensors")],
+                   tmp_path / "d.safetensors")
+    assert f"args.model '{DENSE_S12}' has dense MLPs (Mlp), but its weights hold grouped " \
+           f"ones" in err
+    se = tmp_path / "se.pth"
+    release_checkpoint(se, model="grouporgsemlpformer_ppaa_s12_224")
+    err = _refused(capsys, ["import-weights", str(se), str(tmp_path / "se.safetensors")],
+                   tmp_path / "se.safetensors")
+    assert "GroupLiteSEMlp MLPs, which vitmix does not implement" in err
+
+
+def test_import_weights_says_which_entry_it_converted(tmp_path, capsys):
+    src, out = tmp_path / "scheme.pth", tmp_path / "out.safetensors"
+    official = release_checkpoint(src, ema=True)
+    assert cli_main(["import-weights", str(src), str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "converted entry 'state_dict' (the trained weights; the checkpoint also holds " \
+           "'state_dict_ema', the EMA weights" in printed
+    state, _ = vitmix.checkpoints.load_weights(out)
+    # The trained weights, not the EMA's (which differ by one everywhere).
+    assert torch.equal(state["stages.0.downsample.weight"], official["patch_embed.proj.weight"])
+
+    # args as a dict (a checkpoint re-saved without the Namespace), dense MLPs: no options.
+    dense, dense_out = tmp_path / "dense.pth", tmp_path / "dense.safetensors"
+    tensors = random_state(release_layout(**DENSE_LAYOUT), seed=2)
+    torch.save({"state_dict": tensors, "args": {"model": DENSE_S12}}, dense)
+    assert cli_main(["import-weights", str(dense), str(dense_out)]) == 0
+    printed = capsys.readouterr().out
+    assert "converted entry 'state_dict'\n" in printed and "model: metaformer_ppaa_s12" in printed
+    with safe_open(str(dense_out), framework="pt") as f:
+        assert json.loads(f.metadata()["model_kwargs"])["mlp_groups"] == [1] * 4
+
+    # A name vitmix does not know: the shapes decide, and the option is still needed.
+    fork, fork_out = tmp_path / "fork.pth", tmp_path / "fork.safetensors"
+    release_checkpoint(fork, model="my_schemeformer_s12")
+    assert cli_main(["import-weights", str(fork), str(fork_out), "--arch", "schemeformer",
+                     "--channel-shuffle"]) == 0
+    assert "args.model: my_schemeformer_s12, not a SCHEME release model vitmix knows" \
+        in capsys.readouterr().out
 
 
 def image_tree(root: Path, classes=("a", "b"), per_class=2, size=32) -> Path:

@@ -8,4 +8,14 @@ from .accelerate import accelerate
 from .surgery import deploy, schemify
 
 __version__ = "0.1.0"
-__all__ = ["accelerate", "deploy", "layers", "models", "schemify"]
+__all__ = ["accelerate", "deploy", "layers", "models", "save_for_hub", "schemify"]
+
+
+def __getattr__(name: str):
+    # Imported on first use: `import vitmix` (which every model user runs) stays as light as
+    # registering the models needs.
+    if name == "save_for_hub":
+        from .hub import save_for_hub
+
+        return save_for_hub
+    raise AttributeError(f"module 'vitmix' has no attribute {name!r}")

@@ -14,6 +14,12 @@ import torch
 
 from ..checkpoints.io import check_file, load_torch_file, save_checkpoint, save_weights
 from ..checkpoints.official import ARCHS, describe_groupmixformer, from_official
+from ..checkpoints.release_models import (
+    ReleaseModel,
+    find_release_model,
+    release_model_name,
+    stored_entry,
+)
 from ..checkpoints.scheme_vit import SchemeformerImport, convert_schemeformer
 
 NAME = "import-weights"
@@ -21,24 +27,27 @@ OUTPUT_SUFFIXES = (".safetensors", ".pth", ".pt")
 DESCRIPTION = ("Convert an authors' released checkpoint (bare state dict or {'model': ...}) "
                "to the keys of the vitmix model, and save it as safetensors (or .pth). Load "
                "the result with timm.create_model(name, checkpoint_path=OUT) or "
-               "pretrained_cfg_overlay=dict(file=OUT); a SCHEME (--arch schemeformer) "
-               ".safetensors names its model, so `vitmix eval --checkpoint OUT` needs no "
-               "--model.")
+               "pretrained_cfg_overlay=dict(file=OUT); a .safetensors output names its model, "
+               "so `vitmix eval --checkpoint OUT` needs no --model. A checkpoint of timm's "
+               "train script (the SCHEME release's) names its model in args.model: the "
+               "family and the channel shuffle are then read from it.")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("input", type=Path, help="the released checkpoint (.pth)")
     parser.add_argument("output", type=Path, help="where to write (.safetensors, .pth or .pt)")
-    parser.add_argument("--arch", default="groupmixformer", choices=ARCHS,
+    parser.add_argument("--arch", default=None, choices=ARCHS,
                         help="model family of the checkpoint: groupmixformer (the GroupMixFormer "
                              "release) or schemeformer (the SCHEME release, scheme_vit) "
-                             "(default: groupmixformer)")
+                             "(default: the family of the model the checkpoint's args.model "
+                             "names, else groupmixformer)")
     parser.add_argument("--channel-shuffle", action=argparse.BooleanOptionalAction,
                         default=None,
                         help="schemeformer: the release's MLPs shuffled their hidden channels "
                              "(--channel-shuffle for its shufflegrouporgattnmlpformer_* models, "
                              "--no-channel-shuffle for GroupLiteAttMlp); required when the MLPs "
-                             "are grouped, since the weights cannot tell")
+                             "are grouped and the checkpoint's args.model does not say, since "
+                             "the weights cannot tell")
     parser.add_argument("--force", action="store_true", help="overwrite OUTPUT if it exists")
 
 
@@ -88,12 +97,69 @@ def _model_metadata(converted: SchemeformerImport) -> dict[str, str]:
             "eval_function": "the release's: fc2 holds its fc2 divided by the mixing weight a"}
 
 
-def _run_schemeformer(args: argparse.Namespace) -> int:
-    converted = convert_schemeformer(_load(args.input), channel_shuffle=args.channel_shuffle)
-    _save(converted.state, args.output, _model_metadata(converted))
+def _source_metadata(entry: str | None, release_name: str | None) -> dict[str, str]:
+    """Where in the release's file the weights came from."""
+    found = {"converted_entry": entry or "the bare state dict"}
+    if release_name:
+        found["release_model"] = release_name
+    return found
+
+
+def _resolve_arch(args: argparse.Namespace, release: ReleaseModel | None,
+                  release_name: str | None) -> str:
+    """--arch, else the family args.model names, else groupmixformer; ValueError when --arch or
+    --channel-shuffle contradict the stored name."""
+    if release is None:
+        return args.arch or "groupmixformer"
+    stored = f"the checkpoint's args.model {release_name!r}"
+    if args.arch is not None and args.arch != release.arch:
+        raise ValueError(f"--arch {args.arch} contradicts {stored}, a model of the "
+                         f"{release.arch} release; leave --arch out")
+    # With dense MLPs the option changes nothing, so it contradicts nothing either.
+    if None not in (args.channel_shuffle, release.channel_shuffle) \
+            and args.channel_shuffle != release.channel_shuffle:
+        flag = "--channel-shuffle" if args.channel_shuffle else "--no-channel-shuffle"
+        does = "shuffles" if release.channel_shuffle else "does not shuffle"
+        raise ValueError(f"{flag} contradicts {stored}, whose {release.mlp} {does} its hidden "
+                         f"channels; leave {flag} out")
+    return release.arch
+
+
+def _check_mlp_kind(converted: SchemeformerImport, release: ReleaseModel, name: str) -> None:
+    """The weights must have the MLPs the stored name says: dense, or grouped."""
+    grouped = any(key.endswith("mlp.fc1.weight") and tensor.dim() == 3 and tensor.shape[0] > 1
+                  for key, tensor in converted.state.items())
+    dense_name = release.channel_shuffle is None
+    if grouped == dense_name:
+        has, says = ("grouped", "dense") if grouped else ("dense", "grouped")
+        raise ValueError(f"the checkpoint's args.model {name!r} has {says} MLPs "
+                         f"({release.mlp}), but its weights hold {has} ones; the file does not "
+                         f"hold the model it names")
+
+
+def _run_schemeformer(args: argparse.Namespace, checkpoint: object, release: ReleaseModel | None,
+                      release_name: str | None) -> int:
+    shuffle = args.channel_shuffle
+    if shuffle is None and release is not None:
+        # A dense name says nothing of a shuffle; False lets grouped weights convert, so that
+        # the check below names the contradiction rather than asking for the option.
+        shuffle = bool(release.channel_shuffle)
+    converted = convert_schemeformer(checkpoint, channel_shuffle=shuffle)
+    if release is not None:
+        _check_mlp_kind(converted, release, release_name)
+    entry, why = stored_entry(checkpoint)
+    _save(converted.state, args.output,
+          {**_model_metadata(converted), **_source_metadata(entry, release_name)})
     kwargs = json.dumps(converted.model_kwargs)
     kind = "registered" if converted.registered else "a base MetaFormer with these arguments"
     print(f"wrote {len(converted.state)} tensors to {args.output}")
+    print(f"  converted {why}")
+    if release is not None:
+        print(f"  args.model: {release_name} ({release.mlp}; its sizes make "
+              f"{release.vitmix_model})")
+    elif release_name is not None:
+        print(f"  args.model: {release_name}, not a SCHEME release model vitmix knows: the "
+              f"architecture was read from the shapes")
     print(f"  model: {converted.model} ({kind}), arguments {kwargs}")
     if converted.mixing_weights:
         weights = converted.mixing_weights.values()
@@ -107,16 +173,32 @@ def _run_schemeformer(args: argparse.Namespace) -> int:
     return 0
 
 
+def _groupmixformer_metadata(info: dict) -> dict[str, str]:
+    """The model the converted sizes match, for `vitmix eval` and `vitmix hub-export`; nothing
+    when no registered variant has them."""
+    if not info["model"]:
+        return {}
+    kwargs = {"num_classes": info["num_classes"] or 0}
+    return {"model": info["model"], "model_kwargs": json.dumps(kwargs), "deployed": "0",
+            "official_arch": "groupmixformer"}
+
+
 def run(args: argparse.Namespace) -> int:
     _check_paths(args)
-    if args.arch == "schemeformer":
-        return _run_schemeformer(args)
-    state = from_official(_load(args.input), arch=args.arch,
-                          channel_shuffle=args.channel_shuffle)
+    checkpoint = _load(args.input)
+    release_name = release_model_name(checkpoint)
+    release = find_release_model(release_name)
+    arch = _resolve_arch(args, release, release_name)
+    if arch == "schemeformer":
+        return _run_schemeformer(args, checkpoint, release, release_name)
+    state = from_official(checkpoint, arch=arch, channel_shuffle=args.channel_shuffle)
     info = describe_groupmixformer(state)
-    _save(state, args.output)
+    entry, why = stored_entry(checkpoint)
+    _save(state, args.output, {**_groupmixformer_metadata(info),
+                               **_source_metadata(entry, release_name)})
     model = info["model"] or "no registered variant (build GroupMixFormer with these sizes)"
     print(f"wrote {len(state)} tensors to {args.output}")
+    print(f"  converted {why}")
     print(f"  dims {info['dims']}, depths {info['depths']}, mlp ratios "
           f"{[round(r, 3) for r in info['mlp_ratios']]}, {info['num_classes']} classes")
     print(f"  matches: {model}")
