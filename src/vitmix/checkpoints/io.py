@@ -27,6 +27,8 @@ from torch import nn
 from .. import surgery
 from ..factory import build_model, check_model_name
 from ..layers.checks import FRACTION
+from ..paths import check_input_file
+from ..structured_text import load_json
 
 __all__ = ["SavedModel", "atomic_write", "atomic_write_text", "check_file", "check_state_dict",
            "load_checkpoint", "load_model", "load_torch_file", "load_weights", "read_model",
@@ -109,9 +111,7 @@ def check_file(path: str | Path, what: str = "checkpoint") -> Path:
         hint = (f"; it holds {', '.join(inside)}" if inside else "")
         raise ValueError(f"{what} {path} is a folder, not a file: give the path of a "
                          f"checkpoint file{hint}")
-    if not path.is_file():
-        raise FileNotFoundError(f"{what} {path} does not exist")
-    return path
+    return check_input_file(path, what)
 
 
 def _legacy_numpy_globals() -> list:
@@ -311,9 +311,9 @@ def _metadata_json(path: str | Path, meta: dict, key: str, kind: type):
     if not meta.get(key):
         return None
     try:
-        value = json.loads(meta[key])
+        value = load_json(meta[key], f"checkpoint {path}: its {key} metadata")
     except json.JSONDecodeError:
-        value = None
+        value = None  # said below, as for a value of the wrong kind
     if not isinstance(value, kind):
         raise ValueError(f"checkpoint {path} is damaged: its {key} metadata is not a JSON "
                          f"{'object' if kind is dict else 'list'}")

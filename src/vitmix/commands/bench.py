@@ -48,6 +48,8 @@ def _validate(args: argparse.Namespace) -> dict[str, float]:
     import vitmix  # noqa: F401  (registers vitmix's models)
 
     from ..bench.report import load_accuracy_json, parse_accuracy
+    from ..layers.checks import int_up_to
+    from ..limits import MAX_BATCH_SIZE, MAX_COUNT, MAX_IMG_SIZE
     from ..paths import check_output_folder
 
     unknown = [n for n in args.models if not timm.is_model(n)]
@@ -56,13 +58,11 @@ def _validate(args: argparse.Namespace) -> dict[str, float]:
                          f"(`vitmix list` shows vitmix's models)")
     if len(set(args.models)) != len(args.models):
         raise ValueError(f"model names repeat in --models {args.models}")
-    if args.img_size <= 0:
-        raise ValueError(f"--img-size must be positive, got {args.img_size}")
-    if any(b <= 0 for b in args.batch_size):
-        raise ValueError(f"--batch-size values must be positive, got {args.batch_size}")
-    if args.repeats < 1 or args.warmup < 0:
-        raise ValueError(f"--repeats must be >= 1 and --warmup >= 0, got {args.repeats} "
-                         f"and {args.warmup}")
+    int_up_to(MAX_IMG_SIZE).check("--img-size", args.img_size)
+    for size in args.batch_size:
+        int_up_to(MAX_BATCH_SIZE).check("--batch-size", size)
+    int_up_to(MAX_COUNT).check("--repeats", args.repeats)
+    int_up_to(MAX_COUNT, low=0).check("--warmup", args.warmup)
     try:
         device = torch.device(args.device)
     except RuntimeError:

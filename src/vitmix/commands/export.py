@@ -35,14 +35,16 @@ def run(args: argparse.Namespace) -> int:
 
     from ..checkpoints.io import load_model
     from ..export import EXPORT_FORMATS, check_export_path, export_model
-    from ..layers.checks import NON_NEGATIVE_NUMBER, POSITIVE_INT
+    from ..layers.checks import NON_NEGATIVE_NUMBER, int_up_to
+    from ..limits import MAX_IMG_SIZE, MAX_IN_CHANS
 
     # Before minutes of building and tracing.
     if args.format not in EXPORT_FORMATS:
         raise ValueError(f"--format must be one of {EXPORT_FORMATS}, got {args.format!r}")
-    for flag, value in (("--img-size", args.img_size), ("--in-chans", args.in_chans)):
+    for flag, value, bound in (("--img-size", args.img_size, MAX_IMG_SIZE),
+                               ("--in-chans", args.in_chans, MAX_IN_CHANS)):
         if value is not None:
-            POSITIVE_INT.check(flag, value)
+            int_up_to(bound).check(flag, value)
     NON_NEGATIVE_NUMBER.check("--tolerance", args.tolerance)
     check_export_path(Path(args.out), args.force, how="--force")
     model, kwargs = load_model(args.model, args.checkpoint, img_size=args.img_size,

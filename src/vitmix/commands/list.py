@@ -5,6 +5,10 @@ from __future__ import annotations
 import argparse
 
 from ..bench.model_table import describe_model, markdown_table, vitmix_model_names
+from ..layers.checks import int_up_to
+from ..limits import MAX_IMG_SIZE
+
+IMG_SIZE_RULE = int_up_to(MAX_IMG_SIZE)
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -21,6 +25,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    IMG_SIZE_RULE.check("--img-size", args.img_size)
     names = vitmix_model_names(args.pattern)
     if not names:
         raise ValueError(f"no vitmix model matches {args.pattern!r}; try `vitmix list`")

@@ -14,6 +14,8 @@ import typing
 from pathlib import Path
 
 from .. import exit_codes
+from ..messages import quoted
+from ..structured_text import load_json
 from ..train.config import TrainConfig
 
 HELP = {
@@ -121,14 +123,17 @@ def _none_or(convert):
 
 
 def _json_object(text: str) -> dict:
-    """--model-kwargs: a JSON object, said so in argparse's one line when it is not."""
+    """--model-kwargs: a JSON object, said so in argparse's one line when it is not (or when it
+    is larger or nests deeper than vitmix.limits allows)."""
     try:
-        value = json.loads(text)
+        value = load_json(text, "the JSON")
     except json.JSONDecodeError as err:
-        raise argparse.ArgumentTypeError(f"not JSON ({err}): {text!r}") from None
+        raise argparse.ArgumentTypeError(f"not JSON ({err}): {quoted(text)}") from None
+    except ValueError as err:  # the bounds, or an integer of more digits than Python reads
+        raise argparse.ArgumentTypeError(str(err)) from None
     if not isinstance(value, dict):
         raise argparse.ArgumentTypeError(f"must be a JSON object such as "
-                                         f"'{{\"stem\": \"conv\"}}', got {text!r}")
+                                         f"'{{\"stem\": \"conv\"}}', got {quoted(text)}")
     return value
 
 
@@ -140,7 +145,7 @@ def _val_split(text: str) -> int | str | None:
         return int(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"must be auto, none or a number of images, got "
-                                         f"{text!r}") from None
+                                         f"{quoted(text)}") from None
 
 
 METAVARS = {"val_split": "N", "time_budget": "MINUTES", "eval_crop_pct": "FRACTION"}

@@ -37,11 +37,14 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image
 from torch.utils.data import IterableDataset, get_worker_info
 
-from .damaged import UNREADABLE, count_failed, failure_flags
+from ..limits import MAX_LABEL_FILE_BYTES
+from ..paths import check_input_file
+from ..structured_text import load_json, read_bounded_text
+from .damaged import UNREADABLE, check_largest_label, count_failed, failure_flags
 from .image_folder import IMAGE_EXTENSIONS
+from .images import open_checked
 from .optional import require
 from .seeding import SharedEpoch, in_worker, seed_sample
 from .skipping import worker_continuation
@@ -127,6 +130,11 @@ class StreamPlan:
 
 
 def _parse_label(data: bytes) -> int:
+    # A label is a class index: a few digits. A longer file is no label (and Python refuses to
+    # read an integer of more than 4,300 digits anyway).
+    if len(data) > MAX_LABEL_FILE_BYTES:
+        raise ValueError(f"the label file holds {len(data):,} bytes, more than the "
+                         f"{MAX_LABEL_FILE_BYTES} a label may have")
     try:
         return int(data.decode("ascii").strip())
     except (UnicodeDecodeError, ValueError):
@@ -150,7 +158,7 @@ def _scan(path: str, label_key: str) -> list[int | None]:
                 if prefix != key:
                     labels.append(None)
                     key = prefix
-                if suffix.lower() == label_key:
+                if suffix.lower() == label_key and member.size <= MAX_LABEL_FILE_BYTES:
                     try:
                         labels[-1] = _parse_label(tar.extractfile(member).read())
                     except ValueError:
@@ -179,10 +187,11 @@ def _info_split(root: Path, info: dict, split: str) -> tuple[list[str], list[int
 
 def _read_info(root: Path) -> dict | None:
     path = root / INFO_FILE
-    if not path.is_file():
+    if not path.exists():
         return None
+    check_input_file(path, "the shard index")
     try:
-        return json.loads(path.read_text())
+        return load_json(read_bounded_text(path, "the shard index"), str(path))
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
         raise ValueError(f"{path} is not valid JSON ({err})") from None
 
@@ -321,7 +330,7 @@ class ShardStream(IterableDataset):
         label = _parse_label(sample[self.label_key])
         if not 0 <= label < len(self.classes):
             raise ValueError(f"label {label} is not one of the {len(self.classes)} classes")
-        with Image.open(io.BytesIO(sample[key])) as img:
+        with open_checked(io.BytesIO(sample[key])) as img:
             return img.convert(self.mode), label
 
     def _decoded(self, samples) -> Iterator[tuple | None]:
@@ -418,8 +427,10 @@ def load_shard_splits(root: Path, splits: tuple[str, ...], mode: str, transforms
             raise ValueError(f"{root / INFO_FILE} gives the shard lengths, so the labels are not "
                              f"read up front; name the classes in {root / CLASSES_FILE}, one per "
                              f"line in label order (line 1 is label 0)")
-        classes = [str(k) for k in range(max((x for x in labels if x is not None), default=-1)
-                                         + 1)]
+        largest = max((x for x in labels if x is not None), default=-1)
+        check_largest_label(largest, f"the {splits[0]} shards of {root}",
+                            f"name the classes in {root / CLASSES_FILE}")
+        classes = [str(k) for k in range(largest + 1)]
         if not classes:
             raise ValueError(f"no sample of the {splits[0]} shards of {root} has a readable "
                              f".{label_key} label")

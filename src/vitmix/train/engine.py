@@ -32,7 +32,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import yaml
 from timm.data import Mixup
 from timm.loss import LabelSmoothingCrossEntropy, SoftTargetCrossEntropy
 from timm.optim import create_optimizer_v2
@@ -62,6 +61,8 @@ from ..data.transforms import default_norm
 from ..factory import build_model, check_model_name
 from ..layers.checks import check_bool
 from ..layers.scheme import SchemeMlp
+from ..limits import MAX_CLASSES
+from ..paths import kind_of
 from ..surgery import deploy
 from .budget import TimeBudget
 from .config import TrainConfig
@@ -128,7 +129,17 @@ def scheme_layers(model: nn.Module) -> dict[str, SchemeMlp]:
             if isinstance(m, SchemeMlp) and m.has_cca}
 
 
-def model_kwargs_for(config: TrainConfig, num_classes: int) -> dict:
+def model_kwargs_for(config: TrainConfig, num_classes: int, data: str = "the data") -> dict:
+    """The create_model arguments of the run: its own settings, then config.model_kwargs, whose
+    num_classes (when it sets one) must be the data's class count."""
+    if num_classes > MAX_CLASSES:  # a classes.txt, ClassLabel or tree of that many names
+        raise ValueError(f"the training data {data} has {num_classes:,} classes, more than the "
+                         f"{MAX_CLASSES:,} a classifier may have")
+    given = config.model_kwargs.get("num_classes", num_classes)
+    if given != num_classes:
+        raise ValueError(f"model_kwargs sets num_classes={given}, but the training data {data} "
+                         f"has {num_classes} classes; drop num_classes from model_kwargs "
+                         f"(--model-kwargs): a run takes it from its data")
     kwargs = dict(num_classes=num_classes, in_chans=config.in_chans, img_size=config.img_size,
                   drop_path_rate=config.drop_path)
     kwargs.update(config.model_kwargs)
@@ -215,7 +226,7 @@ class _Run:
 
         # The same initial weights on every rank (DDP also broadcasts rank 0's).
         _seed_all(config.seed, -1, 0)
-        self.model_kwargs = model_kwargs_for(config, self.num_classes)
+        self.model_kwargs = model_kwargs_for(config, self.num_classes, self.data.name)
         model = build_model(config.model, self.model_kwargs)
         self.params = count_params(model)
         self.macs = count_macs(model, config.img_size, config.in_chans)
@@ -939,14 +950,15 @@ def build_criterion(config: TrainConfig) -> nn.Module:
 def _check_resumable(run_dir: Path) -> TrainConfig:
     """The config of the run in ``run_dir``, after checking that there is one to continue."""
     if run_dir.exists() and not run_dir.is_dir():
-        raise ValueError(f"cannot resume: {run_dir} is a file, not a run folder")
+        raise ValueError(f"cannot resume: {run_dir} is {kind_of(run_dir)}, not a run folder")
     if not run_dir.is_dir():
         raise FileNotFoundError(f"cannot resume: the run folder {run_dir} does not exist")
     if not (run_dir / "last.pth").is_file():
         raise FileNotFoundError(f"cannot resume: {run_dir / 'last.pth'} does not exist (a run "
                                 f"writes it at the end of its first epoch)")
-    config = TrainConfig.load(run_dir / "config.yaml")
-    if "val_split" not in (yaml.safe_load((run_dir / "config.yaml").read_text()) or {}):
+    saved = TrainConfig.read_values(run_dir / "config.yaml")
+    config = TrainConfig.from_dict(saved)
+    if "val_split" not in saved:
         # A run of vitmix before held-out validation splits validated on the data's own second
         # split: it continues so, not on a split that takes images out of its training set.
         config = dataclasses.replace(config, val_split=0)

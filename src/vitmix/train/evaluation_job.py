@@ -17,9 +17,10 @@ from ..checkpoints.io import SavedModel, atomic_write_text, read_model
 from ..data import SafeImageFolder, build_eval_transform, load_eval_split
 from ..data.transforms import INTERPOLATIONS
 from ..factory import check_model_name
-from ..layers.checks import FRACTION, NON_NEGATIVE_INT, POSITIVE_INT, TEXT, one_of, optional
+from ..layers.checks import FRACTION, TEXT, int_up_to, one_of, optional
+from ..limits import MAX_BATCH_SIZE, MAX_WORKERS
 from ..paths import check_output_folder
-from .config import DEVICES
+from .config import DEVICES, IMG_SIZE
 from .distributed import DistContext, resolve_device
 from .evaluate import check_tta, evaluate
 from .report import plot_confusion
@@ -72,11 +73,11 @@ def _check_arguments(model_name: str, img_size, in_chans, batch_size, workers, d
     """Everything that needs no file read, so that a typo fails at once."""
     check_model_name(model_name)
     if img_size is not None:  # None: the checkpoint's
-        POSITIVE_INT.check("img_size (--img-size)", img_size)
+        IMG_SIZE.check("img_size (--img-size)", img_size)
     if in_chans is not None:
         one_of(1, 3).check("in_chans (--in-chans)", in_chans)
-    POSITIVE_INT.check("batch_size (--batch-size)", batch_size)
-    NON_NEGATIVE_INT.check("workers (--workers)", workers)
+    int_up_to(MAX_BATCH_SIZE).check("batch_size (--batch-size)", batch_size)
+    int_up_to(MAX_WORKERS, low=0).check("workers (--workers)", workers)
     one_of(*DEVICES).check("device (--device)", device)
     check_tta(tta)
     optional(TEXT).check("image_key (--data-image-key)", image_key)
