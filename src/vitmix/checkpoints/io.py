@@ -101,6 +101,10 @@ def save_weights(state_dict: dict, path: str | Path, metadata: dict[str, str]) -
 
 
 CHECKPOINT_SUFFIXES = (".safetensors", ".pth", ".pt")
+# The input of a model whose checkpoint (or command) does not say: ImageNet's RGB at 224 pixels,
+# what timm's models are made for.
+DEFAULT_IMG_SIZE = 224
+DEFAULT_IN_CHANS = 3
 
 
 def check_file(path: str | Path, what: str = "checkpoint") -> Path:
@@ -337,8 +341,8 @@ def load_model(name: str, checkpoint: str | Path | None = None, img_size: int | 
         kwargs["img_size"] = img_size
     if in_chans is not None:
         kwargs["in_chans"] = in_chans
-    kwargs.setdefault("img_size", 224)
-    kwargs.setdefault("in_chans", 3)
+    kwargs.setdefault("img_size", DEFAULT_IMG_SIZE)
+    kwargs.setdefault("in_chans", DEFAULT_IN_CHANS)
     model = saved.build(kwargs) if saved else build_model(name, kwargs)
     if deploy:
         surgery.deploy(model)

@@ -6,6 +6,8 @@ import argparse
 import json
 from pathlib import Path
 
+BATCH_SIZES = [1, 32]  # latency, throughput
+
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
@@ -17,17 +19,22 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--models", nargs="+", required=True, metavar="NAME",
                    help="timm model names (vitmix's or any other)")
-    p.add_argument("--img-size", type=int, default=224)
-    p.add_argument("--batch-size", type=int, nargs="+", default=[1, 32], metavar="B")
-    p.add_argument("--device", default="cpu", help="cpu or cuda (default: cpu)")
+    p.add_argument("--img-size", type=int, default=224, help="input size (default: %(default)s)")
+    p.add_argument("--batch-size", type=int, nargs="+", default=BATCH_SIZES, metavar="B",
+                   help=f"batch sizes to time (default: {' '.join(map(str, BATCH_SIZES))})")
+    p.add_argument("--device", default="cpu", help="cpu or cuda (default: %(default)s)")
     p.add_argument("--amp", default="none", choices=["none", "bf16", "fp16"],
-                   help="autocast dtype (bf16 on GPUs; default: none, float32)")
+                   help="autocast dtype, bf16 on GPUs (default: %(default)s, float32)")
     p.add_argument("--memory-format", default="auto",
                    choices=["auto", "channels_first", "channels_last"],
-                   help="auto times both and keeps each model's faster one")
-    p.add_argument("--repeats", type=int, default=10, help="timed runs per model and batch size")
-    p.add_argument("--warmup", type=int, default=2, help="untimed runs first")
-    p.add_argument("--out", default="runs/bench", help="folder for bench.json, bench.md, PNGs")
+                   help="auto times both and keeps each model's faster one (default: "
+                        "%(default)s)")
+    p.add_argument("--repeats", type=int, default=10,
+                   help="timed runs per model and batch size (default: %(default)s)")
+    p.add_argument("--warmup", type=int, default=2,
+                   help="untimed runs first (default: %(default)s)")
+    p.add_argument("--out", default="runs/bench",
+                   help="folder for bench.json, bench.md, PNGs (default: %(default)s)")
     p.add_argument("--plot", action="store_true",
                    help="draw throughput-vs-MACs and, when accuracies are known, "
                         "accuracy-vs-MACs charts")

@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from ..checkpoints.io import DEFAULT_IMG_SIZE, DEFAULT_IN_CHANS
+
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
@@ -19,11 +21,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--checkpoint", default=None, help="a vitmix .safetensors or .pth file")
     p.add_argument("--format", required=True, choices=["onnx", "torchscript"])
     p.add_argument("--img-size", type=int, default=None,
-                   help="input size (default: the checkpoint's, else 224)")
+                   help=f"input size (default: the checkpoint's, else {DEFAULT_IMG_SIZE})")
     p.add_argument("--in-chans", type=int, default=None,
-                   help="input channels (default: the checkpoint's, else 3)")
+                   help=f"input channels (default: the checkpoint's, else {DEFAULT_IN_CHANS})")
     p.add_argument("--tolerance", type=float, default=1e-4,
-                   help="largest allowed |exported - PyTorch| (default: 1e-4)")
+                   help="largest allowed |exported - PyTorch| (default: %(default)g)")
     p.add_argument("--force", action="store_true",
                    help="replace OUT if it exists (it is replaced only once the new file has "
                         "passed its check)")

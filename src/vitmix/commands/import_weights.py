@@ -32,7 +32,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--arch", default="groupmixformer", choices=ARCHS,
                         help="model family of the checkpoint: groupmixformer (the GroupMixFormer "
                              "release) or schemeformer (the SCHEME release, scheme_vit) "
-                             "(default: groupmixformer)")
+                             "(default: %(default)s)")
     parser.add_argument("--channel-shuffle", action=argparse.BooleanOptionalAction,
                         default=None,
                         help="schemeformer: the release's MLPs shuffled their hidden channels "

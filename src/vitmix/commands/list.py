@@ -18,8 +18,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                     "the published reference figures where there are some.",
     )
     parser.add_argument("pattern", nargs="?", default="*",
-                        help="shell-style filter on the model name (default: all)")
-    parser.add_argument("--img-size", type=int, default=224, help="input size for MACs")
+                        help="shell-style filter on the model name (default: %(default)s, all)")
+    parser.add_argument("--img-size", type=int, default=224,
+                        help="input size for MACs (default: %(default)s)")
     parser.add_argument("--names-only", action="store_true", help="print the names only")
     parser.set_defaults(func=run)
 

@@ -53,6 +53,7 @@ __all__ = ["CLASSES_FILE", "INFO_FILE", "ShardList", "ShardStream", "StreamPlan"
            "find_shards", "holds_shards", "load_shard_splits", "pieces", "split_range"]
 
 INFO_FILE = "_info.json"
+LABEL_EXTENSION = "cls"  # the label file of a sample, unless data_label_key names another
 CLASSES_FILE = "classes.txt"
 # The file-name prefixes of each split's shards; an _info.json may name the split either way.
 SPLIT_NAMES = {"train": ("train",), "val": ("val", "validation")}
@@ -196,7 +197,7 @@ def _read_info(root: Path) -> dict | None:
         raise ValueError(f"{path} is not valid JSON ({err})") from None
 
 
-def find_shards(root: Path, split: str, label_key: str = "cls",
+def find_shards(root: Path, split: str, label_key: str = LABEL_EXTENSION,
                 info: dict | None = None) -> tuple[ShardList, list[int | None] | None]:
     """The shards of ``split`` ("train" or "val") and, when no _info.json gave their lengths,
     every sample's label as read while counting them."""
@@ -243,7 +244,7 @@ class ShardStream(IterableDataset):
     """
 
     def __init__(self, shards: ShardList, classes: list[str], mode: str = "RGB", transform=None,
-                 image_key: str | None = None, label_key: str = "cls"):
+                 image_key: str | None = None, label_key: str = LABEL_EXTENSION):
         self.shards, self.classes = shards, list(classes)
         self.mode, self.transform = mode, transform
         self.image_key, self.label_key = image_key, label_key
@@ -413,7 +414,7 @@ def load_shard_splits(root: Path, splits: tuple[str, ...], mode: str, transforms
     counted; with an _info.json a classes.txt is needed).
     """
     _webdataset()
-    label_key = label_key or "cls"
+    label_key = label_key or LABEL_EXTENSION
     info = _read_info(root)
     found = {split: find_shards(root, split, label_key, info) for split in splits}
     named = read_classes(root)

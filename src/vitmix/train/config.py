@@ -58,6 +58,10 @@ LOADERS = ("auto", "dataloader", "tensor")
 FINAL_WEIGHTS = ("ema", "model")
 DEVICES = ("auto", "cpu", "cuda")
 SCHED_ON = ("update", "epoch")
+# Loader workers when workers=None: two on a CPU, whose cores train; on a GPU the cores a process
+# may use less one, at most this many (train/engine.py's loader_workers).
+CPU_LOADER_WORKERS = 2
+MAX_GPU_LOADER_WORKERS = 16
 
 
 def _is_crop_scale(value: Any) -> bool:

@@ -65,7 +65,7 @@ from ..limits import MAX_CLASSES
 from ..paths import kind_of
 from ..surgery import deploy
 from .budget import TimeBudget
-from .config import TrainConfig
+from .config import CPU_LOADER_WORKERS, MAX_GPU_LOADER_WORKERS, TrainConfig
 from .cuda_math import cuda_math
 from .distributed import (
     DistContext,
@@ -187,11 +187,11 @@ def loader_workers(requested: int | None, device: torch.device) -> int:
     if requested is not None:
         return requested
     if device.type != "cuda":
-        return 2
+        return CPU_LOADER_WORKERS
     cores = (len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity")
              else os.cpu_count() or 1)
     per_process = cores // max(int(os.environ.get("LOCAL_WORLD_SIZE", "1")), 1)
-    return max(1, min(per_process - 1, 16))
+    return max(1, min(per_process - 1, MAX_GPU_LOADER_WORKERS))
 
 
 class _Run:

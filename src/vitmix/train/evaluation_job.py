@@ -13,7 +13,13 @@ import torch
 from torch.utils.data import DataLoader
 
 from ..accelerate import accelerate
-from ..checkpoints.io import SavedModel, atomic_write_text, read_model
+from ..checkpoints.io import (
+    DEFAULT_IMG_SIZE,
+    DEFAULT_IN_CHANS,
+    SavedModel,
+    atomic_write_text,
+    read_model,
+)
 from ..data import SafeImageFolder, build_eval_transform, load_eval_split
 from ..data.transforms import INTERPOLATIONS
 from ..factory import check_model_name
@@ -114,8 +120,8 @@ def evaluate_checkpoint(model_name: str, checkpoint: str | Path, data: str = "fa
     checkpoint = Path(checkpoint)
     saved = read_model(checkpoint, model_name)  # checks the file before any data is read
     kwargs = dict(saved.kwargs)
-    in_chans = in_chans or kwargs.get("in_chans", 3)
-    img_size = img_size or kwargs.get("img_size", 224)
+    in_chans = in_chans or kwargs.get("in_chans", DEFAULT_IN_CHANS)
+    img_size = img_size or kwargs.get("img_size", DEFAULT_IMG_SIZE)
     kwargs.update(in_chans=in_chans, img_size=img_size)
     cut = resolve_eval_transform(model_name, saved, crop_pct, interpolation)
     eval_tf = build_eval_transform(img_size, in_chans, cut.crop_pct, cut.interpolation)
