@@ -96,6 +96,20 @@ def _check_arguments(model_name: str, img_size, in_chans, batch_size, workers, d
         check_output_folder(out_dir, "--out")
 
 
+def check_class_count(checkpoint: Path, classifies: int, names: list[str] | None, data: str,
+                      num_classes: int) -> None:
+    """ValueError when the model's class count is not the data's, naming the side at fault: a
+    checkpoint that names its classes labels the data by them, so a count unlike its own names
+    is a fault of the checkpoint, not of the data."""
+    if classifies == num_classes:
+        return
+    if names is not None:
+        raise ValueError(f"checkpoint {checkpoint} is damaged: its model classifies {classifies} "
+                         f"classes, but it names {len(names)}")
+    raise ValueError(f"checkpoint {checkpoint} classifies {classifies} classes, but the "
+                     f"evaluation data {data} has {num_classes}")
+
+
 def evaluate_checkpoint(model_name: str, checkpoint: str | Path, data: str = "fashion-mnist",
                         img_size: int | None = None, in_chans: int | None = None,
                         batch_size: int = 256, workers: int = 2, device: str = "auto",
@@ -132,9 +146,8 @@ def evaluate_checkpoint(model_name: str, checkpoint: str | Path, data: str = "fa
         print(f"vitmix eval: note: {checkpoint} does not name its classes; they are taken to be "
               f"the folders of {split.name}/val in sorted order", file=sys.stderr)
     num_classes = len(split.classes)
-    if kwargs.setdefault("num_classes", num_classes) != num_classes:
-        raise ValueError(f"checkpoint {checkpoint} classifies {kwargs['num_classes']} classes, "
-                         f"the data {data} has {num_classes}")
+    check_class_count(checkpoint, kwargs.setdefault("num_classes", num_classes), saved.classes,
+                      split.name, num_classes)
     model = accelerate(saved.build(kwargs))  # fused CPU inference kernels, the same function
     model.to(dev, memory_format=torch.channels_last).eval()
     loader = DataLoader(split.val, batch_size=batch_size, num_workers=workers,
