@@ -248,6 +248,20 @@ def test_a_shard_label_of_10_to_the_12_does_not_size_the_classifier(tmp_path):
         load_shard_splits(tmp_path, ("train", "val"), "L", {})
 
 
+def test_a_saved_dataset_label_of_10_to_the_12_does_not_size_the_classifier(tmp_path):
+    datasets = pytest.importorskip("datasets")
+    from vitmix.data.hf_saved import load_saved_splits
+
+    datasets.disable_progress_bars()
+    features = datasets.Features({"image": datasets.Image(), "label": datasets.Value("int64")})
+    rows = {"image": [{"bytes": small_png(), "path": None}] * 2, "label": [0, 10**12]}
+    datasets.DatasetDict({split: datasets.Dataset.from_dict(rows, features=features)
+                          for split in ("train", "validation")}).save_to_disk(str(tmp_path))
+    with pytest.raises(ValueError, match=rf"^split 'train' of {tmp_path}: the label "
+                                         rf"1000000000000 is past the bound of 100,000 classes"):
+        load_saved_splits(tmp_path, ("train", "val"), "L", {})
+
+
 @pytest.mark.parametrize("verify", ["decode", "header"])
 def test_a_decompression_bomb_in_a_folder_is_a_skipped_and_counted_image(tmp_path, verify):
     root = make_image_tree(tmp_path / "tree", {"train": 2})
