@@ -248,6 +248,27 @@ def test_a_shard_label_of_10_to_the_12_does_not_size_the_classifier(tmp_path):
         load_shard_splits(tmp_path, ("train", "val"), "L", {})
 
 
+def test_shard_lengths_in_an_info_file_are_bounded(tmp_path):
+    pytest.importorskip("webdataset")
+    import json
+
+    from vitmix.data.shards import load_shard_splits
+
+    for split in ("train", "val"):
+        write_shard(tmp_path / f"{split}-0000.tar", [(small_png(), b"0")])
+    info = {"splits": {split: {"filenames": [f"{split}-0000.tar"], "shard_lengths": [10**12]}
+                       for split in ("train", "val")}}
+    (tmp_path / "_info.json").write_text(json.dumps(info))
+    (tmp_path / "classes.txt").write_text("a\n")
+    with pytest.raises(ValueError, match=r"^the train shards of .* hold 1,000,000,000,000 "
+                                         r"samples by .*_info.json, more than the "
+                                         r"1,000,000,000 vitmix reads$"):
+        load_shard_splits(tmp_path, ("train", "val"), "L", {})
+    (tmp_path / "_info.json").write_text('{"splits": ' * 100 + "}" * 100)
+    with pytest.raises(ValueError, match="_info.json nests more than 32 levels deep"):
+        load_shard_splits(tmp_path, ("train", "val"), "L", {})
+
+
 def test_a_saved_dataset_label_of_10_to_the_12_does_not_size_the_classifier(tmp_path):
     datasets = pytest.importorskip("datasets")
     from vitmix.data.hf_saved import load_saved_splits

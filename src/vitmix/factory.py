@@ -6,14 +6,16 @@ from __future__ import annotations
 import timm
 from torch import nn
 
+from .messages import quoted
+
 __all__ = ["build_model", "check_model_name"]
 
 
 def check_model_name(name: str) -> None:
     """ValueError for a name timm has no model for."""
     if not timm.is_model(name):
-        raise ValueError(f"unknown model {name!r}: not registered with timm (`vitmix list` shows "
-                         f"vitmix's models, timm.list_models() all of them)")
+        raise ValueError(f"unknown model {quoted(name)}: not registered with timm (`vitmix list` "
+                         f"shows vitmix's models, timm.list_models() all of them)")
 
 
 def build_model(name: str, kwargs: dict) -> nn.Module:

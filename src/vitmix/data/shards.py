@@ -39,7 +39,7 @@ import numpy as np
 import torch
 from torch.utils.data import IterableDataset, get_worker_info
 
-from ..limits import MAX_LABEL_FILE_BYTES
+from ..limits import MAX_COUNT, MAX_LABEL_FILE_BYTES
 from ..paths import check_input_file
 from ..structured_text import load_json, read_bounded_text
 from .damaged import UNREADABLE, check_largest_label, count_failed, failure_flags
@@ -220,6 +220,9 @@ def find_shards(root: Path, split: str, label_key: str = LABEL_EXTENSION,
                                 f"({len(missing)} of the {len(paths)} {split} shards are missing)")
     if sum(lengths) == 0:
         raise ValueError(f"the {split} shards of {root} hold no samples")
+    if sum(lengths) > MAX_COUNT:  # one flag per sample is kept in shared memory
+        raise ValueError(f"the {split} shards of {root} hold {sum(lengths):,} samples by "
+                         f"{counted_by}, more than the {MAX_COUNT:,} vitmix reads")
     return ShardList(tuple(paths), tuple(lengths), counted_by), labels
 
 
