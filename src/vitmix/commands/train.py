@@ -126,6 +126,9 @@ def _json_object(text: str) -> dict:
         value = json.loads(text)
     except json.JSONDecodeError as err:
         raise argparse.ArgumentTypeError(f"not JSON ({err}): {text!r}") from None
+    except RecursionError:
+        raise argparse.ArgumentTypeError(f"nests too deeply to be model arguments: "
+                                         f"{text[:40]!r}...") from None
     if not isinstance(value, dict):
         raise argparse.ArgumentTypeError(f"must be a JSON object such as "
                                          f"'{{\"stem\": \"conv\"}}', got {text!r}")

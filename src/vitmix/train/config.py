@@ -35,6 +35,7 @@ from ..layers.checks import (
     one_of,
     optional,
 )
+from ..model_arguments import check_model_kwargs
 
 __all__ = ["TrainConfig"]
 
@@ -97,7 +98,9 @@ def setting(default: Any, rule: Rule) -> Any:
 class TrainConfig:
     # What to train on what.
     model: str = setting("schemeformer_ppaa_t_e8_g4_convstem", TEXT)
-    model_kwargs: dict = setting({}, KEYWORDS)  # extra timm.create_model arguments
+    # Extra timm.create_model arguments, from the allowlist of vitmix.model_arguments: the run
+    # writes them to config.yaml, which a resumed run reads back like any file.
+    model_kwargs: dict = setting({}, KEYWORDS)
     # Or a folder: an ImageFolder tree, webdataset shards or a saved Hugging Face dataset.
     data: str = setting("fashion-mnist", TEXT)
     # The folder of the Fashion-MNIST idx files (None: $VITMIX_FASHION_MNIST_DIR, else Debian's).
@@ -225,6 +228,8 @@ class TrainConfig:
         """One line for the first value that breaks its field's rule or another field's."""
         for f in dataclasses.fields(self):
             f.metadata["rule"].check(f.name, getattr(self, f.name))
+        check_model_kwargs(self.model_kwargs, "model_kwargs (--model-kwargs)")
+        self._check_model_kwargs_agree()
         if self.batch_size % 2 and (self.mixup > 0 or self.cutmix > 0):
             raise ValueError(f"Mixup/CutMix pair images, so batch_size must be even, "
                              f"got {self.batch_size}")
@@ -259,6 +264,18 @@ class TrainConfig:
             if getattr(self, name) is not None and self.data == "fashion-mnist":
                 raise ValueError(f"{name} names the image or label of a Hugging Face dataset or "
                                  f"of webdataset samples; Fashion-MNIST has no other")
+
+    def _check_model_kwargs_agree(self) -> None:
+        """The images' channels and size are set once, by in_chans and img_size: a model built
+        for others would fail on the first batch (or quietly resize its position embedding)."""
+        for name in ("in_chans", "img_size"):
+            given, own = self.model_kwargs.get(name), getattr(self, name)
+            if name == "img_size" and isinstance(given, (list, tuple)) and len(set(given)) == 1:
+                given = given[0]  # [32, 32] is 32
+            if given is not None and given != own:
+                flag = "--" + name.replace("_", "-")
+                raise ValueError(f"model_kwargs sets {name} {given!r}, but the images have "
+                                 f"{name}={own} ({flag}); set it with {name} ({flag}) alone")
 
     def _check_schedule(self) -> None:
         """The schedule's settings that only make sense together."""
@@ -319,10 +336,15 @@ class TrainConfig:
         except (yaml.YAMLError, UnicodeDecodeError) as err:
             problem = str(err).replace("\n", " ")
             raise ValueError(f"{path} is not valid YAML: {problem}") from None
+        except RecursionError:  # PyYAML builds nested values recursively
+            raise ValueError(f"{path} is not a config: its values nest thousands of levels "
+                             f"deep") from None
         if not isinstance(values, dict):
             raise ValueError(f"{path} must hold a mapping of config keys, got "
                              f"{type(values).__name__}")
         cls.check_keys(values)
+        if "model_kwargs" in values:  # naming the file, before the values are merged
+            check_model_kwargs(values["model_kwargs"], f"config file {path}")
         return values
 
 

@@ -79,6 +79,7 @@ from .precision import resolve_precision
 from .preemption import StopSignals, TrainingPreempted
 from .progress import ProgressLog
 from .report import MetricsLog, plot_confusion, plot_curves, write_report
+from .resume_checks import check_same_classes
 from .run_folder import (
     PreviousRun,
     RunLock,
@@ -212,6 +213,7 @@ class _Run:
         self.data = hold_out_validation(loaded, val_split, eval_tf, asked=config.val_split)
         self._check_split_on_every_rank()
         self.num_classes = len(self.data.classes)
+        self._check_model_kwargs_fit_the_data()
 
         # The same initial weights on every rank (DDP also broadcasts rank 0's).
         _seed_all(config.seed, -1, 0)
@@ -307,6 +309,15 @@ class _Run:
             raise ValueError(f"the processes hold out different validation images of "
                              f"{self.data.name} (rank {self.ctx.rank}: split {held.digest}); "
                              f"every process must read the same training images")
+
+    def _check_model_kwargs_fit_the_data(self) -> None:
+        """A num_classes in model_kwargs that is not the data's would fail in the first step
+        (more classes than outputs) or train outputs no image is labelled with."""
+        given = self.config.model_kwargs.get("num_classes")
+        if given is not None and given != self.num_classes:
+            raise ValueError(f"model_kwargs sets num_classes {given}, but {self.data.name} has "
+                             f"{self.num_classes} classes; leave num_classes out (a run takes "
+                             f"it from the data)")
 
     # The time budget ---------------------------------------------------------------------------
     def _start_budget(self, clock: Callable[[], float] | None) -> TimeBudget:
@@ -534,6 +545,7 @@ class _Run:
             raise ValueError(f"cannot resume: {source} holds a {saved_name!r} model, but "
                              f"{self.run_dir / 'config.yaml'} trains {self.config.model!r}; "
                              f"the folder mixes two runs (start a new run with --out instead)")
+        check_same_classes(ckpt.get("classes"), self.data.classes, self.data.name, str(source))
         check_state_dict(self.model, ckpt["model"], self.config.model, source)
         digest = self.data.held_out.digest if self.data.held_out else None
         if ckpt.get("val_split_digest", digest) != digest:
@@ -1022,7 +1034,10 @@ def fit(config: TrainConfig | None = None, resume: str | Path | None = None,
             run = _Run(config, run_dir, ctx, clock, cuda_settings)
             run.stop = stop
             if resume is not None:
-                notes = run.restore(load_checkpoint(run_dir / "last.pth"), run_dir / "last.pth")
+                # Notes on the file (no checksum: an earlier vitmix's) come first.
+                notes: list[str] = []
+                ckpt = load_checkpoint(run_dir / "last.pth", notes)
+                notes += run.restore(ckpt, run_dir / "last.pth")
                 where = (f"update {run.num_updates}, part-way through epoch {run.epoch + 1}"
                          if run.in_epoch else f"epoch {run.epoch}")
                 log(f"resuming {run_dir} after {where}/{run.epochs_label()}")
