@@ -18,6 +18,7 @@ from tiny_runs import TINY, make_image_tree, quiet_fit, tiny_config
 from vitmix import cli, factory
 from vitmix.checkpoints.checksum import CHECKSUM_KEY, checkpoint_digest, tensors_digest
 from vitmix.checkpoints.io import load_checkpoint, load_weights, save_checkpoint, save_weights
+from vitmix.data.class_fingerprint import moved_classes
 from vitmix.model_arguments import MODEL_ARGUMENTS, check_model_kwargs
 from vitmix.train import TrainConfig
 from vitmix.train.resume_checks import describe_class_change
@@ -204,6 +205,30 @@ def test_resume_refuses_data_whose_classes_changed(trained, tmp_path, capsys):
     assert (copy / "last.pth").read_bytes() == before  # nothing trained
     assert describe_class_change(["a", "b", "c"], ["a", "c", "b"]) == (
         "the same names in another order (label 1 was 'b', now 'c'; label 2 was 'c', now 'b')")
+
+
+def test_resume_refuses_class_folders_that_swapped_their_names(trained, tmp_path, capsys):
+    root, run = trained
+    data = tmp_path / "data"
+    shutil.copytree(root, data)
+    copy = tmp_path / "run"
+    shutil.copytree(run, copy)
+    values = yaml.safe_load((copy / "config.yaml").read_text())
+    (copy / "config.yaml").write_text(yaml.safe_dump(dict(values, data=str(data), epochs=2)))
+    for split in ("train", "val"):  # the class list stays ['circle', 'square', 'stripes']
+        (data / split / "circle").rename(data / split / "was_circle")
+        (data / split / "square").rename(data / split / "circle")
+        (data / split / "was_circle").rename(data / split / "square")
+    line = one_line_refusal(["train", "--resume", str(copy)], capsys)
+    assert line == (f"vitmix train: error: cannot resume: the class folders of {data} hold "
+                    f"other images than when {copy / 'last.pth'} was trained (those of 'circle' "
+                    f"are now in 'square'; those of 'square' are now in 'circle'): folders "
+                    f"renamed into each other, so its labels would now mean other classes. Put "
+                    f"the data back as it was, or start a new run with --out")
+    # Images added to or removed from a class are no such finding.
+    then = {"a": ["1", "2"], "b": ["3", "4"]}
+    assert moved_classes(then, {"a": ["0", "1"], "b": ["4", "5"]}) == []
+    assert moved_classes(then, {"a": ["3", "4"], "b": ["1", "2"]}) == [("a", "b"), ("b", "a")]
 
 
 def test_model_arguments_that_disagree_with_the_data_are_refused_before_the_first_step(

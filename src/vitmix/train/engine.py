@@ -51,6 +51,7 @@ from ..checkpoints.io import (
 )
 from ..complexity import count_macs, count_params
 from ..data import AugmentSettings, build_transforms, load_splits
+from ..data.class_fingerprint import class_fingerprint
 from ..data.device_batches import DeviceBatches
 from ..data.fashion_mnist import FashionMNIST
 from ..data.seeding import EpochSeeded, ignore_stop_signals
@@ -79,7 +80,7 @@ from .precision import resolve_precision
 from .preemption import StopSignals, TrainingPreempted
 from .progress import ProgressLog
 from .report import MetricsLog, plot_confusion, plot_curves, write_report
-from .resume_checks import check_same_classes
+from .resume_checks import check_same_classes, check_same_images_per_class
 from .run_folder import (
     PreviousRun,
     RunLock,
@@ -214,6 +215,8 @@ class _Run:
         self._check_split_on_every_rank()
         self.num_classes = len(self.data.classes)
         self._check_model_kwargs_fit_the_data()
+        # Which images each class holds, kept in the checkpoints for a resumed run to compare.
+        self.class_fingerprint = class_fingerprint(unwrap_subset(self.data.train)[0])
 
         # The same initial weights on every rank (DDP also broadcasts rank 0's).
         _seed_all(config.seed, -1, 0)
@@ -524,6 +527,7 @@ class _Run:
             "rng": _rng_state(self.device), "best_metric": self.best_metric,
             "best_epoch": self.best_epoch,
             "final_weights": self.config.final_weights, "classes": self.data.classes,
+            "class_fingerprint": self.class_fingerprint,
             "seconds": self.seconds,
             "val_split_digest": self.data.held_out.digest if self.data.held_out else None,
             "budget": self.budget.state_dict() if self.budget else None,
@@ -546,6 +550,8 @@ class _Run:
                              f"{self.run_dir / 'config.yaml'} trains {self.config.model!r}; "
                              f"the folder mixes two runs (start a new run with --out instead)")
         check_same_classes(ckpt.get("classes"), self.data.classes, self.data.name, str(source))
+        check_same_images_per_class(ckpt.get("class_fingerprint"), self.class_fingerprint,
+                                    self.data.name, str(source))
         check_state_dict(self.model, ckpt["model"], self.config.model, source)
         digest = self.data.held_out.digest if self.data.held_out else None
         if ckpt.get("val_split_digest", digest) != digest:

@@ -4,14 +4,18 @@ run's labels meant.
 A model's outputs are labels, and a label means the class at its place in the run's list of
 classes. Renamed class folders, a class added or removed, or a classes.txt in another order give
 labels other meanings: a run resumed on them would train on silently while its validation
-accuracy collapsed. They are refused in one line naming the differences.
+accuracy collapsed. They are refused in one line naming the differences. Class folders that
+swapped their names keep the class list as it was: their images tell (see
+:mod:`vitmix.data.class_fingerprint`).
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 
-__all__ = ["check_same_classes", "describe_class_change"]
+from ..data.class_fingerprint import moved_classes
+
+__all__ = ["check_same_classes", "check_same_images_per_class", "describe_class_change"]
 
 _SHOWN = 5  # names listed per kind of difference; the rest are counted
 
@@ -52,3 +56,20 @@ def check_same_classes(then: Sequence[str] | None, now: Sequence[str], data_name
         raise ValueError(f"cannot resume: the classes of {data_name} are not those {source} "
                          f"was trained on ({change}); its labels would now mean other classes. "
                          f"Put the data back as it was, or start a new run with --out")
+
+
+def check_same_images_per_class(then: dict | None, now: dict | None, data_name: str,
+                                source: str) -> None:
+    """ValueError when images the run trained under one class are now under another's name
+    (class folders renamed into each other); ``then`` from the checkpoint ``source``, None when
+    it kept no fingerprint (an earlier vitmix, data that is no image tree)."""
+    if not then or not now:
+        return
+    moved = moved_classes(then, now)
+    if moved:
+        shown = "; ".join(f"those of {a!r} are now in {b!r}" for a, b in moved[:_SHOWN])
+        more = f" and {len(moved) - _SHOWN} more" if len(moved) > _SHOWN else ""
+        raise ValueError(f"cannot resume: the class folders of {data_name} hold other images "
+                         f"than when {source} was trained ({shown}{more}): folders renamed into "
+                         f"each other, so its labels would now mean other classes. Put the data "
+                         f"back as it was, or start a new run with --out")
