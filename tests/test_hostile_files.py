@@ -163,6 +163,10 @@ def test_a_config_file_and_a_run_folder_cannot_steer_the_model(trained, tmp_path
     line = one_line_refusal(["train", "--data", str(root), "--out", str(tmp_path / "r"),
                              "--model-kwargs", '{"pretrained": true}'], capsys)
     assert "model_kwargs (--model-kwargs): the model argument 'pretrained' is refused" in line
+    line = one_line_refusal(["train", "--data", str(root), "--out", str(tmp_path / "r"),
+                             "--model-kwargs", '{"no_such_arg": 1}'], capsys)
+    assert line.startswith("vitmix train: error: model_kwargs (--model-kwargs): 'no_such_arg' is "
+                           "not a model argument vitmix takes (it takes num_classes, in_chans, ")
 
 
 def test_every_allowed_argument_is_one_a_vitmix_model_takes():
