@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import zipfile
 from pathlib import Path
 
 import pytest
@@ -114,6 +115,24 @@ def test_a_value_nested_thousands_deep_is_one_line(trained, tmp_path, capsys, no
     line = one_line_refusal(["train", "--config", str(deep_yaml)], capsys)
     assert line == (f"vitmix train: error: {deep_yaml} is not a config: its values nest "
                     f"thousands of levels deep")
+    # A .pth whose model_kwargs nest as deep: torch.save cannot write one, so the pickle is
+    # made by hand (EMPTY_LIST and APPEND, which unpickle without recursing).
+    deep_pth = tmp_path / "deep.pth"
+    torch.save({"model": {}, "model_name": MODEL}, deep_pth)
+    n = 100_000
+    text = lambda s: b"X" + len(s).to_bytes(4, "little") + s.encode()  # noqa: E731
+    pickle = (b"\x80\x02}" + text("model") + b"}s" + text("model_name") + text(MODEL) + b"s"
+              + text("model_kwargs") + b"}" + text("dims") + b"]" * n + b"a" * (n - 1) + b"ss.")
+    with zipfile.ZipFile(deep_pth) as z:
+        members = {name: z.read(name) for name in z.namelist()}
+    with zipfile.ZipFile(deep_pth, "w") as z:
+        for name, data in members.items():
+            z.writestr(name, pickle if name.endswith("/data.pkl") else data)
+    line = one_line_refusal(eval_args(deep_pth, root, tmp_path), capsys)
+    assert line == (f"vitmix eval: error: checkpoint {deep_pth}: the model argument dims must be "
+                    f"a list of 1 to 8 values (one per stage), each an integer from 1 to 8192, "
+                    f"got a value nested thousands of levels deep")
+
     with pytest.raises(SystemExit) as exited:  # argparse's refusal, after its usage line
         cli.main(["train", "--model-kwargs", "[" * 100_000])
     assert exited.value.code == 2

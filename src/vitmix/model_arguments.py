@@ -113,7 +113,10 @@ _SHOWN = 60  # characters of a refused value in a message: a file may hold megab
 
 
 def _shown(value: Any) -> str:
-    text = repr(value)
+    try:
+        text = repr(value)
+    except RecursionError:
+        return "a value nested thousands of levels deep"
     return text if len(text) <= _SHOWN else f"{text[:_SHOWN]}... ({len(text)} characters)"
 
 

@@ -211,6 +211,9 @@ def load_checkpoint(path: str | Path, notes: list[str] | None = None) -> dict:
     if not isinstance(ckpt.get("model_kwargs", {}), dict):
         raise ValueError(f"{path} is damaged: its model_kwargs are "
                          f"{type(ckpt['model_kwargs']).__name__}, not a mapping")
+    # Before anything walks them (json.dumps of a value nested thousands deep recurses).
+    check_model_kwargs(ckpt.get("model_kwargs") or {}, f"checkpoint {path}")
+    _check_class_names(ckpt.get("classes"), path)
     verify_checkpoint(ckpt, f"checkpoint {path}", notes)
     ckpt.pop(CHECKSUM_KEY, None)
     return ckpt
@@ -344,13 +347,20 @@ def read_model(path: str | Path, name: str) -> SavedModel:
     if kwargs is not None:
         kwargs = check_model_kwargs(kwargs, f"checkpoint {path}")
     classes = _metadata_json(path, meta, "classes", list)
-    if classes is not None and not all(isinstance(c, str) for c in classes):
-        raise ValueError(f"checkpoint {path} is damaged: its class names are not all strings")
-    if classes is not None and not 1 <= len(classes) <= MAX_NUM_CLASSES:
-        raise ValueError(f"checkpoint {path} is damaged: it names {len(classes)} classes, "
-                         f"where a model has 1 to {MAX_NUM_CLASSES}")
+    _check_class_names(classes, path)
     return SavedModel(Path(path), name, kwargs or {}, meta.get("deployed") == "1", state,
                       classes, _metadata_crop(path, meta), meta.get("eval_interpolation") or None)
+
+
+def _check_class_names(classes: object, path: str | Path) -> None:
+    """ValueError unless ``classes`` is None or a list of 1 to MAX_NUM_CLASSES strings."""
+    if classes is None:
+        return
+    if not isinstance(classes, list) or not all(isinstance(c, str) for c in classes):
+        raise ValueError(f"checkpoint {path} is damaged: its class names are not all strings")
+    if not 1 <= len(classes) <= MAX_NUM_CLASSES:
+        raise ValueError(f"checkpoint {path} is damaged: it names {len(classes)} classes, "
+                         f"where a model has 1 to {MAX_NUM_CLASSES}")
 
 
 def _metadata_crop(path: str | Path, meta: dict) -> float | None:

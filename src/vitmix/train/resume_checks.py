@@ -65,6 +65,11 @@ def check_same_images_per_class(then: dict | None, now: dict | None, data_name: 
     it kept no fingerprint (an earlier vitmix, data that is no image tree)."""
     if not then or not now:
         return
+    if not (isinstance(then, dict) and all(
+            isinstance(name, str) and isinstance(digests, list)
+            and all(isinstance(d, str) for d in digests) for name, digests in then.items())):
+        raise ValueError(f"cannot resume: {source} is damaged: its class_fingerprint is not a "
+                         f"mapping of class names to lists of digests")
     moved = moved_classes(then, now)
     if moved:
         shown = "; ".join(f"those of {a!r} are now in {b!r}" for a, b in moved[:_SHOWN])
