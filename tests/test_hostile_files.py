@@ -153,7 +153,9 @@ def test_a_training_checkpoint_and_a_hub_name_are_checked_alike(trained, tmp_pat
     hub = with_metadata(run / "model_deployed.safetensors", tmp_path / "hub.safetensors",
                         model="hf-hub:someone/weights")
     line = one_line_refusal(eval_args(hub, root, tmp_path), capsys)
-    assert line.startswith("vitmix eval: error: unknown model 'hf-hub:someone/weights'")
+    assert line == ("vitmix eval: error: unknown model 'hf-hub:someone/weights': a place to fetch "
+                    "a model from, not a model registered with timm; vitmix builds registered "
+                    "models by name and loads weights from --checkpoint")
 
 
 def test_a_config_file_and_a_run_folder_cannot_steer_the_model(trained, tmp_path, capsys,
