@@ -165,8 +165,8 @@ def test_image_size_and_class_count_in_the_millions_are_refused_before_any_work(
     assert line == ("vitmix train: error: img_size must be a positive integer up to 4096, got "
                     "10000000")
     line = train_fails(capsys, tmp_path, "--model-kwargs", '{"num_classes": 100000000}')
-    assert line == ("vitmix train: error: model_kwargs['num_classes'] must be a positive integer "
-                    "up to 100000, got 100000000")
+    assert line == ("vitmix train: error: model_kwargs (--model-kwargs): the model argument "
+                    "num_classes must be an integer from 0 to 100000, got 100000000")
     line = train_fails(capsys, tmp_path, "--img-size", "32", "--model-kwargs",
                        '{"img_size": 64}')
     assert line == ("vitmix train: error: model_kwargs sets img_size=64, but the run's img_size "

@@ -16,7 +16,9 @@ from __future__ import annotations
 # 1 MiB is far above both and still parsed in a blink.
 MAX_STRUCTURED_TEXT_BYTES = 1 << 20
 # Settings nest a few levels (model_kwargs holding per-stage lists); 32 is far above that and
-# far below Python's recursion limit (1,000), which the JSON and YAML parsers run into.
+# far below Python's recursion limit (1,000), which the JSON and YAML parsers run into. The
+# tensors of a training checkpoint nest a few levels too (optimizer/state/0/exp_avg): its
+# checksum (checkpoints/checksum.py) walks no deeper than this either.
 MAX_NESTING_DEPTH = 32
 # Values (mappings, lists, scalars) a YAML file holds once its aliases are expanded: a config
 # holds about a hundred. The bound stops an alias bomb (nine aliases of nine aliases ... of a
@@ -39,7 +41,8 @@ MAX_MESSAGE_CHARS = 2_000
 # evaluated at up to about 1,000; 4,096 leaves room for experiments, while a position
 # embedding or a batch sized from 10 million pixels asks for terabytes.
 MAX_IMG_SIZE = 4_096
-# Input channels (in_chans of `vitmix export`): RGB has 3, hyperspectral images a few hundred.
+# Input channels (in_chans of `vitmix export`, and of model arguments read from a file): RGB has
+# 3, multispectral images a dozen, hyperspectral images a few hundred.
 MAX_IN_CHANS = 1_024
 # Classes of a classifier (num_classes, and the labels of a dataset: 0 to MAX_CLASSES - 1).
 # ImageNet-21K has 21,841, the largest label set timm's models are trained on; a 768-wide head
@@ -54,6 +57,34 @@ MAX_IMAGE_PIXELS = 8_192 * 8_192
 # A webdataset .cls label file holds a decimal integer below MAX_CLASSES: a few bytes. Reading
 # more of a file that claims to be a label is reading a file that is not one.
 MAX_LABEL_FILE_BYTES = 64
+
+# --- Model structure: the model arguments a file or --model-kwargs names, checked by the
+# allowlist of vitmix.model_arguments before any model is built. The models vitmix ships are far
+# below each bound (ImageNet-21K-sized heads aside, GroupMixFormer-L has 30 blocks in a stage and
+# 480 channels); a damaged or hostile file must not make vitmix build a stage a million blocks
+# deep or a layer of a billion channels. ---
+
+# Stages of a hierarchical model (the length of depths, dims and every per-stage list): the
+# shipped models have 4; a list of more than 8 stages is no model's, only a large value.
+MAX_STAGES = 8
+# Blocks in one stage: the deepest shipped stage has 30; 256 leaves room for experiments, while
+# a million blocks would be built (and allocated) before the first step could fail.
+MAX_DEPTH = 256
+# Channels of a stage, and of one attention head (dims, head_dim): 480 at most in the shipped
+# models; 8,192 is as wide as the largest published vision transformers and already a large
+# share of a GPU's memory per stage.
+MAX_DIM = 8_192
+# An MLP's hidden width as a multiple of its stage's (mlp_ratios): models use 4 to 8; 64 times
+# a stage's width is already a layer larger than the rest of the model.
+MAX_MLP_RATIO = 64.0
+# Groups of a block-diagonal MLP (mlp_groups): a few in the shipped models; a group keeps at
+# least one channel, so past a thousand groups only the widest stages could split at all.
+MAX_GROUPS = 1_024
+# Attention heads of a layer (num_heads): a few to a few dozen in published models.
+MAX_HEADS = 256
+# The initial layer scale (layer_scale_init): small (1e-5 to 1) in every recipe; past 10 each
+# residual branch is amplified from the start, which is a damaged value, not a setting.
+MAX_LAYER_SCALE_INIT = 10.0
 
 # --- Integer settings ---
 

@@ -37,7 +37,6 @@ from ..layers.checks import (
 from ..limits import (
     MAX_ACCUM_STEPS,
     MAX_BATCH_SIZE,
-    MAX_CLASSES,
     MAX_COUNT,
     MAX_EPOCHS,
     MAX_IMG_SIZE,
@@ -46,6 +45,7 @@ from ..limits import (
     MAX_WORKERS,
 )
 from ..messages import abbreviate, quoted
+from ..model_arguments import check_model_kwargs
 from ..paths import check_input_file
 from ..structured_text import load_yaml, read_bounded_text
 
@@ -121,7 +121,9 @@ def setting(default: Any, rule: Rule) -> Any:
 class TrainConfig:
     # What to train on what.
     model: str = setting("schemeformer_ppaa_t_e8_g4_convstem", TEXT)
-    model_kwargs: dict = setting({}, KEYWORDS)  # extra timm.create_model arguments
+    # Extra timm.create_model arguments, from the allowlist of vitmix.model_arguments: the run
+    # writes them to config.yaml, which a resumed run reads back like any file.
+    model_kwargs: dict = setting({}, KEYWORDS)
     # Or a folder: an ImageFolder tree, webdataset shards or a saved Hugging Face dataset.
     data: str = setting("fashion-mnist", TEXT)
     # The folder of the Fashion-MNIST idx files (None: $VITMIX_FASHION_MNIST_DIR, else Debian's).
@@ -286,18 +288,24 @@ class TrainConfig:
                                  f"of webdataset samples; Fashion-MNIST has no other")
 
     def _check_model_kwargs(self) -> None:
-        """The model arguments the run sets itself: a class count within bounds (the run checks
-        it against the data's), and no image size or channel count other than the run's."""
-        kwargs = self.model_kwargs
-        if "num_classes" in kwargs:
-            int_up_to(MAX_CLASSES).check("model_kwargs['num_classes']", kwargs["num_classes"])
+        """The model arguments: each one of the allowlist of vitmix.model_arguments (the run
+        writes them to config.yaml, which a resumed run reads back like any file), and no image
+        size or channel count other than the run's. A num_classes is checked against the data's
+        class count once the data is read (train/engine.py's model_kwargs_for)."""
+        check_model_kwargs(self.model_kwargs, "model_kwargs (--model-kwargs)")
         for name in ("img_size", "in_chans"):
             # A model built for other images than the transforms make fails at its first
-            # forward, after the data is read, or trains on what it was not built for.
-            if name in kwargs and kwargs[name] != getattr(self, name):
-                raise ValueError(f"model_kwargs sets {name}={quoted(kwargs[name])}, but the run's "
-                                 f"{name} is {getattr(self, name)} (--{name.replace('_', '-')}), "
-                                 f"the images it makes; set {name} there alone")
+            # forward, after the data is read, or trains on what it was not built for (a
+            # position embedding quietly resized).
+            if name not in self.model_kwargs:
+                continue
+            given, own = self.model_kwargs[name], getattr(self, name)
+            if name == "img_size" and isinstance(given, (list, tuple)) and len(set(given)) == 1:
+                given = given[0]  # [32, 32] is 32
+            if given != own:
+                raise ValueError(f"model_kwargs sets {name}={quoted(given)}, but the run's {name} "
+                                 f"is {own} (--{name.replace('_', '-')}), the images it makes; "
+                                 f"set {name} there alone")
 
     def _check_schedule(self) -> None:
         """The schedule's settings that only make sense together."""
@@ -363,6 +371,8 @@ class TrainConfig:
             raise ValueError(f"{path} must hold a mapping of config keys, got "
                              f"{type(values).__name__}")
         cls.check_keys(values)
+        if "model_kwargs" in values:  # naming the file, before the values are merged
+            check_model_kwargs(values["model_kwargs"], f"config file {path}")
         return values
 
 

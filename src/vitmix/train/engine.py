@@ -50,6 +50,7 @@ from ..checkpoints.io import (
 )
 from ..complexity import count_macs, count_params
 from ..data import AugmentSettings, build_transforms, load_splits
+from ..data.class_fingerprint import class_fingerprint
 from ..data.device_batches import DeviceBatches
 from ..data.fashion_mnist import FashionMNIST
 from ..data.seeding import EpochSeeded, ignore_stop_signals
@@ -80,6 +81,7 @@ from .precision import resolve_precision
 from .preemption import StopSignals, TrainingPreempted
 from .progress import ProgressLog
 from .report import MetricsLog, plot_confusion, plot_curves, write_report
+from .resume_checks import check_same_classes, check_same_images_per_class
 from .run_folder import (
     PreviousRun,
     RunLock,
@@ -223,10 +225,13 @@ class _Run:
         self.data = hold_out_validation(loaded, val_split, eval_tf, asked=config.val_split)
         self._check_split_on_every_rank()
         self.num_classes = len(self.data.classes)
+        # A num_classes in model_kwargs that is not the data's: refused before any other work.
+        self.model_kwargs = model_kwargs_for(config, self.num_classes, self.data.name)
+        # Which images each class holds, kept in the checkpoints for a resumed run to compare.
+        self.class_fingerprint = class_fingerprint(unwrap_subset(self.data.train)[0])
 
         # The same initial weights on every rank (DDP also broadcasts rank 0's).
         _seed_all(config.seed, -1, 0)
-        self.model_kwargs = model_kwargs_for(config, self.num_classes, self.data.name)
         model = build_model(config.model, self.model_kwargs)
         self.params = count_params(model)
         self.macs = count_macs(model, config.img_size, config.in_chans)
@@ -524,6 +529,7 @@ class _Run:
             "rng": _rng_state(self.device), "best_metric": self.best_metric,
             "best_epoch": self.best_epoch,
             "final_weights": self.config.final_weights, "classes": self.data.classes,
+            "class_fingerprint": self.class_fingerprint,
             "seconds": self.seconds,
             "val_split_digest": self.data.held_out.digest if self.data.held_out else None,
             "budget": self.budget.state_dict() if self.budget else None,
@@ -545,6 +551,9 @@ class _Run:
             raise ValueError(f"cannot resume: {source} holds a {saved_name!r} model, but "
                              f"{self.run_dir / 'config.yaml'} trains {self.config.model!r}; "
                              f"the folder mixes two runs (start a new run with --out instead)")
+        check_same_classes(ckpt.get("classes"), self.data.classes, self.data.name, str(source))
+        check_same_images_per_class(ckpt.get("class_fingerprint"), self.class_fingerprint,
+                                    self.data.name, str(source))
         check_state_dict(self.model, ckpt["model"], self.config.model, source)
         digest = self.data.held_out.digest if self.data.held_out else None
         if ckpt.get("val_split_digest", digest) != digest:
@@ -1034,7 +1043,10 @@ def fit(config: TrainConfig | None = None, resume: str | Path | None = None,
             run = _Run(config, run_dir, ctx, clock, cuda_settings)
             run.stop = stop
             if resume is not None:
-                notes = run.restore(load_checkpoint(run_dir / "last.pth"), run_dir / "last.pth")
+                # Notes on the file (no checksum: an earlier vitmix's) come first.
+                notes: list[str] = []
+                ckpt = load_checkpoint(run_dir / "last.pth", notes)
+                notes += run.restore(ckpt, run_dir / "last.pth")
                 where = (f"update {run.num_updates}, part-way through epoch {run.epoch + 1}"
                          if run.in_epoch else f"epoch {run.epoch}")
                 log(f"resuming {run_dir} after {where}/{run.epochs_label()}")
