@@ -132,7 +132,8 @@ def test_export_errors_are_clear(tmp_path, capsys, checkpoint):
         (["--model", MODEL, "--checkpoint", str(tmp_path / "none.safetensors")],
          "does not exist"),
         (["--model", "no_such_model"], "unknown model"),
-        (["--model", MODEL, "--img-size", "0"], "--img-size must be a positive integer, got 0"),
+        (["--model", MODEL, "--img-size", "0"],
+         "--img-size must be a positive integer up to 4096, got 0"),
         (["--model", MODEL, "--tolerance", "-1"], "--tolerance must be a non-negative number"),
     ]
     for extra, message in cases:

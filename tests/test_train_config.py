@@ -28,10 +28,10 @@ BAD_VALUES = [
     ("in_chans", 2, "one of 1, 3"),
     ("in_chans", True, "one of 1, 3"),
     ("out_dir", "  ", "a non-empty string"),
-    ("val_split", -1, r"'auto', a non-negative integer \(0: none\) or None"),
-    ("val_split", "5000", r"'auto', a non-negative integer \(0: none\) or None"),
-    ("val_split", 0.5, r"'auto', a non-negative integer \(0: none\) or None"),
-    ("val_split", True, r"'auto', a non-negative integer \(0: none\) or None"),
+    ("val_split", -1, r"'auto', a non-negative integer up to 1000000000 \(0: none\) or None"),
+    ("val_split", "5000", r"'auto', a non-negative integer up to 1000000000 \(0: none\) or None"),
+    ("val_split", 0.5, r"'auto', a non-negative integer up to 1000000000 \(0: none\) or None"),
+    ("val_split", True, r"'auto', a non-negative integer up to 1000000000 \(0: none\) or None"),
     ("epochs", 0, "a positive integer"),
     ("epochs", 2.5, "a positive integer"),
     ("epochs", "10", "a positive integer"),
@@ -88,8 +88,8 @@ BAD_VALUES = [
     ("eval_interpolation", "random", "one of 'bicubic', 'bilinear', 'nearest', 'box', "
                                      "'hamming', 'lanczos'"),
     ("seed", -1, "a non-negative integer"),
-    ("workers", 1.5, "a non-negative integer or None"),
-    ("workers", -1, "a non-negative integer or None"),
+    ("workers", 1.5, "a non-negative integer up to 1024 or None"),
+    ("workers", -1, "a non-negative integer up to 1024 or None"),
     ("loader", "fast", "one of 'auto', 'dataloader', 'tensor'"),
     ("device", "tpu", "one of 'auto', 'cpu', 'cuda'"),
     ("sync_bn", "on", "True or False"),
@@ -97,10 +97,10 @@ BAD_VALUES = [
     ("cudnn_benchmark", None, "True or False"),
     ("log_interval", 0, "a positive integer"),
     ("log_interval", 2.5, "a positive integer"),
-    ("threads", 0, "a positive integer or None"),
+    ("threads", 0, "a positive integer up to 4096 or None"),
     ("eval_ema_each_epoch", 0, "True or False"),
-    ("max_train_batches", 0, "a positive integer or None"),
-    ("max_val_batches", 2.0, "a positive integer or None"),
+    ("max_train_batches", 0, "a positive integer up to 1000000000 or None"),
+    ("max_val_batches", 2.0, "a positive integer up to 1000000000 or None"),
     ("verify_images", "quick", "one of 'auto', 'decode', 'header', 'none'"),
     ("progress_bar", "no", "True or False"),
     ("recipe", "", "a non-empty string or None"),
@@ -198,7 +198,8 @@ def test_schedule_rules():
 def test_yaml_values_are_checked_by_the_same_rules(tmp_path):
     path = tmp_path / "c.yaml"
     path.write_text("epochs: ten\n")
-    with pytest.raises(ValueError, match="^epochs must be a positive integer, got 'ten'$"):
+    with pytest.raises(ValueError,
+                       match="^epochs must be a positive integer up to 100000, got 'ten'$"):
         TrainConfig.load(path)
     path.write_text("crop_scale: [0.9, 0.1]\n")
     with pytest.raises(ValueError, match=r"^crop_scale must be two numbers"):
@@ -231,7 +232,7 @@ def test_the_command_line_refuses_bad_values_in_one_line_with_exit_code_2(tmp_pa
         (["--time-budget", "-5"], "vitmix train: error: time_budget must be a positive number "
                                   "or None, got -5.0"),
         (["--val-split", "-3"], "vitmix train: error: val_split must be 'auto', a non-negative "
-                                "integer (0: none) or None, got -3"),
+                                "integer up to 1000000000 (0: none) or None, got -3"),
         (["--eval-crop-pct", "1.5"], "vitmix train: error: eval_crop_pct must be a number in "
                                      "(0, 1], got 1.5"),
         (["--sched-on", "step"], "vitmix train: error: sched_on must be one of 'update', "

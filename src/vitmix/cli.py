@@ -13,10 +13,20 @@ import pkgutil
 import sys
 
 from . import commands, exit_codes
+from .messages import abbreviate_quotes, one_line
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse's parser, whose refusals quote the argument whole ("invalid int value: '...'"
+    of a million digits): cut to one line of bounded length. Sub-command parsers are made of
+    the same class."""
+
+    def error(self, message: str):
+        super().error(one_line(abbreviate_quotes(message)))
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="vitmix", description="SCHEME and Group-Mix Attention models for timm"
     )
     subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -52,10 +62,11 @@ def main(argv: list[str] | None = None) -> int:
         return int(args.func(args) or 0)
     except (ValueError, *_BAD_PATHS) as err:
         # Errors meant for people: one line, no traceback.
-        print(f"vitmix {args.command}: error: {_one_line(err)}", file=sys.stderr)
+        print(f"vitmix {args.command}: error: {one_line(_one_line(err))}", file=sys.stderr)
         return exit_codes.BAD_INPUT
     except OSError as err:
-        print(f"vitmix {args.command}: error: {_describe_os_error(err)}", file=sys.stderr)
+        print(f"vitmix {args.command}: error: {one_line(_describe_os_error(err))}",
+              file=sys.stderr)
         return exit_codes.SYSTEM
     except KeyboardInterrupt as err:
         detail = f"; {err}" if str(err) else ""

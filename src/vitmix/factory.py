@@ -6,14 +6,26 @@ from __future__ import annotations
 import timm
 from torch import nn
 
+from .messages import quoted
+
 __all__ = ["build_model", "check_model_name"]
 
 
+# The prefixes timm.create_model reads as a place to fetch a model from, not a model's name.
+_SOURCE_PREFIXES = ("hf-hub:", "local-dir:")
+
+
 def check_model_name(name: str) -> None:
-    """ValueError for a name timm has no model for."""
-    if not timm.is_model(name):
-        raise ValueError(f"unknown model {name!r}: not registered with timm (`vitmix list` shows "
-                         f"vitmix's models, timm.list_models() all of them)")
+    """ValueError for a name timm has no model for (a hub id or a folder among them: a name may
+    come from a file, which must not make vitmix fetch anything)."""
+    if isinstance(name, str) and timm.is_model(name):
+        return
+    if isinstance(name, str) and name.startswith(_SOURCE_PREFIXES):
+        raise ValueError(f"unknown model {quoted(name)}: a place to fetch a model from, not a "
+                         f"model registered with timm; vitmix builds registered models by name "
+                         f"and loads weights from --checkpoint")
+    raise ValueError(f"unknown model {quoted(name)}: not registered with timm (`vitmix list` "
+                     f"shows vitmix's models, timm.list_models() all of them)")
 
 
 def build_model(name: str, kwargs: dict) -> nn.Module:

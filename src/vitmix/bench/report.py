@@ -12,6 +12,8 @@ from pathlib import Path
 import torch
 
 from ..checkpoints.io import atomic_write
+from ..paths import check_input_file
+from ..structured_text import load_json, read_bounded_text
 from .reference import REFERENCE_FIGURES
 from .speed import ModelSpeed
 
@@ -43,11 +45,9 @@ def parse_accuracy(text: str) -> tuple[str, float]:
 
 def load_accuracy_json(path: str | os.PathLike) -> dict[str, float]:
     """A JSON object {model name: top-1 percent}."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"accuracy file {path} does not exist")
+    path = check_input_file(path, "accuracy file")
     try:
-        data = json.loads(path.read_text())
+        data = load_json(read_bounded_text(path, "accuracy file"), f"accuracy file {path}")
     except json.JSONDecodeError as err:
         raise ValueError(f"accuracy file {path} is not valid JSON ({err})") from None
     if not isinstance(data, dict):

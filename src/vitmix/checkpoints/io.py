@@ -5,7 +5,9 @@ from either, and the atomic write that every file a run keeps goes through.
 A file is written under a temporary name beside the target, flushed to the disk and renamed over
 it, so a run killed (or a machine losing power) while writing keeps the previous file whole.
 A .pth file is read with ``weights_only=True``: tensors and plain values, never pickled objects,
-whose unpickling could run code.
+whose unpickling could run code. Weights files and training checkpoints carry the checksum of
+their tensors (:mod:`.checksum`), verified when they are read; the model arguments a file names
+pass :mod:`vitmix.model_arguments`' allowlist before any model is built from them.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import json
 import os
 import re
 import secrets
+import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,10 +30,21 @@ from torch import nn
 from .. import surgery
 from ..factory import build_model, check_model_name
 from ..layers.checks import FRACTION
+from ..limits import MAX_CLASSES
+from ..model_arguments import check_model_kwargs
+from ..paths import check_input_file
+from ..structured_text import load_json
+from .checksum import (
+    CHECKSUM_KEY,
+    checkpoint_digest,
+    tensors_digest,
+    unverified_note,
+    verify_digest,
+)
 
 __all__ = ["SavedModel", "atomic_write", "atomic_write_text", "check_file", "check_state_dict",
            "load_checkpoint", "load_model", "load_torch_file", "load_weights", "read_model",
-           "save_checkpoint", "save_weights", "saved_model_name"]
+           "save_checkpoint", "save_weights", "saved_model_name", "verify_checkpoint"]
 
 
 def _fsync(path: str | Path, flags: int) -> None:
@@ -75,12 +89,22 @@ def atomic_write_text(path: str | Path, text: str) -> None:
     atomic_write(path, lambda tmp: Path(tmp).write_text(text))
 
 
+def _is_training_checkpoint(obj: object) -> bool:
+    return (isinstance(obj, dict) and isinstance(obj.get("model"), dict)
+            and isinstance(obj.get("model_name"), str))
+
+
 def save_checkpoint(obj: dict, path: str | Path) -> None:
     """A training checkpoint (any dict torch.save takes), written atomically.
 
     Keep it to what :func:`load_torch_file` reads back: tensors, numbers, strings, None, and
-    lists, tuples and dicts of them.
+    lists, tuples and dicts of them. A training checkpoint (a model state and its name) gets
+    the checksum of all its tensors under ``tensors_sha256``; a bare state dict is saved as it
+    is, since timm and PyTorch load it key for key.
     """
+    if _is_training_checkpoint(obj):
+        obj = {**obj, CHECKSUM_KEY: checkpoint_digest(obj)}
+
     def write(tmp: str) -> None:
         # Through a Python file, whose failed write raises OSError (ENOSPC on a full disk);
         # torch.save given a path reports the same as a RuntimeError about stream positions.
@@ -91,14 +115,20 @@ def save_checkpoint(obj: dict, path: str | Path) -> None:
 
 
 def save_weights(state_dict: dict, path: str | Path, metadata: dict[str, str]) -> None:
-    """A state dict as safetensors, with string metadata, written atomically."""
+    """A state dict as safetensors, with string metadata and the checksum of its tensors
+    (``tensors_sha256``), written atomically."""
     tensors = {k: v.detach().cpu().contiguous() for k, v in state_dict.items()}
+    metadata = {**metadata, CHECKSUM_KEY: tensors_digest(tensors)}
     data = save_safetensors_bytes(tensors, metadata=metadata)
     # Written by Python, so that a full disk raises OSError as for every other file.
     atomic_write(path, lambda tmp: Path(tmp).write_bytes(data))
 
 
 CHECKPOINT_SUFFIXES = (".safetensors", ".pth", ".pt")
+# The input of a model whose checkpoint (or command) does not say: ImageNet's RGB at 224 pixels,
+# what timm's models are made for.
+DEFAULT_IMG_SIZE = 224
+DEFAULT_IN_CHANS = 3
 
 
 def check_file(path: str | Path, what: str = "checkpoint") -> Path:
@@ -109,9 +139,7 @@ def check_file(path: str | Path, what: str = "checkpoint") -> Path:
         hint = (f"; it holds {', '.join(inside)}" if inside else "")
         raise ValueError(f"{what} {path} is a folder, not a file: give the path of a "
                          f"checkpoint file{hint}")
-    if not path.is_file():
-        raise FileNotFoundError(f"{what} {path} does not exist")
-    return path
+    return check_input_file(path, what)
 
 
 def _legacy_numpy_globals() -> list:
@@ -155,21 +183,50 @@ def load_torch_file(path: str | Path, what: str = "checkpoint", allowed: Sequenc
                          f"({type(err).__name__}: {reason})") from None
 
 
-def load_checkpoint(path: str | Path) -> dict:
-    """A training checkpoint written by :func:`save_checkpoint`; ValueError when unreadable."""
+def _note(notes: list[str] | None, text: str) -> None:
+    """A note for the person loading a file: kept in ``notes``, else one line on stderr."""
+    if notes is None:
+        print(f"note: {text}", file=sys.stderr)
+    else:
+        notes.append(text)
+
+
+def verify_checkpoint(obj: object, source: str, notes: list[str] | None = None) -> None:
+    """Check the tensors of a loaded .pth against the checksum it was saved with (ValueError
+    when they differ); a file without one gets a note that it loads unverified."""
+    if isinstance(obj, dict) and CHECKSUM_KEY in obj:
+        try:
+            computed = checkpoint_digest(obj)
+        except ValueError as err:  # nested too deep to be a checkpoint
+            raise ValueError(f"{source} is damaged: it {err}") from None
+        verify_digest(obj[CHECKSUM_KEY], computed, source)
+    else:
+        _note(notes, unverified_note(source))
+
+
+def load_checkpoint(path: str | Path, notes: list[str] | None = None) -> dict:
+    """A training checkpoint written by :func:`save_checkpoint`, its tensors verified against
+    their checksum; ValueError when unreadable or damaged. A file without a checksum (of an
+    earlier vitmix) loads, with a note in ``notes`` (or on stderr when None)."""
     path = Path(path)
     ckpt = load_torch_file(path)
-    if not isinstance(ckpt, dict) or not isinstance(ckpt.get("model"), dict) \
-            or not isinstance(ckpt.get("model_name"), str):
+    if not _is_training_checkpoint(ckpt):
         raise ValueError(f"{path} is not a vitmix training checkpoint (no model state and name)")
     if not isinstance(ckpt.get("model_kwargs", {}), dict):
         raise ValueError(f"{path} is damaged: its model_kwargs are "
                          f"{type(ckpt['model_kwargs']).__name__}, not a mapping")
+    # Before anything walks them (json.dumps of a value nested thousands deep recurses).
+    check_model_kwargs(ckpt.get("model_kwargs") or {}, f"checkpoint {path}")
+    _check_class_names(ckpt.get("classes"), path)
+    verify_checkpoint(ckpt, f"checkpoint {path}", notes)
+    ckpt.pop(CHECKSUM_KEY, None)
     return ckpt
 
 
-def load_weights(path: str | Path) -> tuple[dict, dict]:
-    """(state_dict, metadata) from a .safetensors file or a training checkpoint (.pth).
+def load_weights(path: str | Path, notes: list[str] | None = None) -> tuple[dict, dict]:
+    """(state_dict, metadata) from a .safetensors file or a training checkpoint (.pth), its
+    tensors verified against the checksum the file was written with (ValueError when they
+    differ; a file without one loads with a note, see :func:`load_checkpoint`).
 
     A training checkpoint gives its EMA weights when it has them (what the run reports), and
     metadata in the form a .safetensors file keeps it (strings; JSON for kwargs and classes).
@@ -185,11 +242,16 @@ def load_weights(path: str | Path) -> tuple[dict, dict]:
             state = load_file(str(path))
         except (SafetensorError, OSError, ValueError) as err:
             raise ValueError(f"checkpoint {path} is damaged or not safetensors ({err})") from None
+        recorded = metadata.pop(CHECKSUM_KEY, None)
+        if recorded is None:
+            _note(notes, unverified_note(f"checkpoint {path}"))
+        else:
+            verify_digest(recorded, tensors_digest(state), f"checkpoint {path}")
         if metadata.get("deployed") == "1":  # written by a vitmix run, and by nothing else
             for key, value in _EVAL_BEFORE_RECORDED.items():
                 metadata.setdefault(key, value)
         return state, metadata
-    ckpt = load_checkpoint(path)
+    ckpt = load_checkpoint(path, notes)
     weights = ckpt.get("final_weights", "model")
     state = ckpt["ema"] if weights == "ema" and ckpt.get("ema") is not None else ckpt["model"]
     metadata = {"model": ckpt["model_name"], "model_kwargs": json.dumps(ckpt.get("model_kwargs")
@@ -275,8 +337,10 @@ class SavedModel:
 def read_model(path: str | Path, name: str) -> SavedModel:
     """The weights in ``path`` (a .safetensors file or a training checkpoint) for model ``name``.
 
-    FileNotFoundError / ValueError for a missing or damaged file, and ValueError when the file
-    says it holds another model: all before any model is built.
+    FileNotFoundError / ValueError for a missing or damaged file (its tensors not those it was
+    written with, too), ValueError when the file says it holds another model, and when its model
+    arguments leave the allowlist of :mod:`vitmix.model_arguments`: all before any model is
+    built.
     """
     state, meta = load_weights(path)
     saved_name = meta.get("model")
@@ -284,11 +348,23 @@ def read_model(path: str | Path, name: str) -> SavedModel:
         raise ValueError(f"checkpoint {path} holds a {saved_name!r} model, not {name!r}; "
                          f"pass --model {saved_name}")
     kwargs = _metadata_json(path, meta, "model_kwargs", dict)
+    if kwargs is not None:
+        kwargs = check_model_kwargs(kwargs, f"checkpoint {path}")
     classes = _metadata_json(path, meta, "classes", list)
-    if classes is not None and not all(isinstance(c, str) for c in classes):
-        raise ValueError(f"checkpoint {path} is damaged: its class names are not all strings")
+    _check_class_names(classes, path)
     return SavedModel(Path(path), name, kwargs or {}, meta.get("deployed") == "1", state,
                       classes, _metadata_crop(path, meta), meta.get("eval_interpolation") or None)
+
+
+def _check_class_names(classes: object, path: str | Path) -> None:
+    """ValueError unless ``classes`` is None or a list of 1 to MAX_CLASSES strings."""
+    if classes is None:
+        return
+    if not isinstance(classes, list) or not all(isinstance(c, str) for c in classes):
+        raise ValueError(f"checkpoint {path} is damaged: its class names are not all strings")
+    if not 1 <= len(classes) <= MAX_CLASSES:
+        raise ValueError(f"checkpoint {path} is damaged: it names {len(classes)} classes, "
+                         f"where a model has 1 to {MAX_CLASSES}")
 
 
 def _metadata_crop(path: str | Path, meta: dict) -> float | None:
@@ -311,9 +387,9 @@ def _metadata_json(path: str | Path, meta: dict, key: str, kind: type):
     if not meta.get(key):
         return None
     try:
-        value = json.loads(meta[key])
+        value = load_json(meta[key], f"checkpoint {path}: its {key} metadata")
     except json.JSONDecodeError:
-        value = None
+        value = None  # said below, as for a value of the wrong kind
     if not isinstance(value, kind):
         raise ValueError(f"checkpoint {path} is damaged: its {key} metadata is not a JSON "
                          f"{'object' if kind is dict else 'list'}")
@@ -337,8 +413,8 @@ def load_model(name: str, checkpoint: str | Path | None = None, img_size: int | 
         kwargs["img_size"] = img_size
     if in_chans is not None:
         kwargs["in_chans"] = in_chans
-    kwargs.setdefault("img_size", 224)
-    kwargs.setdefault("in_chans", 3)
+    kwargs.setdefault("img_size", DEFAULT_IMG_SIZE)
+    kwargs.setdefault("in_chans", DEFAULT_IN_CHANS)
     model = saved.build(kwargs) if saved else build_model(name, kwargs)
     if deploy:
         surgery.deploy(model)

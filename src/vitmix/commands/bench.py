@@ -6,6 +6,8 @@ import argparse
 import json
 from pathlib import Path
 
+BATCH_SIZES = [1, 32]  # latency, throughput
+
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
@@ -17,17 +19,22 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--models", nargs="+", required=True, metavar="NAME",
                    help="timm model names (vitmix's or any other)")
-    p.add_argument("--img-size", type=int, default=224)
-    p.add_argument("--batch-size", type=int, nargs="+", default=[1, 32], metavar="B")
-    p.add_argument("--device", default="cpu", help="cpu or cuda (default: cpu)")
+    p.add_argument("--img-size", type=int, default=224, help="input size (default: %(default)s)")
+    p.add_argument("--batch-size", type=int, nargs="+", default=BATCH_SIZES, metavar="B",
+                   help=f"batch sizes to time (default: {' '.join(map(str, BATCH_SIZES))})")
+    p.add_argument("--device", default="cpu", help="cpu or cuda (default: %(default)s)")
     p.add_argument("--amp", default="none", choices=["none", "bf16", "fp16"],
-                   help="autocast dtype (bf16 on GPUs; default: none, float32)")
+                   help="autocast dtype, bf16 on GPUs (default: %(default)s, float32)")
     p.add_argument("--memory-format", default="auto",
                    choices=["auto", "channels_first", "channels_last"],
-                   help="auto times both and keeps each model's faster one")
-    p.add_argument("--repeats", type=int, default=10, help="timed runs per model and batch size")
-    p.add_argument("--warmup", type=int, default=2, help="untimed runs first")
-    p.add_argument("--out", default="runs/bench", help="folder for bench.json, bench.md, PNGs")
+                   help="auto times both and keeps each model's faster one (default: "
+                        "%(default)s)")
+    p.add_argument("--repeats", type=int, default=10,
+                   help="timed runs per model and batch size (default: %(default)s)")
+    p.add_argument("--warmup", type=int, default=2,
+                   help="untimed runs first (default: %(default)s)")
+    p.add_argument("--out", default="runs/bench",
+                   help="folder for bench.json, bench.md, PNGs (default: %(default)s)")
     p.add_argument("--plot", action="store_true",
                    help="draw throughput-vs-MACs and, when accuracies are known, "
                         "accuracy-vs-MACs charts")
@@ -48,6 +55,8 @@ def _validate(args: argparse.Namespace) -> dict[str, float]:
     import vitmix  # noqa: F401  (registers vitmix's models)
 
     from ..bench.report import load_accuracy_json, parse_accuracy
+    from ..layers.checks import int_up_to
+    from ..limits import MAX_BATCH_SIZE, MAX_COUNT, MAX_IMG_SIZE
     from ..paths import check_output_folder
 
     unknown = [n for n in args.models if not timm.is_model(n)]
@@ -56,13 +65,11 @@ def _validate(args: argparse.Namespace) -> dict[str, float]:
                          f"(`vitmix list` shows vitmix's models)")
     if len(set(args.models)) != len(args.models):
         raise ValueError(f"model names repeat in --models {args.models}")
-    if args.img_size <= 0:
-        raise ValueError(f"--img-size must be positive, got {args.img_size}")
-    if any(b <= 0 for b in args.batch_size):
-        raise ValueError(f"--batch-size values must be positive, got {args.batch_size}")
-    if args.repeats < 1 or args.warmup < 0:
-        raise ValueError(f"--repeats must be >= 1 and --warmup >= 0, got {args.repeats} "
-                         f"and {args.warmup}")
+    int_up_to(MAX_IMG_SIZE).check("--img-size", args.img_size)
+    for size in args.batch_size:
+        int_up_to(MAX_BATCH_SIZE).check("--batch-size", size)
+    int_up_to(MAX_COUNT).check("--repeats", args.repeats)
+    int_up_to(MAX_COUNT, low=0).check("--warmup", args.warmup)
     try:
         device = torch.device(args.device)
     except RuntimeError:

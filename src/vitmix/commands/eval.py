@@ -6,6 +6,9 @@ import argparse
 import json
 from pathlib import Path
 
+from ..checkpoints.io import DEFAULT_IMG_SIZE, DEFAULT_IN_CHANS
+from .train import HELP as TRAIN_HELP
+
 
 def register(subparsers) -> None:
     p = subparsers.add_parser(
@@ -22,20 +25,15 @@ def register(subparsers) -> None:
     p.add_argument("--data", default="fashion-mnist",
                    help="'fashion-mnist' (its test split), or a folder: val/<class>/<image>, "
                         "webdataset shards val-*.tar, or a Hugging Face DatasetDict saved with "
-                        "save_to_disk (its validation or test split) (default: fashion-mnist)")
-    p.add_argument("--data-image-key", default=None,
-                   help="the image column of a saved Hugging Face dataset, or the image file "
-                        "extension of webdataset samples (default: image/img; any image)")
-    p.add_argument("--data-label-key", default=None,
-                   help="the label column of a saved Hugging Face dataset, or the label file "
-                        "extension of webdataset samples (default: label/labels; cls)")
-    p.add_argument("--data-dir", default=None,
-                   help="the folder of the Fashion-MNIST idx files (default: "
-                        "$VITMIX_FASHION_MNIST_DIR, else /usr/share/datasets/fashion-mnist)")
+                        "save_to_disk (its validation or test split) (default: %(default)s)")
+    p.add_argument("--data-image-key", default=None, help=TRAIN_HELP["data_image_key"])
+    p.add_argument("--data-label-key", default=None, help=TRAIN_HELP["data_label_key"])
+    p.add_argument("--data-dir", default=None, help=TRAIN_HELP["data_dir"])
     p.add_argument("--img-size", type=int, default=None,
-                   help="input size (default: the size the checkpoint was trained at)")
+                   help=f"input size (default: the size the checkpoint was trained at, else "
+                        f"{DEFAULT_IMG_SIZE})")
     p.add_argument("--in-chans", type=int, default=None,
-                   help="1 or 3 (default: from the checkpoint)")
+                   help=f"1 or 3 (default: from the checkpoint, else {DEFAULT_IN_CHANS})")
     p.add_argument("--crop-pct", type=float, default=None, metavar="FRACTION",
                    help="centre crop kept of each image, timm's crop_pct: the shorter side is "
                         "resized to img_size / FRACTION (default: what the checkpoint's run "
@@ -44,10 +42,12 @@ def register(subparsers) -> None:
                    help="resampling of that resize: bicubic, bilinear, nearest, box, hamming or "
                         "lanczos (default: the checkpoint's, else the model's pretrained_cfg, "
                         "else bicubic)")
-    p.add_argument("--batch-size", type=int, default=256)
-    p.add_argument("--workers", type=int, default=2)
+    p.add_argument("--batch-size", type=int, default=256,
+                   help="images per batch (default: %(default)s)")
+    p.add_argument("--workers", type=int, default=2,
+                   help="data-loading processes (default: %(default)s)")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"],
-                   help="auto (cuda when available), cpu or cuda")
+                   help="auto (cuda when available), cpu or cuda (default: %(default)s)")
     p.add_argument("--tta", choices=["flip"], default=None,
                    help="test-time augmentation: 'flip' averages the class probabilities of each "
                         "image and its mirror image (twice the cost; default: none)")

@@ -12,7 +12,14 @@ from pathlib import Path
 
 import torch
 
-from ..checkpoints.io import check_file, load_torch_file, save_checkpoint, save_weights
+from ..checkpoints.checksum import CHECKSUM_KEY
+from ..checkpoints.io import (
+    check_file,
+    load_torch_file,
+    save_checkpoint,
+    save_weights,
+    verify_checkpoint,
+)
 from ..checkpoints.official import ARCHS, describe_groupmixformer, from_official
 from ..checkpoints.release_models import (
     ReleaseModel,
@@ -78,7 +85,13 @@ RELEASE_GLOBALS = (argparse.Namespace,)
 
 
 def _load(path: Path) -> dict:
-    return load_torch_file(path, allowed=RELEASE_GLOBALS)
+    """The released file, its tensors verified when it carries vitmix's checksum (a release
+    does not: it loads with a note saying so)."""
+    obj = load_torch_file(path, allowed=RELEASE_GLOBALS)
+    verify_checkpoint(obj, f"checkpoint {path}")
+    if isinstance(obj, dict):
+        obj.pop(CHECKSUM_KEY, None)
+    return obj
 
 
 def _save(state: dict[str, torch.Tensor], path: Path, metadata: dict[str, str] | None = None

@@ -5,6 +5,10 @@ from __future__ import annotations
 import argparse
 
 from ..bench.model_table import describe_model, markdown_table, vitmix_model_names
+from ..layers.checks import int_up_to
+from ..limits import MAX_IMG_SIZE
+
+IMG_SIZE_RULE = int_up_to(MAX_IMG_SIZE)
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -14,13 +18,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                     "the published reference figures where there are some.",
     )
     parser.add_argument("pattern", nargs="?", default="*",
-                        help="shell-style filter on the model name (default: all)")
-    parser.add_argument("--img-size", type=int, default=224, help="input size for MACs")
+                        help="shell-style filter on the model name (default: %(default)s, all)")
+    parser.add_argument("--img-size", type=int, default=224,
+                        help="input size for MACs (default: %(default)s)")
     parser.add_argument("--names-only", action="store_true", help="print the names only")
     parser.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
+    IMG_SIZE_RULE.check("--img-size", args.img_size)
     names = vitmix_model_names(args.pattern)
     if not names:
         raise ValueError(f"no vitmix model matches {args.pattern!r}; try `vitmix list`")

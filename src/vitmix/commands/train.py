@@ -14,7 +14,14 @@ import typing
 from pathlib import Path
 
 from .. import exit_codes
-from ..train.config import TrainConfig
+from ..data.fashion_mnist import FASHION_MNIST_DIR, FASHION_MNIST_ENV
+from ..data.hf_saved import IMAGE_COLUMNS, LABEL_COLUMNS
+from ..data.image_folder import AUTO_DECODE_LIMIT
+from ..data.shards import LABEL_EXTENSION
+from ..data.split import FASHION_MNIST_VAL_SPLIT
+from ..messages import quoted
+from ..structured_text import load_json
+from ..train.config import CPU_LOADER_WORKERS, MAX_GPU_LOADER_WORKERS, TrainConfig
 
 HELP = {
     "model": "timm model name (vitmix registers schemeformer_* and metaformer_*)",
@@ -23,17 +30,20 @@ HELP = {
     "data": "'fashion-mnist' (Debian package dataset-fashion-mnist) or a folder: an "
             "ImageFolder tree (train/, val/), webdataset shards (train-*.tar, val-*.tar) or a "
             "Hugging Face DatasetDict saved with save_to_disk",
-    "data_image_key": "the image column of a saved Hugging Face dataset, or the image file "
-                      "extension of webdataset samples (default: image/img; any image)",
-    "data_label_key": "the label column of a saved Hugging Face dataset, or the label file "
-                      "extension of webdataset samples (default: label/labels; cls)",
-    "data_dir": "the folder of the Fashion-MNIST idx files (default: $VITMIX_FASHION_MNIST_DIR, "
-                "else /usr/share/datasets/fashion-mnist)",
+    "data_image_key": f"the image column of a saved Hugging Face dataset, or the image file "
+                      f"extension of webdataset samples (default: {'/'.join(IMAGE_COLUMNS)}; "
+                      f"any image)",
+    "data_label_key": f"the label column of a saved Hugging Face dataset, or the label file "
+                      f"extension of webdataset samples (default: {'/'.join(LABEL_COLUMNS)}; "
+                      f"{LABEL_EXTENSION})",
+    "data_dir": f"the folder of the Fashion-MNIST idx files (default: ${FASHION_MNIST_ENV}, "
+                f"else {FASHION_MNIST_DIR})",
     "img_size": "input size the images are resized to (a multiple of 32 for MetaFormers)",
     "in_chans": "1: grey input (lighter), 3: RGB",
     "out_dir": "run folder: config.yaml, metrics.csv, checkpoints, report.md",
-    "val_split": "training images held out to validate on (every choice is made on them; the "
-                 "test split is evaluated once, at the end): auto = 5000 for fashion-mnist, "
+    "val_split": f"training images held out to validate on (every choice is made on them; the "
+                 f"test split is evaluated once, at the end): auto = {FASHION_MNIST_VAL_SPLIT} "
+                 f"for fashion-mnist, "
                  "none for a folder (its val/ validates); N > 0 makes a folder's val/ its test "
                  "split; 0 or none: no held-out images",
     "epochs": "epochs of the cosine schedule; the run trains these and then --cooldown-epochs "
@@ -83,8 +93,9 @@ HELP = {
                           "lanczos",
     "mixup": "Mixup alpha (0 turns it off)",
     "cutmix": "CutMix alpha (0 turns it off)",
-    "workers": "data-loading processes per training process (default: 2 on a CPU; on a GPU "
-               "the cores of the machine per process, less one, at most 16)",
+    "workers": f"data-loading processes per training process (default: {CPU_LOADER_WORKERS} on "
+               f"a CPU; on a GPU the cores of the machine per process, less one, at most "
+               f"{MAX_GPU_LOADER_WORKERS})",
     "sync_bn": "synchronise BatchNorm statistics across the GPUs of a DDP run (SyncBatchNorm)",
     "tf32": "CUDA: TF32 tensor-core math for float32 matrix products and convolutions",
     "cudnn_benchmark": "CUDA: let cuDNN time its convolution algorithms and keep the fastest",
@@ -99,10 +110,27 @@ HELP = {
     "threads": "torch intra-op threads per process",
     "max_train_batches": "stop each epoch after this many batches (smoke tests)",
     "max_val_batches": "evaluate on this many batches only (smoke tests)",
-    "verify_images": "ImageFolder: 'decode' every image once up front, check 'header's only, or "
-                     "'none' (damaged images are found while loading, as in every source); "
-                     "'auto' decodes splits of up to 10,000 images",
+    "verify_images": f"ImageFolder: 'decode' every image once up front, check 'header's only, "
+                     f"or 'none' (damaged images are found while loading, as in every source); "
+                     f"'auto' decodes splits of up to {AUTO_DECODE_LIMIT:,} images",
 }
+
+
+def declared_default(f: dataclasses.Field):
+    """A TrainConfig field's default as declared: what a run uses when nothing sets it (a made
+    TrainConfig may have resolved it, e.g. loader 'auto' to 'tensor' for Fashion-MNIST)."""
+    return f.default_factory() if f.default is dataclasses.MISSING else f.default
+
+
+def shown_default(value) -> str:
+    """A default as --help shows it: as the flag takes it (none, two numbers, JSON)."""
+    if value is None:
+        return "none"
+    if isinstance(value, tuple):
+        return " ".join(map(str, value))
+    if isinstance(value, dict):
+        return json.dumps(value)
+    return str(value)
 
 
 def _arg_type(hint):
@@ -121,14 +149,17 @@ def _none_or(convert):
 
 
 def _json_object(text: str) -> dict:
-    """--model-kwargs: a JSON object, said so in argparse's one line when it is not."""
+    """--model-kwargs: a JSON object, said so in argparse's one line when it is not (or when it
+    is larger or nests deeper than vitmix.limits allows)."""
     try:
-        value = json.loads(text)
+        value = load_json(text, "the JSON")
     except json.JSONDecodeError as err:
-        raise argparse.ArgumentTypeError(f"not JSON ({err}): {text!r}") from None
+        raise argparse.ArgumentTypeError(f"not JSON ({err}): {quoted(text)}") from None
+    except ValueError as err:  # the bounds, or an integer of more digits than Python reads
+        raise argparse.ArgumentTypeError(str(err)) from None
     if not isinstance(value, dict):
         raise argparse.ArgumentTypeError(f"must be a JSON object such as "
-                                         f"'{{\"stem\": \"conv\"}}', got {text!r}")
+                                         f"'{{\"stem\": \"conv\"}}', got {quoted(text)}")
     return value
 
 
@@ -140,7 +171,7 @@ def _val_split(text: str) -> int | str | None:
         return int(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"must be auto, none or a number of images, got "
-                                         f"{text!r}") from None
+                                         f"{quoted(text)}") from None
 
 
 METAVARS = {"val_split": "N", "time_budget": "MINUTES", "eval_crop_pct": "FRACTION"}
@@ -163,24 +194,28 @@ def register(subparsers) -> None:
                     "the --recipe (or the recipe the --config file names), the default.",
     )
     p.add_argument("--config", help="YAML file with TrainConfig keys (a run's config.yaml works)")
+    fields = {f.name: f for f in dataclasses.fields(TrainConfig)}
     p.add_argument("--recipe", type=_none_or(str), metavar="NAME", default=argparse.SUPPRESS,
-                   help=_recipe_help())
+                   help=f"{_recipe_help()} (default: "
+                        f"{shown_default(declared_default(fields['recipe']))})")
     p.add_argument("--resume", metavar="RUN_DIR", help="continue the killed run in RUN_DIR")
     p.add_argument("--overwrite", action="store_true",
                    help="replace an earlier run in the --out folder instead of refusing (it "
                         "is set aside in OUT.previous once the new run has started, and "
                         "deleted when the new run finishes)")
-    p.add_argument("--out", dest="out_dir", default=argparse.SUPPRESS, help=HELP["out_dir"])
+    p.add_argument("--out", dest="out_dir", default=argparse.SUPPRESS,
+                   help=f"{HELP['out_dir']} (default: "
+                        f"{shown_default(declared_default(fields['out_dir']))})")
     hints = typing.get_type_hints(TrainConfig)
-    defaults = TrainConfig()
     for f in dataclasses.fields(TrainConfig):
         if f.name in ("out_dir", "recipe"):  # above
             continue
         flag = "--" + f.name.replace("_", "-")
         hint = hints[f.name]
-        default = getattr(defaults, f.name)
         text = HELP.get(f.name, f.name.replace("_", " "))
-        kwargs = dict(dest=f.name, default=argparse.SUPPRESS, help=f"{text} (default: {default})")
+        if "(default: " not in text:  # else the text says what None resolves to
+            text = f"{text} (default: {shown_default(declared_default(f))})"
+        kwargs = dict(dest=f.name, default=argparse.SUPPRESS, help=text)
         if hint is bool:
             p.add_argument(flag, action=argparse.BooleanOptionalAction, **kwargs)
             continue

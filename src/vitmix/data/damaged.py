@@ -16,12 +16,25 @@ from typing import TypeVar
 import torch
 from PIL import UnidentifiedImageError
 
-__all__ = ["UNREADABLE", "count_failed", "failure_flags", "first_readable"]
+from ..limits import MAX_CLASSES
+
+__all__ = ["UNREADABLE", "check_largest_label", "count_failed", "failure_flags",
+           "first_readable"]
 
 # What PIL raises for an image it cannot read (and the ValueError of a label that is no label).
 UNREADABLE = (OSError, UnidentifiedImageError, ValueError, SyntaxError)
 
 T = TypeVar("T")
+
+
+def check_largest_label(largest: int, where: str, fix: str) -> None:
+    """ValueError when a data set whose classes are counted from its labels (0 to the largest)
+    holds a label at or above MAX_CLASSES: one label of 10**12 would otherwise size a list of
+    class names, and a classifier, beyond any memory. ``fix`` says how to name the classes."""
+    if largest >= MAX_CLASSES:
+        raise ValueError(f"{where}: the label {largest} is past the bound of {MAX_CLASSES:,} "
+                         f"classes (labels 0 to {MAX_CLASSES - 1}); a label that large is a "
+                         f"damaged label, or {fix}")
 
 
 def failure_flags(count: int) -> torch.Tensor:

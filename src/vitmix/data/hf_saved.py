@@ -14,10 +14,10 @@ from __future__ import annotations
 import io
 from pathlib import Path
 
-from PIL import Image
 from torch.utils.data import Dataset
 
-from .damaged import count_failed, failure_flags, first_readable
+from .damaged import check_largest_label, count_failed, failure_flags, first_readable
+from .images import open_checked
 from .optional import require
 
 __all__ = ["DICT_FILE", "IMAGE_COLUMNS", "LABEL_COLUMNS", "VAL_SPLITS", "SavedImageDataset",
@@ -74,7 +74,7 @@ class SavedImageDataset(Dataset):
             source = image["path"]
         else:
             raise ValueError("the row holds neither image bytes nor a path")
-        with Image.open(source) as img:
+        with open_checked(source) as img:
             return img.convert(self.mode), row[self.label_key]
 
     def __getitem__(self, index: int):
@@ -166,8 +166,10 @@ def load_saved_splits(root: Path, splits: tuple[str, ...], mode: str, transforms
                          f"{where[first]} names {data_classes}")
     classes = data_classes or (list(classes) if classes is not None else None)
     if classes is None:
-        labels = [v for v in tables[first][label_keys[first]] if v is not None]
-        classes = [str(k) for k in range(max(labels, default=-1) + 1)]
+        largest = max((v for v in tables[first][label_keys[first]] if v is not None), default=-1)
+        check_largest_label(largest, where[first], "give the label column a ClassLabel "
+                                                   "feature that names the classes")
+        classes = [str(k) for k in range(largest + 1)]
     for split, table in tables.items():
         _check_labels(table, label_keys[split], len(classes), where[split])
     loaded = {split: SavedImageDataset(table, image_keys[split], label_keys[split], classes, mode,

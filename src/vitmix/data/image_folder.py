@@ -5,10 +5,10 @@ from __future__ import annotations
 import warnings
 from pathlib import Path
 
-from PIL import Image
 from torch.utils.data import Dataset
 
 from .damaged import UNREADABLE, count_failed, failure_flags, first_readable
+from .images import open_checked
 
 __all__ = ["AUTO_DECODE_LIMIT", "IMAGE_EXTENSIONS", "VERIFY_MODES", "SafeImageFolder"]
 
@@ -26,7 +26,7 @@ def _readable(path: Path, mode: str, verify: str) -> bool:
     if verify == "none":
         return True
     try:
-        with Image.open(path) as img:
+        with open_checked(path) as img:  # an image over the pixel bound: its header says so
             if verify == "decode":
                 img.convert(mode).load()  # truncated files fail here, not in the middle of training
         return True
@@ -116,7 +116,7 @@ class SafeImageFolder(Dataset):
 
     def _load(self, position: int):
         path, label = self.samples[position]
-        with Image.open(path) as img:
+        with open_checked(path) as img:
             return img.convert(self.mode), label
 
     def __getitem__(self, index: int):

@@ -37,11 +37,14 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image
 from torch.utils.data import IterableDataset, get_worker_info
 
-from .damaged import UNREADABLE, count_failed, failure_flags
+from ..limits import MAX_COUNT, MAX_LABEL_FILE_BYTES
+from ..paths import check_input_file
+from ..structured_text import load_json, read_bounded_text
+from .damaged import UNREADABLE, check_largest_label, count_failed, failure_flags
 from .image_folder import IMAGE_EXTENSIONS
+from .images import open_checked
 from .optional import require
 from .seeding import SharedEpoch, in_worker, seed_sample
 from .skipping import worker_continuation
@@ -50,6 +53,7 @@ __all__ = ["CLASSES_FILE", "INFO_FILE", "ShardList", "ShardStream", "StreamPlan"
            "find_shards", "holds_shards", "load_shard_splits", "pieces", "split_range"]
 
 INFO_FILE = "_info.json"
+LABEL_EXTENSION = "cls"  # the label file of a sample, unless data_label_key names another
 CLASSES_FILE = "classes.txt"
 # The file-name prefixes of each split's shards; an _info.json may name the split either way.
 SPLIT_NAMES = {"train": ("train",), "val": ("val", "validation")}
@@ -127,6 +131,11 @@ class StreamPlan:
 
 
 def _parse_label(data: bytes) -> int:
+    # A label is a class index: a few digits. A longer file is no label (and Python refuses to
+    # read an integer of more than 4,300 digits anyway).
+    if len(data) > MAX_LABEL_FILE_BYTES:
+        raise ValueError(f"the label file holds {len(data):,} bytes, more than the "
+                         f"{MAX_LABEL_FILE_BYTES} a label may have")
     try:
         return int(data.decode("ascii").strip())
     except (UnicodeDecodeError, ValueError):
@@ -150,7 +159,7 @@ def _scan(path: str, label_key: str) -> list[int | None]:
                 if prefix != key:
                     labels.append(None)
                     key = prefix
-                if suffix.lower() == label_key:
+                if suffix.lower() == label_key and member.size <= MAX_LABEL_FILE_BYTES:
                     try:
                         labels[-1] = _parse_label(tar.extractfile(member).read())
                     except ValueError:
@@ -179,15 +188,16 @@ def _info_split(root: Path, info: dict, split: str) -> tuple[list[str], list[int
 
 def _read_info(root: Path) -> dict | None:
     path = root / INFO_FILE
-    if not path.is_file():
+    if not path.exists():
         return None
+    check_input_file(path, "the shard index")
     try:
-        return json.loads(path.read_text())
+        return load_json(read_bounded_text(path, "the shard index"), str(path))
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
         raise ValueError(f"{path} is not valid JSON ({err})") from None
 
 
-def find_shards(root: Path, split: str, label_key: str = "cls",
+def find_shards(root: Path, split: str, label_key: str = LABEL_EXTENSION,
                 info: dict | None = None) -> tuple[ShardList, list[int | None] | None]:
     """The shards of ``split`` ("train" or "val") and, when no _info.json gave their lengths,
     every sample's label as read while counting them."""
@@ -210,6 +220,9 @@ def find_shards(root: Path, split: str, label_key: str = "cls",
                                 f"({len(missing)} of the {len(paths)} {split} shards are missing)")
     if sum(lengths) == 0:
         raise ValueError(f"the {split} shards of {root} hold no samples")
+    if sum(lengths) > MAX_COUNT:  # one flag per sample is kept in shared memory
+        raise ValueError(f"the {split} shards of {root} hold {sum(lengths):,} samples by "
+                         f"{counted_by}, more than the {MAX_COUNT:,} vitmix reads")
     return ShardList(tuple(paths), tuple(lengths), counted_by), labels
 
 
@@ -234,7 +247,7 @@ class ShardStream(IterableDataset):
     """
 
     def __init__(self, shards: ShardList, classes: list[str], mode: str = "RGB", transform=None,
-                 image_key: str | None = None, label_key: str = "cls"):
+                 image_key: str | None = None, label_key: str = LABEL_EXTENSION):
         self.shards, self.classes = shards, list(classes)
         self.mode, self.transform = mode, transform
         self.image_key, self.label_key = image_key, label_key
@@ -321,7 +334,7 @@ class ShardStream(IterableDataset):
         label = _parse_label(sample[self.label_key])
         if not 0 <= label < len(self.classes):
             raise ValueError(f"label {label} is not one of the {len(self.classes)} classes")
-        with Image.open(io.BytesIO(sample[key])) as img:
+        with open_checked(io.BytesIO(sample[key])) as img:
             return img.convert(self.mode), label
 
     def _decoded(self, samples) -> Iterator[tuple | None]:
@@ -404,7 +417,7 @@ def load_shard_splits(root: Path, splits: tuple[str, ...], mode: str, transforms
     counted; with an _info.json a classes.txt is needed).
     """
     _webdataset()
-    label_key = label_key or "cls"
+    label_key = label_key or LABEL_EXTENSION
     info = _read_info(root)
     found = {split: find_shards(root, split, label_key, info) for split in splits}
     named = read_classes(root)
@@ -418,8 +431,10 @@ def load_shard_splits(root: Path, splits: tuple[str, ...], mode: str, transforms
             raise ValueError(f"{root / INFO_FILE} gives the shard lengths, so the labels are not "
                              f"read up front; name the classes in {root / CLASSES_FILE}, one per "
                              f"line in label order (line 1 is label 0)")
-        classes = [str(k) for k in range(max((x for x in labels if x is not None), default=-1)
-                                         + 1)]
+        largest = max((x for x in labels if x is not None), default=-1)
+        check_largest_label(largest, f"the {splits[0]} shards of {root}",
+                            f"name the classes in {root / CLASSES_FILE}")
+        classes = [str(k) for k in range(largest + 1)]
         if not classes:
             raise ValueError(f"no sample of the {splits[0]} shards of {root} has a readable "
                              f".{label_key} label")

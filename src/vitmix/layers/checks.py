@@ -16,6 +16,8 @@ from dataclasses import dataclass
 from numbers import Integral, Real
 from typing import Any
 
+from ..messages import quoted
+
 
 def _is_int(value: Any) -> bool:
     return isinstance(value, Integral) and not isinstance(value, bool)
@@ -38,7 +40,7 @@ class Rule:
 
     def check(self, name: str, value: Any) -> Any:
         if not self.test(value):
-            raise ValueError(f"{name} must be {self.allowed}, got {value!r}")
+            raise ValueError(f"{name} must be {self.allowed}, got {quoted(value)}")
         return value
 
 
@@ -64,6 +66,12 @@ def number_in(low: float, high: float, *, high_open: bool = False) -> Rule:
     bracket = ")" if high_open else "]"
     return Rule(f"a number in [{low:g}, {high:g}{bracket}",
                 lambda v: _is_finite(v) and low <= v and (v < high if high_open else v <= high))
+
+
+def int_up_to(high: int, low: int = 1) -> Rule:
+    """An integer in [low, high], low 0 or 1: a setting with a bound (vitmix.limits)."""
+    kind = "a positive integer" if low == 1 else "a non-negative integer"
+    return Rule(f"{kind} up to {high}", lambda v: _is_int(v) and low <= v <= high)
 
 
 POSITIVE_INT = Rule("a positive integer", lambda v: _is_int(v) and v >= 1)

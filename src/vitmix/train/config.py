@@ -24,25 +24,44 @@ from ..layers.checks import (
     BOOL,
     FRACTION,
     KEYWORDS,
-    NON_NEGATIVE_INT,
     NON_NEGATIVE_NUMBER,
-    POSITIVE_INT,
     POSITIVE_NUMBER,
     PROBABILITY,
     TEXT,
     Rule,
+    int_up_to,
     number_in,
     one_of,
     optional,
 )
+from ..limits import (
+    MAX_ACCUM_STEPS,
+    MAX_BATCH_SIZE,
+    MAX_COUNT,
+    MAX_EPOCHS,
+    MAX_IMG_SIZE,
+    MAX_SEED,
+    MAX_THREADS,
+    MAX_WORKERS,
+)
+from ..messages import abbreviate, quoted
+from ..model_arguments import check_model_kwargs
+from ..paths import check_input_file
+from ..structured_text import load_yaml, read_bounded_text
 
 __all__ = ["TrainConfig"]
 
 AMP_MODES = ("auto", "off", "bf16", "fp16")
+# PyYAML's account of a syntax error quotes the line it is on, which may be a long one.
+MAX_YAML_PROBLEM_CHARS = 300
 LOADERS = ("auto", "dataloader", "tensor")
 FINAL_WEIGHTS = ("ema", "model")
 DEVICES = ("auto", "cpu", "cuda")
 SCHED_ON = ("update", "epoch")
+# Loader workers when workers=None: two on a CPU, whose cores train; on a GPU the cores a process
+# may use less one, at most this many (train/engine.py's loader_workers).
+CPU_LOADER_WORKERS = 2
+MAX_GPU_LOADER_WORKERS = 16
 
 
 def _is_crop_scale(value: Any) -> bool:
@@ -74,14 +93,19 @@ def _is_compile_backend(value: Any) -> bool:
     return isinstance(value, str) and value in torch.compiler.list_backends(exclude_tags=())
 
 
+IMG_SIZE = int_up_to(MAX_IMG_SIZE)
+IMAGE_COUNT = int_up_to(MAX_COUNT, low=0)
+
+
 def _is_val_split(value: Any) -> bool:
-    return value is None or value == "auto" or NON_NEGATIVE_INT.test(value)
+    return value is None or value == "auto" or IMAGE_COUNT.test(value)
 
 
 CROP_SCALE = Rule("two numbers (low, high) with 0 < low <= high <= 1", _is_crop_scale)
 AUTO_AUGMENT = Rule("None or a timm auto-augment string such as 'rand-m9-mstd0.5'",
                     _is_auto_augment)
-VAL_SPLIT = Rule("'auto', a non-negative integer (0: none) or None", _is_val_split)
+VAL_SPLIT = Rule(f"'auto', a non-negative integer up to {MAX_COUNT} (0: none) or None",
+                 _is_val_split)
 COMPILE_BACKEND = Rule("None or a torch.compile backend (torch.compiler.list_backends(), "
                        "e.g. 'inductor')", _is_compile_backend)
 
@@ -97,7 +121,9 @@ def setting(default: Any, rule: Rule) -> Any:
 class TrainConfig:
     # What to train on what.
     model: str = setting("schemeformer_ppaa_t_e8_g4_convstem", TEXT)
-    model_kwargs: dict = setting({}, KEYWORDS)  # extra timm.create_model arguments
+    # Extra timm.create_model arguments, from the allowlist of vitmix.model_arguments: the run
+    # writes them to config.yaml, which a resumed run reads back like any file.
+    model_kwargs: dict = setting({}, KEYWORDS)
     # Or a folder: an ImageFolder tree, webdataset shards or a saved Hugging Face dataset.
     data: str = setting("fashion-mnist", TEXT)
     # The folder of the Fashion-MNIST idx files (None: $VITMIX_FASHION_MNIST_DIR, else Debian's).
@@ -106,7 +132,7 @@ class TrainConfig:
     # samples (file extensions); None: "image"/"img" and "label"/"labels", or any image and "cls".
     data_image_key: str | None = setting(None, optional(TEXT))
     data_label_key: str | None = setting(None, optional(TEXT))
-    img_size: int = setting(32, POSITIVE_INT)
+    img_size: int = setting(32, IMG_SIZE)
     in_chans: int = setting(1, one_of(1, 3))
     out_dir: str = setting("runs/train", TEXT)
     # Training images held out to validate on (every choice is made on them; the test split is
@@ -116,20 +142,20 @@ class TrainConfig:
     val_split: int | str | None = setting("auto", VAL_SPLIT)
     # Optimisation; lr = base_lr * (batch_size * accum_steps * world_size) / lr_base_size.
     # The epochs of the cosine schedule (ignored when time_budget is set).
-    epochs: int = setting(10, POSITIVE_INT)
+    epochs: int = setting(10, int_up_to(MAX_EPOCHS))
     # Epochs at min_lr after the cosine (timm's --cooldown-epochs): the run trains
     # epochs + cooldown_epochs epochs.
-    cooldown_epochs: int = setting(0, NON_NEGATIVE_INT)
+    cooldown_epochs: int = setting(0, int_up_to(MAX_EPOCHS, low=0))
     # Minutes of wall time for the whole run, evaluations and checkpoints included (None: off,
     # epochs decide). The schedules span the updates that fit, estimated from the measured
     # speed and re-estimated as the run goes (train/budget.py).
     time_budget: float | None = setting(None, optional(POSITIVE_NUMBER))
-    batch_size: int = setting(128, POSITIVE_INT)
-    accum_steps: int = setting(1, POSITIVE_INT)
+    batch_size: int = setting(128, int_up_to(MAX_BATCH_SIZE))
+    accum_steps: int = setting(1, int_up_to(MAX_ACCUM_STEPS))
     base_lr: float = setting(8e-3, POSITIVE_NUMBER)
     # The effective batch base_lr is the learning rate of: 1024 in the SCHEME release (its
     # lr = batch / 1024 * 1e-3), 512 in GroupMixFormer's.
-    lr_base_size: int = setting(1024, POSITIVE_INT)
+    lr_base_size: int = setting(1024, int_up_to(MAX_BATCH_SIZE))
     min_lr: float = setting(1e-6, NON_NEGATIVE_NUMBER)
     warmup_epochs: float = setting(0.2, NON_NEGATIVE_NUMBER)
     # The learning rate the warm-up starts from (None: a thousandth of the learning rate).
@@ -184,11 +210,11 @@ class TrainConfig:
     eval_crop_pct: float = setting(1.0, FRACTION)
     eval_interpolation: str = setting("bicubic", one_of(*INTERPOLATIONS))
     # Plumbing.
-    seed: int = setting(0, NON_NEGATIVE_INT)
+    seed: int = setting(0, int_up_to(MAX_SEED, low=0))
     # Loader worker processes per training process; None: 2 on a CPU (whose cores train), on
     # a GPU the cores the process may use less one, shared by the processes of its machine (at
     # most 16). The workers live for the whole run.
-    workers: int | None = setting(None, optional(NON_NEGATIVE_INT))
+    workers: int | None = setting(None, optional(int_up_to(MAX_WORKERS, low=0)))
     # "tensor": Fashion-MNIST augmented as whole batches in the training process; "dataloader":
     # timm's transforms in worker processes; "auto": tensor where it can do what is asked.
     loader: str = setting("auto", one_of(*LOADERS))
@@ -201,13 +227,13 @@ class TrainConfig:
     cudnn_benchmark: bool = setting(True, BOOL)
     # Updates between progress reports: a line in a log (a bar's numbers on a terminal), and
     # the check for a non-finite loss, whose value reaching the host would stall a GPU.
-    log_interval: int = setting(50, POSITIVE_INT)
+    log_interval: int = setting(50, int_up_to(MAX_COUNT))
     # Torch intra-op threads per process (None: torch's default).
-    threads: int | None = setting(None, optional(POSITIVE_INT))
+    threads: int | None = setting(None, optional(int_up_to(MAX_THREADS)))
     eval_ema_each_epoch: bool = setting(True, BOOL)
     # Per epoch: short runs for smoke tests.
-    max_train_batches: int | None = setting(None, optional(POSITIVE_INT))
-    max_val_batches: int | None = setting(None, optional(POSITIVE_INT))
+    max_train_batches: int | None = setting(None, optional(int_up_to(MAX_COUNT)))
+    max_val_batches: int | None = setting(None, optional(int_up_to(MAX_COUNT)))
     # ImageFolder: "decode" every image once, check its "header" only, or "none" up front (all
     # sources find damaged images while loading); "auto" decodes up to 10,000 images per split.
     verify_images: str = setting("auto", one_of(*VERIFY_MODES))
@@ -225,6 +251,7 @@ class TrainConfig:
         """One line for the first value that breaks its field's rule or another field's."""
         for f in dataclasses.fields(self):
             f.metadata["rule"].check(f.name, getattr(self, f.name))
+        self._check_model_kwargs()
         if self.batch_size % 2 and (self.mixup > 0 or self.cutmix > 0):
             raise ValueError(f"Mixup/CutMix pair images, so batch_size must be even, "
                              f"got {self.batch_size}")
@@ -259,6 +286,26 @@ class TrainConfig:
             if getattr(self, name) is not None and self.data == "fashion-mnist":
                 raise ValueError(f"{name} names the image or label of a Hugging Face dataset or "
                                  f"of webdataset samples; Fashion-MNIST has no other")
+
+    def _check_model_kwargs(self) -> None:
+        """The model arguments: each one of the allowlist of vitmix.model_arguments (the run
+        writes them to config.yaml, which a resumed run reads back like any file), and no image
+        size or channel count other than the run's. A num_classes is checked against the data's
+        class count once the data is read (train/engine.py's model_kwargs_for)."""
+        check_model_kwargs(self.model_kwargs, "model_kwargs (--model-kwargs)")
+        for name in ("img_size", "in_chans"):
+            # A model built for other images than the transforms make fails at its first
+            # forward, after the data is read, or trains on what it was not built for (a
+            # position embedding quietly resized).
+            if name not in self.model_kwargs:
+                continue
+            given, own = self.model_kwargs[name], getattr(self, name)
+            if name == "img_size" and isinstance(given, (list, tuple)) and len(set(given)) == 1:
+                given = given[0]  # [32, 32] is 32
+            if given != own:
+                raise ValueError(f"model_kwargs sets {name}={quoted(given)}, but the run's {name} "
+                                 f"is {own} (--{name.replace('_', '-')}), the images it makes; "
+                                 f"set {name} there alone")
 
     def _check_schedule(self) -> None:
         """The schedule's settings that only make sense together."""
@@ -297,9 +344,10 @@ class TrainConfig:
     @classmethod
     def check_keys(cls, values: dict) -> None:
         known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(values) - known)
+        unknown = sorted(set(values) - known, key=str)  # YAML keys may be numbers too
         if unknown:
-            raise ValueError(f"unknown config keys {unknown}; known keys: {sorted(known)}")
+            raise ValueError(f"unknown config keys {quoted(unknown)}; known keys: "
+                             f"{sorted(known)}")
 
     @classmethod
     def load(cls, path: str | Path) -> TrainConfig:
@@ -312,17 +360,19 @@ class TrainConfig:
         path = Path(path)
         if path.is_dir():
             raise ValueError(f"config file {path} is a folder; give a YAML file")
-        if not path.is_file():
-            raise FileNotFoundError(f"config file {path} does not exist")
+        check_input_file(path, "config file")
         try:
-            values = yaml.load(path.read_text(), Loader=_ConfigLoader)
+            values = load_yaml(read_bounded_text(path, "config file"), f"config file {path}",
+                               _ConfigLoader)
         except (yaml.YAMLError, UnicodeDecodeError) as err:
-            problem = str(err).replace("\n", " ")
+            problem = abbreviate(str(err).replace("\n", " "), MAX_YAML_PROBLEM_CHARS)
             raise ValueError(f"{path} is not valid YAML: {problem}") from None
         if not isinstance(values, dict):
             raise ValueError(f"{path} must hold a mapping of config keys, got "
                              f"{type(values).__name__}")
         cls.check_keys(values)
+        if "model_kwargs" in values:  # naming the file, before the values are merged
+            check_model_kwargs(values["model_kwargs"], f"config file {path}")
         return values
 
 

@@ -32,7 +32,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import yaml
 from timm.data import Mixup
 from timm.loss import LabelSmoothingCrossEntropy, SoftTargetCrossEntropy
 from timm.optim import create_optimizer_v2
@@ -51,6 +50,7 @@ from ..checkpoints.io import (
 )
 from ..complexity import count_macs, count_params
 from ..data import AugmentSettings, build_transforms, load_splits
+from ..data.class_fingerprint import class_fingerprint
 from ..data.device_batches import DeviceBatches
 from ..data.fashion_mnist import FashionMNIST
 from ..data.seeding import EpochSeeded, ignore_stop_signals
@@ -62,9 +62,11 @@ from ..data.transforms import default_norm
 from ..factory import build_model, check_model_name
 from ..layers.checks import check_bool
 from ..layers.scheme import SchemeMlp
+from ..limits import MAX_CLASSES
+from ..paths import kind_of
 from ..surgery import deploy
 from .budget import TimeBudget
-from .config import TrainConfig
+from .config import CPU_LOADER_WORKERS, MAX_GPU_LOADER_WORKERS, TrainConfig
 from .cuda_math import cuda_math
 from .distributed import (
     DistContext,
@@ -79,6 +81,7 @@ from .precision import resolve_precision
 from .preemption import StopSignals, TrainingPreempted
 from .progress import ProgressLog
 from .report import MetricsLog, plot_confusion, plot_curves, write_report
+from .resume_checks import check_same_classes, check_same_images_per_class
 from .run_folder import (
     PreviousRun,
     RunLock,
@@ -128,7 +131,17 @@ def scheme_layers(model: nn.Module) -> dict[str, SchemeMlp]:
             if isinstance(m, SchemeMlp) and m.has_cca}
 
 
-def model_kwargs_for(config: TrainConfig, num_classes: int) -> dict:
+def model_kwargs_for(config: TrainConfig, num_classes: int, data: str = "the data") -> dict:
+    """The create_model arguments of the run: its own settings, then config.model_kwargs, whose
+    num_classes (when it sets one) must be the data's class count."""
+    if num_classes > MAX_CLASSES:  # a classes.txt, ClassLabel or tree of that many names
+        raise ValueError(f"the training data {data} has {num_classes:,} classes, more than the "
+                         f"{MAX_CLASSES:,} a classifier may have")
+    given = config.model_kwargs.get("num_classes", num_classes)
+    if given != num_classes:
+        raise ValueError(f"model_kwargs sets num_classes={given}, but the training data {data} "
+                         f"has {num_classes} classes; drop num_classes from model_kwargs "
+                         f"(--model-kwargs): a run takes it from its data")
     kwargs = dict(num_classes=num_classes, in_chans=config.in_chans, img_size=config.img_size,
                   drop_path_rate=config.drop_path)
     kwargs.update(config.model_kwargs)
@@ -176,11 +189,11 @@ def loader_workers(requested: int | None, device: torch.device) -> int:
     if requested is not None:
         return requested
     if device.type != "cuda":
-        return 2
+        return CPU_LOADER_WORKERS
     cores = (len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity")
              else os.cpu_count() or 1)
     per_process = cores // max(int(os.environ.get("LOCAL_WORLD_SIZE", "1")), 1)
-    return max(1, min(per_process - 1, 16))
+    return max(1, min(per_process - 1, MAX_GPU_LOADER_WORKERS))
 
 
 class _Run:
@@ -212,10 +225,13 @@ class _Run:
         self.data = hold_out_validation(loaded, val_split, eval_tf, asked=config.val_split)
         self._check_split_on_every_rank()
         self.num_classes = len(self.data.classes)
+        # A num_classes in model_kwargs that is not the data's: refused before any other work.
+        self.model_kwargs = model_kwargs_for(config, self.num_classes, self.data.name)
+        # Which images each class holds, kept in the checkpoints for a resumed run to compare.
+        self.class_fingerprint = class_fingerprint(unwrap_subset(self.data.train)[0])
 
         # The same initial weights on every rank (DDP also broadcasts rank 0's).
         _seed_all(config.seed, -1, 0)
-        self.model_kwargs = model_kwargs_for(config, self.num_classes)
         model = build_model(config.model, self.model_kwargs)
         self.params = count_params(model)
         self.macs = count_macs(model, config.img_size, config.in_chans)
@@ -513,6 +529,7 @@ class _Run:
             "rng": _rng_state(self.device), "best_metric": self.best_metric,
             "best_epoch": self.best_epoch,
             "final_weights": self.config.final_weights, "classes": self.data.classes,
+            "class_fingerprint": self.class_fingerprint,
             "seconds": self.seconds,
             "val_split_digest": self.data.held_out.digest if self.data.held_out else None,
             "budget": self.budget.state_dict() if self.budget else None,
@@ -534,6 +551,9 @@ class _Run:
             raise ValueError(f"cannot resume: {source} holds a {saved_name!r} model, but "
                              f"{self.run_dir / 'config.yaml'} trains {self.config.model!r}; "
                              f"the folder mixes two runs (start a new run with --out instead)")
+        check_same_classes(ckpt.get("classes"), self.data.classes, self.data.name, str(source))
+        check_same_images_per_class(ckpt.get("class_fingerprint"), self.class_fingerprint,
+                                    self.data.name, str(source))
         check_state_dict(self.model, ckpt["model"], self.config.model, source)
         digest = self.data.held_out.digest if self.data.held_out else None
         if ckpt.get("val_split_digest", digest) != digest:
@@ -939,14 +959,15 @@ def build_criterion(config: TrainConfig) -> nn.Module:
 def _check_resumable(run_dir: Path) -> TrainConfig:
     """The config of the run in ``run_dir``, after checking that there is one to continue."""
     if run_dir.exists() and not run_dir.is_dir():
-        raise ValueError(f"cannot resume: {run_dir} is a file, not a run folder")
+        raise ValueError(f"cannot resume: {run_dir} is {kind_of(run_dir)}, not a run folder")
     if not run_dir.is_dir():
         raise FileNotFoundError(f"cannot resume: the run folder {run_dir} does not exist")
     if not (run_dir / "last.pth").is_file():
         raise FileNotFoundError(f"cannot resume: {run_dir / 'last.pth'} does not exist (a run "
                                 f"writes it at the end of its first epoch)")
-    config = TrainConfig.load(run_dir / "config.yaml")
-    if "val_split" not in (yaml.safe_load((run_dir / "config.yaml").read_text()) or {}):
+    saved = TrainConfig.read_values(run_dir / "config.yaml")
+    config = TrainConfig.from_dict(saved)
+    if "val_split" not in saved:
         # A run of vitmix before held-out validation splits validated on the data's own second
         # split: it continues so, not on a split that takes images out of its training set.
         config = dataclasses.replace(config, val_split=0)
@@ -1022,7 +1043,10 @@ def fit(config: TrainConfig | None = None, resume: str | Path | None = None,
             run = _Run(config, run_dir, ctx, clock, cuda_settings)
             run.stop = stop
             if resume is not None:
-                notes = run.restore(load_checkpoint(run_dir / "last.pth"), run_dir / "last.pth")
+                # Notes on the file (no checksum: an earlier vitmix's) come first.
+                notes: list[str] = []
+                ckpt = load_checkpoint(run_dir / "last.pth", notes)
+                notes += run.restore(ckpt, run_dir / "last.pth")
                 where = (f"update {run.num_updates}, part-way through epoch {run.epoch + 1}"
                          if run.in_epoch else f"epoch {run.epoch}")
                 log(f"resuming {run_dir} after {where}/{run.epochs_label()}")

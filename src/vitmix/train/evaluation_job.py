@@ -13,13 +13,20 @@ import torch
 from torch.utils.data import DataLoader
 
 from ..accelerate import accelerate
-from ..checkpoints.io import SavedModel, atomic_write_text, read_model
+from ..checkpoints.io import (
+    DEFAULT_IMG_SIZE,
+    DEFAULT_IN_CHANS,
+    SavedModel,
+    atomic_write_text,
+    read_model,
+)
 from ..data import SafeImageFolder, build_eval_transform, load_eval_split
 from ..data.transforms import INTERPOLATIONS
 from ..factory import check_model_name
-from ..layers.checks import FRACTION, NON_NEGATIVE_INT, POSITIVE_INT, TEXT, one_of, optional
+from ..layers.checks import FRACTION, TEXT, int_up_to, one_of, optional
+from ..limits import MAX_BATCH_SIZE, MAX_WORKERS
 from ..paths import check_output_folder
-from .config import DEVICES
+from .config import DEVICES, IMG_SIZE
 from .distributed import DistContext, resolve_device
 from .evaluate import check_tta, evaluate
 from .report import plot_confusion
@@ -72,11 +79,11 @@ def _check_arguments(model_name: str, img_size, in_chans, batch_size, workers, d
     """Everything that needs no file read, so that a typo fails at once."""
     check_model_name(model_name)
     if img_size is not None:  # None: the checkpoint's
-        POSITIVE_INT.check("img_size (--img-size)", img_size)
+        IMG_SIZE.check("img_size (--img-size)", img_size)
     if in_chans is not None:
         one_of(1, 3).check("in_chans (--in-chans)", in_chans)
-    POSITIVE_INT.check("batch_size (--batch-size)", batch_size)
-    NON_NEGATIVE_INT.check("workers (--workers)", workers)
+    int_up_to(MAX_BATCH_SIZE).check("batch_size (--batch-size)", batch_size)
+    int_up_to(MAX_WORKERS, low=0).check("workers (--workers)", workers)
     one_of(*DEVICES).check("device (--device)", device)
     check_tta(tta)
     optional(TEXT).check("image_key (--data-image-key)", image_key)
@@ -87,6 +94,20 @@ def _check_arguments(model_name: str, img_size, in_chans, batch_size, workers, d
         one_of(*INTERPOLATIONS).check("interpolation (--interpolation)", interpolation)
     if out_dir is not None:
         check_output_folder(out_dir, "--out")
+
+
+def check_class_count(checkpoint: Path, classifies: int, names: list[str] | None, data: str,
+                      num_classes: int) -> None:
+    """ValueError when the model's class count is not the data's, naming the side at fault: a
+    checkpoint that names its classes labels the data by them, so a count unlike its own names
+    is a fault of the checkpoint, not of the data."""
+    if classifies == num_classes:
+        return
+    if names is not None:
+        raise ValueError(f"checkpoint {checkpoint} is damaged: its model classifies {classifies} "
+                         f"classes, but it names {len(names)}")
+    raise ValueError(f"checkpoint {checkpoint} classifies {classifies} classes, but the "
+                     f"evaluation data {data} has {num_classes}")
 
 
 def evaluate_checkpoint(model_name: str, checkpoint: str | Path, data: str = "fashion-mnist",
@@ -113,8 +134,8 @@ def evaluate_checkpoint(model_name: str, checkpoint: str | Path, data: str = "fa
     checkpoint = Path(checkpoint)
     saved = read_model(checkpoint, model_name)  # checks the file before any data is read
     kwargs = dict(saved.kwargs)
-    in_chans = in_chans or kwargs.get("in_chans", 3)
-    img_size = img_size or kwargs.get("img_size", 224)
+    in_chans = in_chans or kwargs.get("in_chans", DEFAULT_IN_CHANS)
+    img_size = img_size or kwargs.get("img_size", DEFAULT_IMG_SIZE)
     kwargs.update(in_chans=in_chans, img_size=img_size)
     cut = resolve_eval_transform(model_name, saved, crop_pct, interpolation)
     eval_tf = build_eval_transform(img_size, in_chans, cut.crop_pct, cut.interpolation)
@@ -125,9 +146,8 @@ def evaluate_checkpoint(model_name: str, checkpoint: str | Path, data: str = "fa
         print(f"vitmix eval: note: {checkpoint} does not name its classes; they are taken to be "
               f"the folders of {split.name}/val in sorted order", file=sys.stderr)
     num_classes = len(split.classes)
-    if kwargs.setdefault("num_classes", num_classes) != num_classes:
-        raise ValueError(f"checkpoint {checkpoint} classifies {kwargs['num_classes']} classes, "
-                         f"the data {data} has {num_classes}")
+    check_class_count(checkpoint, kwargs.setdefault("num_classes", num_classes), saved.classes,
+                      split.name, num_classes)
     model = accelerate(saved.build(kwargs))  # fused CPU inference kernels, the same function
     model.to(dev, memory_format=torch.channels_last).eval()
     loader = DataLoader(split.val, batch_size=batch_size, num_workers=workers,

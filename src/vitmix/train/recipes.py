@@ -15,8 +15,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from importlib import resources
 
-import yaml
-
+from ..structured_text import load_yaml
 from .config import TrainConfig, _ConfigLoader
 
 __all__ = ["Recipe", "load_recipe", "recipe_config", "recipe_names"]
@@ -59,7 +58,7 @@ class Recipe:
 def _read(name: str) -> dict:
     """One recipe file's mapping, checked for the keys a recipe file may hold."""
     path = _folder() / f"{name}.yaml"
-    values = yaml.load(path.read_text(), Loader=_ConfigLoader)
+    values = load_yaml(path.read_text(), f"recipe file {name}.yaml", _ConfigLoader)
     if not isinstance(values, dict) or not isinstance(values.get("config"), dict):
         raise ValueError(f"recipe file {name}.yaml must map 'config' to TrainConfig keys")
     unknown = sorted(set(values) - _FILE_KEYS)
