@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
 
 import torch
@@ -84,14 +85,20 @@ def _check_paths(args: argparse.Namespace) -> None:
 RELEASE_GLOBALS = (argparse.Namespace,)
 
 
-def _load(path: Path) -> dict:
+def _load(path: Path, notes: list[str]) -> dict:
     """The released file, its tensors verified when it carries vitmix's checksum (a release
-    does not: it loads with a note saying so)."""
+    does not: ``notes`` gets a note saying so, printed once the conversion is done, so that a
+    refusal stays one line)."""
     obj = load_torch_file(path, allowed=RELEASE_GLOBALS)
-    verify_checkpoint(obj, f"checkpoint {path}")
+    verify_checkpoint(obj, f"checkpoint {path}", notes)
     if isinstance(obj, dict):
         obj.pop(CHECKSUM_KEY, None)
     return obj
+
+
+def _print_notes(notes: list[str]) -> None:
+    for note in notes:
+        print(f"note: {note}", file=sys.stderr)
 
 
 def _save(state: dict[str, torch.Tensor], path: Path, metadata: dict[str, str] | None = None
@@ -198,12 +205,15 @@ def _groupmixformer_metadata(info: dict) -> dict[str, str]:
 
 def run(args: argparse.Namespace) -> int:
     _check_paths(args)
-    checkpoint = _load(args.input)
+    notes: list[str] = []
+    checkpoint = _load(args.input, notes)
     release_name = release_model_name(checkpoint)
     release = find_release_model(release_name)
     arch = _resolve_arch(args, release, release_name)
     if arch == "schemeformer":
-        return _run_schemeformer(args, checkpoint, release, release_name)
+        code = _run_schemeformer(args, checkpoint, release, release_name)
+        _print_notes(notes)
+        return code
     state = from_official(checkpoint, arch=arch, channel_shuffle=args.channel_shuffle)
     info = describe_groupmixformer(state)
     entry, why = stored_entry(checkpoint)
@@ -215,4 +225,5 @@ def run(args: argparse.Namespace) -> int:
     print(f"  dims {info['dims']}, depths {info['depths']}, mlp ratios "
           f"{[round(r, 3) for r in info['mlp_ratios']]}, {info['num_classes']} classes")
     print(f"  matches: {model}")
+    _print_notes(notes)
     return 0
