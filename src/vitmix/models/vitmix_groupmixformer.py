@@ -272,8 +272,10 @@ def _create(variant: str, pretrained: bool = False, **kwargs) -> GroupMixFormer:
 
 
 def _cfg(**kwargs) -> dict:
+    """timm's pretrained_cfg; crop 0.875 is the release's evaluation (resize to 256, centre
+    224)."""
     return dict(
-        url="", num_classes=1000, input_size=(3, 224, 224), pool_size=(7, 7), crop_pct=0.9,
+        url="", num_classes=1000, input_size=(3, 224, 224), pool_size=(7, 7), crop_pct=0.875,
         interpolation="bicubic", mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225),
         first_conv="stem.conv1", classifier="head", license="mit", **kwargs,
     )
