@@ -16,7 +16,7 @@ import timm
 import torch
 
 import vitmix
-from tiny_runs import TINY, make_image_tree, quiet_fit, tiny_config
+from tiny_runs import TINY, make_image_tree, one_epoch_run, quiet_fit, tiny_config
 from vitmix.checkpoints.io import save_weights
 from vitmix.cli import main
 from vitmix.data import FashionMNIST
@@ -30,10 +30,7 @@ MODEL = "schemeformer_ppaa_t_e8_g4"
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory) -> tuple[Path, Path]:
     """(image tree, run folder) of a one-epoch run on circle / square / stripes."""
-    base = tmp_path_factory.mktemp("eval")
-    root = make_image_tree(base / "data")
-    quiet_fit(tiny_config(root, base / "run", epochs=1))
-    return root, base / "run"
+    return one_epoch_run(tmp_path_factory.mktemp("eval"))
 
 
 def test_images_are_scored_by_class_name_and_a_class_without_images_has_no_accuracy(

@@ -15,7 +15,7 @@ import yaml
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
-from tiny_runs import TINY, make_image_tree, quiet_fit, tiny_config
+from tiny_runs import TINY, one_epoch_run, quiet_fit
 from vitmix import cli, factory
 from vitmix.checkpoints.checksum import CHECKSUM_KEY, checkpoint_digest, tensors_digest
 from vitmix.checkpoints.io import load_checkpoint, load_weights, save_checkpoint, save_weights
@@ -31,10 +31,7 @@ MODEL = "schemeformer_ppaa_t_e8_g4"
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory) -> tuple[Path, Path]:
     """(image tree, run folder) of a one-epoch run on circle / square / stripes."""
-    base = tmp_path_factory.mktemp("hostile")
-    root = make_image_tree(base / "data")
-    quiet_fit(tiny_config(root, base / "run", epochs=1))
-    return root, base / "run"
+    return one_epoch_run(tmp_path_factory.mktemp("hostile"))
 
 
 def one_line_refusal(args: list[str], capsys) -> str:

@@ -122,6 +122,13 @@ def tiny_args(image_tree: Path, out: Path, epochs: int = 2) -> list[str]:
             "--seed", "3", "--no-progress-bar"]
 
 
+def one_epoch_run(base: Path) -> tuple[Path, Path]:
+    """(image tree, run folder) of a one-epoch run on circle / square / stripes in ``base``."""
+    root = make_image_tree(base / "data")
+    quiet_fit(tiny_config(root, base / "run", epochs=1))
+    return root, base / "run"
+
+
 def quiet_fit(*args, **kwargs):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the broken PNG of the fixture warns by design
