@@ -212,14 +212,20 @@ def test_every_allowed_argument_is_one_a_vitmix_model_takes():
 
 # ---- 3. what a resumed run checks ----------------------------------------------------------------
 
-def test_resume_refuses_data_whose_classes_changed(trained, tmp_path, capsys):
+def resumable_copy(trained: tuple[Path, Path], tmp_path: Path) -> tuple[Path, Path]:
+    """(data, run): copies of the trained run and its image tree, the run's config.yaml pointed
+    at the copied data and asking for a second epoch, so that --resume has work to do."""
     root, run = trained
-    data = tmp_path / "data"
+    data, copy = tmp_path / "data", tmp_path / "run"
     shutil.copytree(root, data)
-    copy = tmp_path / "run"
     shutil.copytree(run, copy)
     values = yaml.safe_load((copy / "config.yaml").read_text())
     (copy / "config.yaml").write_text(yaml.safe_dump(dict(values, data=str(data), epochs=2)))
+    return data, copy
+
+
+def test_resume_refuses_data_whose_classes_changed(trained, tmp_path, capsys):
+    data, copy = resumable_copy(trained, tmp_path)
     for split in ("train", "val"):
         (data / split / "square").rename(data / split / "box")
     before = (copy / "last.pth").read_bytes()
@@ -234,13 +240,7 @@ def test_resume_refuses_data_whose_classes_changed(trained, tmp_path, capsys):
 
 
 def test_resume_refuses_class_folders_that_swapped_their_names(trained, tmp_path, capsys):
-    root, run = trained
-    data = tmp_path / "data"
-    shutil.copytree(root, data)
-    copy = tmp_path / "run"
-    shutil.copytree(run, copy)
-    values = yaml.safe_load((copy / "config.yaml").read_text())
-    (copy / "config.yaml").write_text(yaml.safe_dump(dict(values, data=str(data), epochs=2)))
+    data, copy = resumable_copy(trained, tmp_path)
     for split in ("train", "val"):  # the class list stays ['circle', 'square', 'stripes']
         (data / split / "circle").rename(data / split / "was_circle")
         (data / split / "square").rename(data / split / "circle")
