@@ -13,8 +13,8 @@ from .accelerate import accelerate as accelerate_model
 from .complexity import count_macs, count_params
 from .layers.scheme import SchemeMlp
 
-__all__ = ["DeployReport", "SchemifyReport", "block_assignment", "deploy", "dense_mlp_shape",
-           "schemify"]
+__all__ = ["DeployReport", "SchemifyReport", "block_assignment", "copy_blocks", "deploy",
+           "dense_mlp_shape", "schemify"]
 
 
 @dataclass
@@ -85,52 +85,50 @@ def _measure_macs(model: nn.Module, img_size, in_chans: int) -> int | None:
         return None
 
 
+def block_assignment(w1: torch.Tensor, w2: torch.Tensor, groups: int) -> torch.Tensor:
+    """A permutation of the hidden units that keeps the most dense weight on the block diagonal.
+
+    Hidden units are interchangeable (fc1 rows and fc2 columns move together), so the units are
+    split into ``groups`` groups of h/G by the exact best grouping of
+    :func:`vitmix.compress.grouping.assign_units`: each unit keeps the part of its fc1 row that
+    reads its group's input block and of its fc2 column that writes its output block.
+    Returns ``perm`` with new hidden unit i = old hidden unit perm[i].
+    """
+    from .compress.grouping import assign_units, block_scores, hidden_index
+
+    return hidden_index(assign_units(block_scores(w1, w2, groups)))
+
+
 def _dense_weight(layer: nn.Module) -> torch.Tensor:
     w = layer.weight.detach()
     return w.reshape(w.shape[0], w.shape[1])  # (out, in), also for 1x1 convs
 
 
-def block_assignment(w1: torch.Tensor, w2: torch.Tensor, groups: int) -> torch.Tensor:
-    """A permutation of the hidden units that keeps the most dense weight on the block diagonal.
-
-    Hidden units are interchangeable (fc1 rows and fc2 columns move together), so each unit is
-    placed in the group whose input block of fc1 and output block of fc2 carry most of its
-    squared weight; greedily, strongest preference first, with h/G units per group.
-    Returns ``perm`` with new hidden unit i = old hidden unit perm[i].
-    """
-    hidden = w1.shape[0]
-    per_group = hidden // groups
-    in_blocks = w1.pow(2).reshape(hidden, groups, -1).sum(-1)  # (h, G)
-    out_blocks = w2.pow(2).reshape(groups, -1, hidden).sum(1).t()  # (h, G)
-    score = (in_blocks + out_blocks).double()
-    order = torch.argsort(score.max(dim=1).values, descending=True)
-    ranked_groups = torch.argsort(score, dim=1, descending=True)
-    slots: list[list[int]] = [[] for _ in range(groups)]
-    for unit in order.tolist():
-        for g in ranked_groups[unit].tolist():
-            if len(slots[g]) < per_group:
-                slots[g].append(unit)
-                break
-    return torch.tensor([u for group in slots for u in sorted(group)], dtype=torch.long)
+@torch.no_grad()
+def copy_blocks(new: SchemeMlp, old: nn.Module, index: torch.Tensor) -> None:
+    """Fill ``new``'s diagonal blocks from the dense MLP ``old``: SCHEME hidden unit i is dense
+    unit ``index[i]`` (grouped: the first hidden/G units form group 0, ...). With CCA, fc2 is
+    divided by the mixing weight a, so that a * BD-MLP starts as the copied blocks."""
+    w1, w2 = _dense_weight(old.fc1)[index], _dense_weight(old.fc2)[:, index]
+    g = new.groups
+    i1, h, o2 = new.in_features // g, new.hidden_features // g, new.out_features // g
+    scale = 1.0 / float(new.mix_weights()[0]) if new.has_cca else 1.0
+    for k in range(g):
+        new.fc1.weight[k].copy_(w1[k * h:(k + 1) * h, k * i1:(k + 1) * i1])
+        new.fc2.weight[k].copy_(w2[k * o2:(k + 1) * o2, k * h:(k + 1) * h] * scale)
+    if new.fc1.bias is not None:
+        new.fc1.bias.copy_(old.fc1.bias[index])
+    if new.fc2.bias is not None:
+        new.fc2.bias.copy_(old.fc2.bias * scale)
 
 
 @torch.no_grad()
 def _init_from_dense(new: SchemeMlp, old: nn.Module) -> None:
-    w1, w2 = _dense_weight(old.fc1), _dense_weight(old.fc2)
-    g = new.groups
-    perm = block_assignment(w1, w2, g)
-    w1, w2 = w1[perm], w2[:, perm]
-    i1, h, o2 = new.in_features // g, new.hidden_features // g, new.out_features // g
-    for k in range(g):
-        new.fc1.weight[k].copy_(w1[k * h:(k + 1) * h, k * i1:(k + 1) * i1])
-        new.fc2.weight[k].copy_(w2[k * o2:(k + 1) * o2, k * h:(k + 1) * h])
-    if new.fc1.bias is not None:
-        new.fc1.bias.copy_(old.fc1.bias[perm])
-    if new.fc2.bias is not None:
-        new.fc2.bias.copy_(old.fc2.bias)
     if new.mix_logits is not None:
         # Start with the MLP branch dominant so the pretrained function is kept from step one.
         new.mix_logits.copy_(torch.tensor([2.0, -2.0]))
+    copy_blocks(new, old, block_assignment(_dense_weight(old.fc1), _dense_weight(old.fc2),
+                                           new.groups))
 
 
 def _replacement(name: str, mlp: nn.Module, expansion: float | None, groups: int, cca: bool,

@@ -28,6 +28,7 @@ from safetensors.torch import save as save_safetensors_bytes
 from torch import nn
 
 from .. import surgery
+from ..compress.spec import check_schemify_spec, schemify_arguments
 from ..factory import build_model, check_model_name
 from ..layers.checks import FRACTION
 from ..limits import MAX_CLASSES
@@ -259,6 +260,9 @@ def load_weights(path: str | Path, notes: list[str] | None = None) -> tuple[dict
                 "deployed": "0"}
     if ckpt.get("classes") is not None:
         metadata["classes"] = json.dumps(ckpt["classes"])
+    if ckpt.get("schemify") is not None:  # a SCHEME form put into the named model
+        metadata["schemify"] = json.dumps(check_schemify_spec(ckpt["schemify"],
+                                                              f"checkpoint {path}"))
     if isinstance(ckpt.get("config"), dict):  # the run's TrainConfig
         for key, value in _EVAL_BEFORE_RECORDED.items():
             metadata[key] = str(ckpt["config"].get(key, value))
@@ -322,11 +326,16 @@ class SavedModel:
     # The evaluation transform the weights were validated with, when the file records it.
     eval_crop_pct: float | None = None
     eval_interpolation: str | None = None
+    # vitmix.schemify's arguments when the weights are a SCHEME form of the named model (a
+    # `vitmix compress` run); None for a model as timm builds it.
+    schemify: dict | None = None
 
     def build(self, kwargs: dict | None = None) -> nn.Module:
         """A new model built with ``kwargs`` (default: the saved ones) holding these weights;
         ValueError naming the difference when they do not fit it."""
         model = build_model(self.name, self.kwargs if kwargs is None else kwargs)
+        if self.schemify is not None:
+            surgery.schemify(model, **schemify_arguments(self.schemify), measure_macs=False)
         if self.deployed:
             surgery.deploy(model)  # the same module structure as the saved weights
         check_state_dict(model, self.state, self.name, self.path)
@@ -352,8 +361,12 @@ def read_model(path: str | Path, name: str) -> SavedModel:
         kwargs = check_model_kwargs(kwargs, f"checkpoint {path}")
     classes = _metadata_json(path, meta, "classes", list)
     _check_class_names(classes, path)
+    spec = _metadata_json(path, meta, "schemify", dict)
+    if spec is not None:
+        spec = check_schemify_spec(spec, f"checkpoint {path}")
     return SavedModel(Path(path), name, kwargs or {}, meta.get("deployed") == "1", state,
-                      classes, _metadata_crop(path, meta), meta.get("eval_interpolation") or None)
+                      classes, _metadata_crop(path, meta), meta.get("eval_interpolation") or None,
+                      spec)
 
 
 def _check_class_names(classes: object, path: str | Path) -> None:

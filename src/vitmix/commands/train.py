@@ -27,6 +27,17 @@ HELP = {
     "model": "timm model name (vitmix registers schemeformer_* and metaformer_*)",
     "model_kwargs": "extra timm.create_model arguments as JSON, "
                     "e.g. '{\"cca_schedule\": \"cosine\"}'",
+    "schemify": "put SCHEME into the model: vitmix.schemify's arguments as JSON, e.g. "
+                "'{\"groups\": 2, \"cca\": false}' (groups, expansion, cca, cca_schedule)",
+    "init_from": "a dense model's checkpoint (a run's last.pth, or .safetensors) whose weights "
+                 "the --schemify model starts from, copied through the --grouping "
+                 "(`vitmix compress` sets it)",
+    "grouping": "with --init-from: search (the grouping of hidden units that keeps the most "
+                "weight) or diagonal (the units in stored order)",
+    "teacher": "distil from this checkpoint's model: its soft targets join the label loss",
+    "distill_weight": "weight of the teacher's soft targets; the labels get 1 minus it",
+    "distill_temperature": "temperature of the soft targets (the KL term is scaled by its "
+                           "square)",
     "data": "'fashion-mnist' (Debian package dataset-fashion-mnist) or a folder: an "
             "ImageFolder tree (train/, val/), webdataset shards (train-*.tar, val-*.tar) or a "
             "Hugging Face DatasetDict saved with save_to_disk",
@@ -206,21 +217,33 @@ def register(subparsers) -> None:
     p.add_argument("--out", dest="out_dir", default=argparse.SUPPRESS,
                    help=f"{HELP['out_dir']} (default: "
                         f"{shown_default(declared_default(fields['out_dir']))})")
+    add_config_options(p, skip=("out_dir", "recipe"))  # those two above
+    p.set_defaults(func=run)
+
+
+def add_config_options(p: argparse.ArgumentParser, skip: typing.Iterable[str] = (),
+                       defaults: dict | None = None) -> None:
+    """A flag for every TrainConfig field but ``skip``; none sets a value unless given.
+    ``defaults``: what --help shows where the command's default is not TrainConfig's."""
     hints = typing.get_type_hints(TrainConfig)
+    defaults = defaults or {}
     for f in dataclasses.fields(TrainConfig):
-        if f.name in ("out_dir", "recipe"):  # above
+        if f.name in skip:
             continue
         flag = "--" + f.name.replace("_", "-")
         hint = hints[f.name]
         text = HELP.get(f.name, f.name.replace("_", " "))
         if "(default: " not in text:  # else the text says what None resolves to
-            text = f"{text} (default: {shown_default(declared_default(f))})"
+            default = defaults.get(f.name, declared_default(f))
+            text = f"{text} (default: {shown_default(default)})"
         kwargs = dict(dest=f.name, default=argparse.SUPPRESS, help=text)
         if hint is bool:
             p.add_argument(flag, action=argparse.BooleanOptionalAction, **kwargs)
             continue
         if f.name == "model_kwargs":
             p.add_argument(flag, type=_json_object, metavar="JSON", **kwargs)
+        elif f.name == "schemify":
+            p.add_argument(flag, type=_none_or(_json_object), metavar="JSON", **kwargs)
         elif f.name == "crop_scale":
             p.add_argument(flag, type=float, nargs=2, metavar=("LOW", "HIGH"), **kwargs)
         elif f.name == "val_split":
@@ -230,7 +253,6 @@ def register(subparsers) -> None:
             optional = type(None) in typing.get_args(hint)
             p.add_argument(flag, type=_none_or(base) if optional else base,
                            metavar=METAVARS.get(f.name), **kwargs)
-    p.set_defaults(func=run)
 
 
 def config_from_args(args: argparse.Namespace) -> TrainConfig:
@@ -264,9 +286,6 @@ def _trains_on_cpu(config: TrainConfig | None, resume: str | None) -> bool:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..train.allocator import keep_freed_memory
-    from ..train.engine import TrainingDiverged, TrainingPreempted, fit
-
     if args.resume:
         extra = {f.name for f in dataclasses.fields(TrainConfig)} & set(vars(args))
         if extra or args.config:
@@ -275,10 +294,19 @@ def run(args: argparse.Namespace) -> int:
         config = None
     else:
         config = config_from_args(args)
-    if _trains_on_cpu(config, args.resume):
+    return fit_and_report(config, args.resume, args.overwrite)
+
+
+def fit_and_report(config: TrainConfig | None, resume: str | None, overwrite: bool) -> int:
+    """Train ``config`` (or resume the run in folder ``resume``), print the result line and
+    return the exit code."""
+    from ..train.allocator import keep_freed_memory
+    from ..train.engine import TrainingDiverged, TrainingPreempted, fit
+
+    if _trains_on_cpu(config, resume):
         keep_freed_memory()  # before the first large allocation; see vitmix.train.allocator
     try:
-        result = fit(config, resume=args.resume, overwrite=args.overwrite)
+        result = fit(config, resume=resume, overwrite=overwrite)
     except TrainingDiverged as err:
         print(f"vitmix train: stopped: {err}", file=sys.stderr)
         return exit_codes.DIVERGED

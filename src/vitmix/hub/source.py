@@ -99,6 +99,12 @@ _RELEASES = {"schemeformer": "the SCHEME authors' release (scheme_vit)",
 
 
 def _check_not_deployed(saved: SavedModel) -> None:
+    if saved.schemify is not None:
+        # Its SchemeMlp weights fit no architecture timm can build by name and arguments.
+        raise ValueError(
+            f"{saved.path} holds a SCHEME form of {saved.name} (vitmix compress, schemify "
+            f"{saved.schemify}), which timm.create_model({saved.name!r}) cannot build; load it "
+            f"with vitmix (vitmix eval, vitmix.checkpoints.io.load_model) instead")
     if saved.deployed:
         raise ValueError(
             f"{saved.path} holds deployed weights (vitmix.deploy's form: CCA removed, the mixing "
@@ -110,6 +116,7 @@ def _check_not_deployed(saved: SavedModel) -> None:
 def _from_run_checkpoint(path: Path, weights_file: Path) -> ExportSource:
     ckpt = load_checkpoint(weights_file)
     saved = read_model(weights_file, ckpt["model_name"])
+    _check_not_deployed(saved)  # a compress run's SCHEME form (a run never saves deployed .pth)
     config = ckpt.get("config") if isinstance(ckpt.get("config"), dict) else None
     run_dir = weights_file.parent
     summary = _read_json(run_dir / "summary.json")

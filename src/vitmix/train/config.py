@@ -18,6 +18,8 @@ from typing import Any
 import yaml
 
 from ..checkpoints.io import atomic_write_text
+from ..compress.spec import SCHEMIFY_SPEC
+from ..compress.surgery import GROUPINGS
 from ..data.image_folder import VERIFY_MODES
 from ..data.transforms import INTERPOLATIONS, TRAIN_INTERPOLATIONS
 from ..layers.checks import (
@@ -124,6 +126,20 @@ class TrainConfig:
     # Extra timm.create_model arguments, from the allowlist of vitmix.model_arguments: the run
     # writes them to config.yaml, which a resumed run reads back like any file.
     model_kwargs: dict = setting({}, KEYWORDS)
+    # SCHEME put into the built model: vitmix.schemify's arguments ({"groups": 2, "expansion":
+    # null, "cca": false, "cca_schedule": "learned"}); None: the model as built. With init_from
+    # it is how `vitmix compress` makes a SCHEME model of a trained dense one.
+    schemify: dict | None = setting(None, SCHEMIFY_SPEC)
+    # A checkpoint of the dense model whose weights the schemified model starts from, copied
+    # into the diagonal blocks through the grouping ("search": the best; "diagonal": the units
+    # in stored order). Read by a new run only; a resumed run has its own weights.
+    init_from: str | None = setting(None, optional(TEXT))
+    grouping: str = setting("search", one_of(*GROUPINGS))
+    # Knowledge distillation from this checkpoint's model: the loss is (1 - distill_weight)
+    # times the label loss plus distill_weight times T^2 KL at temperature distill_temperature.
+    teacher: str | None = setting(None, optional(TEXT))
+    distill_weight: float = setting(0.5, number_in(0, 1))
+    distill_temperature: float = setting(1.0, number_in(0.1, 100))
     # Or a folder: an ImageFolder tree, webdataset shards or a saved Hugging Face dataset.
     data: str = setting("fashion-mnist", TEXT)
     # The folder of the Fashion-MNIST idx files (None: $VITMIX_FASHION_MNIST_DIR, else Debian's).
@@ -279,6 +295,10 @@ class TrainConfig:
             raise ValueError(f"warmup_epochs must lie in [0, epochs={self.epochs}], "
                              f"got {self.warmup_epochs}")
         self._check_schedule()
+        if self.init_from is not None and self.schemify is None:
+            raise ValueError(f"init_from copies a dense model's weights into a SCHEME form, so "
+                             f"it needs schemify (e.g. {{\"groups\": 2}}), got init_from="
+                             f"{self.init_from!r} and schemify=None")
         if self.data_dir is not None and self.data != "fashion-mnist":
             raise ValueError(f"data_dir names the folder of the Fashion-MNIST files; it goes "
                              f"with data='fashion-mnist', got data={self.data!r}")

@@ -45,10 +45,14 @@ from ..checkpoints.io import (
     atomic_write_text,
     check_state_dict,
     load_checkpoint,
+    read_model,
     save_checkpoint,
     save_weights,
 )
 from ..complexity import count_macs, count_params
+from ..compress.distill import Distillation, load_teacher
+from ..compress.spec import schemify_arguments
+from ..compress.surgery import compress
 from ..data import AugmentSettings, build_transforms, load_splits
 from ..data.class_fingerprint import class_fingerprint
 from ..data.device_batches import DeviceBatches
@@ -64,7 +68,7 @@ from ..layers.checks import check_bool
 from ..layers.scheme import SchemeMlp
 from ..limits import MAX_CLASSES
 from ..paths import kind_of
-from ..surgery import deploy
+from ..surgery import deploy, schemify
 from .budget import TimeBudget
 from .config import CPU_LOADER_WORKERS, MAX_GPU_LOADER_WORKERS, TrainConfig
 from .cuda_math import cuda_math
@@ -200,7 +204,8 @@ class _Run:
     """State of one training run; its methods are the phases of :func:`fit`."""
 
     def __init__(self, config: TrainConfig, run_dir: Path, ctx: DistContext,
-                 clock: Callable[[], float] | None = None, cuda_settings: dict | None = None):
+                 clock: Callable[[], float] | None = None, cuda_settings: dict | None = None,
+                 resuming: bool = False):
         self.config, self.run_dir, self.ctx = config, run_dir, ctx
         self.device = ctx.device
         self.cuda_settings = cuda_settings or {}
@@ -233,6 +238,10 @@ class _Run:
         # The same initial weights on every rank (DDP also broadcasts rank 0's).
         _seed_all(config.seed, -1, 0)
         model = build_model(config.model, self.model_kwargs)
+        # What the dense weights kept in their SCHEME form (a compress run), for the report.
+        self.compression: dict | None = None
+        if config.schemify is not None:
+            self.compression = scheme_form(model, config, self.data.classes, resuming)
         self.params = count_params(model)
         self.macs = count_macs(model, config.img_size, config.in_chans)
         if config.sync_bn and ctx.enabled:
@@ -294,6 +303,12 @@ class _Run:
                                label_smoothing=config.label_smoothing,
                                num_classes=self.num_classes)
         self.criterion = build_criterion(config)
+        self.distillation = None
+        if config.teacher is not None:
+            teacher = load_teacher(config.teacher, self.data.classes, self.device,
+                                   config.channels_last)
+            self.distillation = Distillation(teacher, config.distill_weight,
+                                             config.distill_temperature)
         self.metrics = MetricsLog(run_dir / "metrics.csv")  # the rows of this run only
         self.progress_log = ProgressLog(config.progress_bar and ctx.is_main)
         self.config_saved = False  # config.yaml comes with the first checkpoint
@@ -521,6 +536,7 @@ class _Run:
         through the next one (a preempted run: ``in_epoch`` says where)."""
         return {
             "model_name": self.config.model, "model_kwargs": self.model_kwargs,
+            "schemify": self.config.schemify, "compression": self.compression,
             "config": self.config.to_dict(), "epoch": self.epoch,
             "num_updates": self.num_updates, "model": self.model.state_dict(),
             "ema": self.ema.module.state_dict() if self.ema else None,
@@ -573,6 +589,7 @@ class _Run:
         self.scheduler.load_state_dict(ckpt["scheduler"])
         if self.scaler is not None and ckpt.get("scaler"):
             self.scaler.load_state_dict(ckpt["scaler"])
+        self.compression = ckpt.get("compression")
         self.epoch, self.num_updates = ckpt["epoch"], ckpt["num_updates"]
         self.best_metric, self.best_epoch = ckpt["best_metric"], ckpt["best_epoch"]
         self.seconds = ckpt.get("seconds", 0.0)
@@ -701,7 +718,10 @@ class _Run:
                         else contextlib.nullcontext())
                 with sync:
                     with self.autocast():
-                        loss = self.criterion(self.train_model(images), targets)
+                        logits = self.train_model(images)
+                        loss = self.criterion(logits, targets)
+                        if self.distillation is not None:
+                            loss = self.distillation(loss, logits, images)
                     losses.add(loss, self.num_updates)
                     scaled = loss / c.accum_steps
                     (self.scaler.scale(scaled) if self.scaler else scaled).backward()
@@ -922,11 +942,14 @@ class _Run:
             "world_size": self.ctx.world_size, "effective_batch": self.effective_batch,
             "lr": self.lr, "skipped_images": at_build + at_load, "skipped_at_load": at_load,
             "best_epoch": self.best_epoch, "best_metric": self.best_metric, "budget": None,
+            "schemify": c.schemify, "compression": self.compression,
+            "teacher": c.teacher,
         }
         report_path = self.run_dir / "report.md"
         if self.ctx.is_main:
             meta = {"model": c.model, "model_kwargs": json.dumps(self.model_kwargs),
                     "deployed": "1", "classes": json.dumps(data.classes),
+                    **({"schemify": json.dumps(c.schemify)} if c.schemify else {}),
                     "eval_crop_pct": repr(c.eval_crop_pct),
                     "eval_interpolation": c.eval_interpolation}
             save_weights(deployed.state_dict(), self.run_dir / "model_deployed.safetensors", meta)
@@ -946,6 +969,30 @@ class _Run:
         return FitResult(self.run_dir, final_result.top1, final_result.top5,
                          deployed_result.top1, deployed_result.top5, report_path, summary,
                          final_split=final_split, val_top1=val.top1)
+
+
+def scheme_form(model: nn.Module, config: TrainConfig, classes: list[str],
+                resuming: bool) -> dict | None:
+    """Put config.schemify's SCHEME form into ``model``, in place. A new run with init_from
+    starts from that dense checkpoint's weights, copied through the grouping (vitmix.compress);
+    returns what they kept, or None when nothing was copied (random SCHEME weights, or a resumed
+    run, whose checkpoint holds its weights)."""
+    arguments = schemify_arguments(config.schemify)
+    if config.init_from is None or resuming:
+        schemify(model, **arguments, measure_macs=False)
+        return None
+    saved = read_model(config.init_from, config.model)
+    if saved.schemify is not None:
+        raise ValueError(f"init_from {config.init_from} holds a SCHEME form already "
+                         f"({saved.schemify}); compress starts from a dense model's weights")
+    if saved.classes is not None and list(saved.classes) != list(classes):
+        raise ValueError(f"init_from {config.init_from} was trained on other classes than the "
+                         f"run's data ({len(saved.classes)} against {len(classes)}, or in "
+                         f"another order); its head cannot be reused")
+    check_state_dict(model, saved.state, config.model, config.init_from)
+    model.load_state_dict(saved.state)
+    _, report = compress(model, **arguments, grouping=config.grouping, measure_macs=False)
+    return report.as_dict()
 
 
 def build_criterion(config: TrainConfig) -> nn.Module:
@@ -1040,7 +1087,7 @@ def fit(config: TrainConfig | None = None, resume: str | Path | None = None,
                 for path in remove_stale_temporaries(run_dir):
                     log(f"removed {path.name}, a file a killed process left half-written")
             ctx.barrier()
-            run = _Run(config, run_dir, ctx, clock, cuda_settings)
+            run = _Run(config, run_dir, ctx, clock, cuda_settings, resuming=resume is not None)
             run.stop = stop
             if resume is not None:
                 # Notes on the file (no checksum: an earlier vitmix's) come first.

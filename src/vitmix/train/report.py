@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import json
 from pathlib import Path
 
 import matplotlib
@@ -195,6 +196,7 @@ def write_report(path: Path, config: dict, summary: dict, rows: list[dict],
               f"- largest CCA weight dropped by deploy: {summary['max_cca_weight_dropped']:.3g}",
               f"- images skipped as unreadable: {summary['skipped_images']} "
               f"({summary.get('skipped_at_load', 0)} of them found damaged while loading)", ""]
+    lines += _compression_lines(config, summary)
     for key, title in (("loss", "Loss"), ("accuracy", "Accuracy"), ("cca", "CCA weight"),
                        ("confusion", "Confusion matrix")):
         if key in plots:
@@ -211,6 +213,34 @@ def write_report(path: Path, config: dict, summary: dict, rows: list[dict],
     lines += ["", "## Config", "", "```yaml"]
     lines += [yaml.safe_dump(config, sort_keys=False).rstrip(), "```", ""]
     atomic_write_text(path, "\n".join(lines))
+
+
+def _compression_lines(config: dict, summary: dict) -> list[str]:
+    """The SCHEME form of a compress run: what each MLP kept of the dense weights, and the
+    teacher; nothing for other runs."""
+    spec = summary.get("schemify")
+    if not spec:
+        return []
+    lines = ["## Compression", "",
+             f"- SCHEME form (vitmix.schemify): {json.dumps(spec)}",
+             f"- teacher (knowledge distillation): {summary.get('teacher') or 'none'}"
+             + (f", weight {config['distill_weight']:g}, temperature "
+                f"{config['distill_temperature']:g}" if summary.get("teacher") else "")]
+    compression = summary.get("compression")
+    if not compression:
+        return [*lines, "- weights: random (no dense checkpoint to start from)", ""]
+    lines += [f"- started from {config.get('init_from')}, {compression['grouping']} grouping: "
+              f"{100 * compression['kept']:.1f}% of the dense MLPs' squared weights kept on "
+              f"average", "",
+              "| MLP | kept | fc1 | fc2 | diagonal copy | channels regrouped too (not applied) |",
+              "|---|---|---|---|---|---|"]
+    for layer in compression["layers"]:
+        bound = layer.get("channels_bound")
+        lines.append(f"| {layer['name']} | {100 * layer['kept']:.1f}% | "
+                     f"{100 * layer['kept_fc1']:.1f}% | {100 * layer['kept_fc2']:.1f}% | "
+                     f"{100 * layer['diagonal']:.1f}% | "
+                     f"{'-' if bound is None else f'{100 * bound:.1f}%'} |")
+    return [*lines, ""]
 
 
 def format_top1(accuracy: float | None, digits: int = 1) -> str:
