@@ -116,7 +116,7 @@ def speed(args: argparse.Namespace) -> None:
     import vitmix
     from vitmix.bench.speed import time_interleaved
     from vitmix.complexity import count_macs
-    from vitmix.compress import compress
+    from vitmix import compress
 
     def model(flags: list[str] | None):
         torch.manual_seed(0)

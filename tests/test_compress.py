@@ -1,4 +1,4 @@
-"""vitmix.compress: the grouping search against enumeration, the copy against a float64 reference,
+"""vitmix.compress and vitmix.compression: the grouping search against enumeration, the copy against a float64 reference,
 distillation against its formula, and compress on small timm models of each family."""
 
 import itertools
@@ -12,14 +12,14 @@ from timm.layers import Mlp
 from torch import nn
 
 import vitmix
-from vitmix.compress import assign_units, block_scores, compress, kept_fractions
-from vitmix.compress.distill import Distillation, distillation_loss
-from vitmix.compress.grouping import (
+from vitmix.compression import assign_units, block_scores, compress, kept_fractions
+from vitmix.compression.distill import Distillation, distillation_loss
+from vitmix.compression.grouping import (
     diagonal_membership,
     hidden_index,
     regrouped_channels_bound,
 )
-from vitmix.compress.spec import check_schemify_spec
+from vitmix.compression.spec import check_schemify_spec
 from vitmix.layers import SchemeMlp
 
 
@@ -111,7 +111,8 @@ def test_reported_kept_energy_is_the_best_over_every_grouping():
     w1, w2 = weights(mlp)
     best = max(sum(kept_fractions(w1, w2, _membership_of(first, h)))
                for first in itertools.combinations(range(h), h // groups))
-    _, report = compress(nn.Sequential(mlp), groups=groups, measure_macs=False)
+    _, report = compress(nn.Sequential(mlp), groups=groups, channels_bound=True,
+                         measure_macs=False)
     (layer,) = report.layers
     assert layer.kept_fc1 + layer.kept_fc2 == pytest.approx(best, abs=1e-12)
     assert layer.diagonal <= layer.kept

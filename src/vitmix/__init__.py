@@ -5,10 +5,11 @@ Importing vitmix registers every vitmix model with timm.
 
 from . import layers, models  # noqa: F401  (models registers with timm on import)
 from .accelerate import accelerate
+from .compression import compress
 from .surgery import deploy, schemify
 
 __version__ = "0.1.0"
-__all__ = ["accelerate", "deploy", "layers", "models", "save_for_hub", "schemify"]
+__all__ = ["accelerate", "compress", "deploy", "layers", "models", "save_for_hub", "schemify"]
 
 
 def __getattr__(name: str):

@@ -90,11 +90,11 @@ def block_assignment(w1: torch.Tensor, w2: torch.Tensor, groups: int) -> torch.T
 
     Hidden units are interchangeable (fc1 rows and fc2 columns move together), so the units are
     split into ``groups`` groups of h/G by the exact best grouping of
-    :func:`vitmix.compress.grouping.assign_units`: each unit keeps the part of its fc1 row that
+    :func:`vitmix.compression.grouping.assign_units`: each unit keeps the part of its fc1 row that
     reads its group's input block and of its fc2 column that writes its output block.
     Returns ``perm`` with new hidden unit i = old hidden unit perm[i].
     """
-    from .compress.grouping import assign_units, block_scores, hidden_index
+    from .compression.grouping import assign_units, block_scores, hidden_index
 
     return hidden_index(assign_units(block_scores(w1, w2, groups)))
 

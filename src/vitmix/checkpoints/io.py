@@ -28,7 +28,7 @@ from safetensors.torch import save as save_safetensors_bytes
 from torch import nn
 
 from .. import surgery
-from ..compress.spec import check_schemify_spec, schemify_arguments
+from ..compression.spec import check_schemify_spec, schemify_arguments
 from ..factory import build_model, check_model_name
 from ..layers.checks import FRACTION
 from ..limits import MAX_CLASSES

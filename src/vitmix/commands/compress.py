@@ -8,7 +8,7 @@ import dataclasses
 from pathlib import Path
 
 from ..checkpoints.io import load_checkpoint, load_weights
-from ..compress.spec import check_schemify_spec
+from ..compression.spec import check_schemify_spec
 from ..layers.scheme import CCA_SCHEDULES
 from ..messages import quoted
 from ..paths import kind_of
@@ -115,10 +115,10 @@ def _dense_run_settings(weights: Path) -> dict:
 
 
 def run(args: argparse.Namespace) -> int:
-    weights = dense_weights_file(args.dense)
     spec = {"groups": args.groups, "expansion": args.expansion, "cca": args.cca,
             "cca_schedule": args.cca_schedule}
-    check_schemify_spec(spec, "vitmix compress")  # one line before the weights are read
+    check_schemify_spec(spec, "--groups / --expansion")  # one line before any file is read
+    weights = dense_weights_file(args.dense)
     if args.no_distill and any(k in vars(args) for k in ("distill_weight",
                                                          "distill_temperature")):
         raise ValueError("--no-distill fine-tunes without a teacher; drop --distill-weight and "

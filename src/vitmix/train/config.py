@@ -18,8 +18,8 @@ from typing import Any
 import yaml
 
 from ..checkpoints.io import atomic_write_text
-from ..compress.spec import SCHEMIFY_SPEC
-from ..compress.surgery import GROUPINGS
+from ..compression.spec import SCHEMIFY_SPEC
+from ..compression.surgery import GROUPINGS
 from ..data.image_folder import VERIFY_MODES
 from ..data.transforms import INTERPOLATIONS, TRAIN_INTERPOLATIONS
 from ..layers.checks import (

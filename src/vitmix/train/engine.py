@@ -50,9 +50,9 @@ from ..checkpoints.io import (
     save_weights,
 )
 from ..complexity import count_macs, count_params
-from ..compress.distill import Distillation, load_teacher
-from ..compress.spec import schemify_arguments
-from ..compress.surgery import compress
+from ..compression.distill import Distillation, load_teacher
+from ..compression.spec import schemify_arguments
+from ..compression.surgery import compress
 from ..data import AugmentSettings, build_transforms, load_splits
 from ..data.class_fingerprint import class_fingerprint
 from ..data.device_batches import DeviceBatches
@@ -991,7 +991,8 @@ def scheme_form(model: nn.Module, config: TrainConfig, classes: list[str],
                          f"another order); its head cannot be reused")
     check_state_dict(model, saved.state, config.model, config.init_from)
     model.load_state_dict(saved.state)
-    _, report = compress(model, **arguments, grouping=config.grouping, measure_macs=False)
+    _, report = compress(model, **arguments, grouping=config.grouping, channels_bound=True,
+                         measure_macs=False)
     return report.as_dict()
 
 

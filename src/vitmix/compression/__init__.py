@@ -1,6 +1,6 @@
 """SCHEME as compression: a trained dense model becomes a cheaper SCHEME model.
 
-:func:`compress` copies each dense MLP into a block-diagonal SchemeMlp through the grouping that
+:func:`compress` (also ``vitmix.compress``) copies each dense MLP into a block-diagonal SchemeMlp through the grouping that
 keeps the most of its weights; :mod:`.distill` fine-tunes it with the dense model as teacher
 (`vitmix compress` does both, in a run folder like `vitmix train`'s).
 """

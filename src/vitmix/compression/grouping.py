@@ -67,6 +67,13 @@ def assign_units(score: torch.Tensor, copies: int = 1) -> torch.Tensor:
         raise ValueError(f"{units} units x {copies} copies do not split into {groups} equal "
                          f"groups")
     capacity = units * copies // groups
+    if groups == 2 and copies == 1:
+        # Two groups: the units that lose least by going to group 0 go there, exactly.
+        member = np.zeros((units, groups), dtype=bool)
+        first = np.argsort(cost[:, 0] - cost[:, 1], kind="stable")[:capacity]
+        member[first, 0] = True
+        member[:, 1] = ~member[:, 0]
+        return torch.from_numpy(member)
     member = np.zeros((units, groups), dtype=bool)
     count = np.zeros(groups, dtype=np.int64)
     # Strongest preferences first: shorter paths, the same optimum.

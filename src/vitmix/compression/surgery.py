@@ -107,20 +107,21 @@ def compress(
     cca: bool = False,
     cca_schedule: str = "learned",
     grouping: str = "search",
-    channels_bound: bool = True,
+    channels_bound: bool = False,
     img_size: int | tuple[int, int] | None = None,
     measure_macs: bool = True,
 ) -> tuple[nn.Module, CompressReport]:
     """Make the trained dense ``model`` a SCHEME model, in place: every timm Mlp (Linear or
     1x1 conv) becomes a SchemeMlp with ``groups`` diagonal blocks holding the dense weights the
-    ``grouping`` keeps (see :mod:`vitmix.compress.grouping`).
+    ``grouping`` keeps (see :mod:`vitmix.compression.grouping`).
 
     ``expansion``: the SCHEME hidden width over the input width; None keeps the dense width. A
     wider MLP must be a whole multiple k of the dense one, at most ``groups`` times: each dense
     hidden unit is then copied into k different groups, each copy keeping another block of its
     weights (E=8 at G=4 from a dense E=4: every unit in two groups). ``cca``: add the CCA branch
     (its mixing weight starts at 0.98 for the MLP, and fc2 is divided by it). ``channels_bound``:
-    also report what regrouping the residual channels would keep (a little slower).
+    also report what regrouping the residual channels would keep (up to ten more exact searches
+    per MLP; `vitmix compress` reports it).
 
     Returns the model and a report: per MLP, the fraction of squared weight kept, against the
     plain diagonal copy; params and MACs before and after (MACs at ``img_size``, default the
