@@ -171,6 +171,51 @@ def speed(args: argparse.Namespace) -> None:
         OUT_JSON.write_text(json.dumps(data, indent=1) + "\n")
 
 
+def zero(args: argparse.Namespace) -> None:
+    """Test top-1 of the compressed models before any fine-tuning: the grouping search against
+    the plain diagonal copy, from each dense model."""
+    import tempfile
+
+    import torch
+
+    from vitmix import compress
+    from vitmix.checkpoints.io import load_model, read_model, save_weights
+    from vitmix.train.evaluation_job import evaluate_checkpoint
+
+    torch.set_num_threads(args.threads)
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for seed in args.seeds:
+            dense_file = dense_dir(seed) / "last.pth"
+            saved = read_model(dense_file, "metaformer_ppaa_t")
+            for name in ("g2", "g4", "e8g4"):
+                flags = CONFIGS[name]
+                groups = int(flags[flags.index("--groups") + 1])
+                expansion = (float(flags[flags.index("--expansion") + 1])
+                             if "--expansion" in flags else None)
+                for grouping in ("search", "diagonal"):
+                    model, kwargs = load_model("metaformer_ppaa_t", dense_file)
+                    spec = {"groups": groups, "expansion": expansion, "cca": False}
+                    _, report = compress(model, **spec, grouping=grouping, measure_macs=False)
+                    path = Path(tmp) / f"{name}_{grouping}_{seed}.safetensors"
+                    save_weights(model.state_dict(), path, {
+                        "model": "metaformer_ppaa_t", "model_kwargs": json.dumps(kwargs),
+                        "schemify": json.dumps(spec), "classes": json.dumps(saved.classes),
+                        "deployed": "0", "eval_crop_pct": "1.0",
+                        "eval_interpolation": "bicubic"})  # what the runs evaluate with
+                    result = evaluate_checkpoint("metaformer_ppaa_t", path, workers=0,
+                                                 out_dir=Path(tmp) / "eval")
+                    rows.append({"config": name, "grouping": grouping, "seed": seed,
+                                 "kept": report.kept, "top1": result["top1"]})
+                    print(f"seed {seed} {name} {grouping}: kept {100 * report.kept:.1f}%, test "
+                          f"top-1 {result['top1']:.2f}% before fine-tuning", flush=True)
+    with open(OUT_JSON.with_suffix(".lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        data = json.loads(OUT_JSON.read_text()) if OUT_JSON.exists() else {"runs": []}
+        data["before_fine_tuning"] = rows
+        OUT_JSON.write_text(json.dumps(data, indent=1) + "\n")
+
+
 def _forward(model, x):
     import torch
 
@@ -300,13 +345,17 @@ def main() -> None:
     p.add_argument("--threads", nargs="+", type=int, default=[1, 2])
     p.add_argument("--batch", type=int, default=256)
     p.add_argument("--repeats", type=int, default=15)
+    p = sub.add_parser("zero", help="test top-1 of the compressed models before fine-tuning")
+    p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
+    p.add_argument("--threads", type=int, default=2)
     sub.add_parser("tables", help="the table and the plot from the JSON")
     args = parser.parse_args()
     if args.command == "run":
         unknown = [c for c, _, _ in args.pair if c not in CONFIGS]
         if unknown:
             parser.error(f"unknown configuration {unknown[0]!r}; one of {', '.join(CONFIGS)}")
-    {"run": run, "record": record, "speed": speed, "tables": tables}[args.command](args)
+    commands = {"run": run, "record": record, "zero": zero, "speed": speed, "tables": tables}
+    commands[args.command](args)
 
 
 if __name__ == "__main__":
