@@ -1,5 +1,6 @@
-"""vitmix.compress and vitmix.compression: the grouping search against enumeration, the copy against a float64 reference,
-distillation against its formula, and compress on small timm models of each family."""
+"""vitmix.compress and vitmix.grouping: the grouping search against enumeration, the copy
+against a float64 reference, distillation against its formula, and compress on small timm
+models of each family."""
 
 import itertools
 import math
@@ -14,12 +15,12 @@ from torch import nn
 import vitmix
 from vitmix.compression import assign_units, block_scores, compress, kept_fractions
 from vitmix.compression.distill import Distillation, distillation_loss
-from vitmix.compression.grouping import (
+from vitmix.compression.spec import check_schemify_spec
+from vitmix.grouping import (
     diagonal_membership,
     hidden_index,
     regrouped_channels_bound,
 )
-from vitmix.compression.spec import check_schemify_spec
 from vitmix.layers import SchemeMlp
 
 

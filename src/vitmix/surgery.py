@@ -11,6 +11,7 @@ from torch import nn
 
 from .accelerate import accelerate as accelerate_model
 from .complexity import count_macs, count_params
+from .grouping import assign_units, block_scores, hidden_index
 from .layers.scheme import SchemeMlp
 
 __all__ = ["DeployReport", "SchemifyReport", "block_assignment", "copy_blocks", "deploy",
@@ -90,12 +91,10 @@ def block_assignment(w1: torch.Tensor, w2: torch.Tensor, groups: int) -> torch.T
 
     Hidden units are interchangeable (fc1 rows and fc2 columns move together), so the units are
     split into ``groups`` groups of h/G by the exact best grouping of
-    :func:`vitmix.compression.grouping.assign_units`: each unit keeps the part of its fc1 row that
+    :func:`vitmix.grouping.assign_units`: each unit keeps the part of its fc1 row that
     reads its group's input block and of its fc2 column that writes its output block.
     Returns ``perm`` with new hidden unit i = old hidden unit perm[i].
     """
-    from .compression.grouping import assign_units, block_scores, hidden_index
-
     return hidden_index(assign_units(block_scores(w1, w2, groups)))
 
 

@@ -9,10 +9,7 @@ import torch
 from timm.layers import Mlp
 from torch import nn
 
-from ..layers.checks import check_bool, check_choice, check_positive_int
-from ..layers.scheme import SchemeMlp
-from ..surgery import SchemifyReport, _dense_weight, copy_blocks, dense_mlp_shape, schemify
-from .grouping import (
+from ..grouping import (
     assign_units,
     block_scores,
     diagonal_membership,
@@ -20,6 +17,9 @@ from .grouping import (
     kept_fractions,
     regrouped_channels_bound,
 )
+from ..layers.checks import check_bool, check_choice, check_positive_int
+from ..layers.scheme import SchemeMlp
+from ..surgery import SchemifyReport, _dense_weight, copy_blocks, dense_mlp_shape, schemify
 
 __all__ = ["GROUPINGS", "CompressReport", "LayerGrouping", "compress"]
 
@@ -113,7 +113,7 @@ def compress(
 ) -> tuple[nn.Module, CompressReport]:
     """Make the trained dense ``model`` a SCHEME model, in place: every timm Mlp (Linear or
     1x1 conv) becomes a SchemeMlp with ``groups`` diagonal blocks holding the dense weights the
-    ``grouping`` keeps (see :mod:`vitmix.compression.grouping`).
+    ``grouping`` keeps (see :mod:`vitmix.grouping`).
 
     ``expansion``: the SCHEME hidden width over the input width; None keeps the dense width. A
     wider MLP must be a whole multiple k of the dense one, at most ``groups`` times: each dense

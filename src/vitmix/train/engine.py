@@ -50,7 +50,7 @@ from ..checkpoints.io import (
     save_weights,
 )
 from ..complexity import count_macs, count_params
-from ..compression.distill import Distillation, load_teacher
+from ..compression.distill import Distillation
 from ..compression.spec import schemify_arguments
 from ..compression.surgery import compress
 from ..data import AugmentSettings, build_transforms, load_splits
@@ -95,6 +95,7 @@ from .run_folder import (
 )
 from .running_loss import RunningLoss
 from .schedule import build_scheduler, cosine_span, learning_rates
+from .teacher import load_teacher
 
 __all__ = ["FitResult", "TrainingDiverged", "TrainingInterrupted", "TrainingPreempted", "fit",
            "loader_workers", "scheme_layers"]
