@@ -106,8 +106,11 @@ def _dense_weight(layer: nn.Module) -> torch.Tensor:
 @torch.no_grad()
 def copy_blocks(new: SchemeMlp, old: nn.Module, index: torch.Tensor) -> None:
     """Fill ``new``'s diagonal blocks from the dense MLP ``old``: SCHEME hidden unit i is dense
-    unit ``index[i]`` (grouped: the first hidden/G units form group 0, ...). With CCA, fc2 is
-    divided by the mixing weight a, so that a * BD-MLP starts as the copied blocks."""
+    unit ``index[i]`` (grouped: the first hidden/G units form group 0, ...). With CCA, the MLP
+    branch starts dominant (a = 0.98, so the dense function is kept from step one) and fc2 is
+    divided by a, so that a * BD-MLP starts as the copied blocks."""
+    if new.mix_logits is not None:
+        new.mix_logits.copy_(torch.tensor([2.0, -2.0]))
     w1, w2 = _dense_weight(old.fc1)[index], _dense_weight(old.fc2)[:, index]
     g = new.groups
     i1, h, o2 = new.in_features // g, new.hidden_features // g, new.out_features // g
@@ -121,11 +124,7 @@ def copy_blocks(new: SchemeMlp, old: nn.Module, index: torch.Tensor) -> None:
         new.fc2.bias.copy_(old.fc2.bias * scale)
 
 
-@torch.no_grad()
 def _init_from_dense(new: SchemeMlp, old: nn.Module) -> None:
-    if new.mix_logits is not None:
-        # Start with the MLP branch dominant so the pretrained function is kept from step one.
-        new.mix_logits.copy_(torch.tensor([2.0, -2.0]))
     copy_blocks(new, old, block_assignment(_dense_weight(old.fc1), _dense_weight(old.fc2),
                                            new.groups))
 

@@ -14,7 +14,7 @@ from ..messages import quoted
 from ..paths import kind_of
 from ..structured_text import load_json
 from ..train.config import TrainConfig
-from .train import add_config_options, fit_and_report
+from .train import add_config_options, clip_grad_zero_is_off, fit_and_report
 
 # The file of a run folder holding its final weights (what its summary reports).
 RUN_WEIGHTS = "last.pth"
@@ -126,9 +126,8 @@ def run(args: argparse.Namespace) -> int:
     values = _dense_run_settings(weights)
     values.update(FINE_TUNE)
     names = {f.name for f in dataclasses.fields(TrainConfig)}
-    values.update({k: v for k, v in vars(args).items() if k in names})
-    if values.get("clip_grad") == 0:
-        values["clip_grad"] = None
+    values = clip_grad_zero_is_off({**values, **{k: v for k, v in vars(args).items()
+                                                 if k in names}})
     source = str(weights.resolve())
     values.update(schemify=spec, init_from=source, teacher=None if args.no_distill else source)
     try:

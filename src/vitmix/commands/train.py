@@ -263,13 +263,18 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
     names = {f.name for f in dataclasses.fields(TrainConfig)}
     given = {k: v for k, v in vars(args).items() if k in names}
     from_file = TrainConfig.read_values(args.config) if args.config else {}
-    values = {**from_file, **given}
-    if values.get("clip_grad") == 0:
-        values["clip_grad"] = None
+    values = clip_grad_zero_is_off({**from_file, **given})
     recipe = values.pop("recipe", None)
     if recipe is None:
         return TrainConfig.from_dict(values)
     return load_recipe(recipe).config(values)
+
+
+def clip_grad_zero_is_off(values: dict) -> dict:
+    """``values`` with a clip_grad of 0 (the flag's way to say off) as None, TrainConfig's."""
+    if values.get("clip_grad") == 0:
+        values["clip_grad"] = None
+    return values
 
 
 def _trains_on_cpu(config: TrainConfig | None, resume: str | None) -> bool:

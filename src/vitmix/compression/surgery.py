@@ -152,9 +152,6 @@ def compress(
     for name in schemified.replaced:
         old, new, copies = dense[name], model.get_submodule(name), plans[name]
         w1, w2 = _dense_weight(old.fc1), _dense_weight(old.fc2)
-        if new.mix_logits is not None:
-            # The MLP branch dominant at first (a = 0.98), as schemify(init_from_dense=True).
-            new.mix_logits.data.copy_(torch.tensor([2.0, -2.0]))
         member = _membership(w1, w2, groups, copies, grouping)
         copy_blocks(new, old, hidden_index(member))
         diagonal = kept_fractions(w1, w2, diagonal_membership(w1.shape[0], groups, copies))

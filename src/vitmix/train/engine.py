@@ -42,6 +42,7 @@ from torch.utils.data import DataLoader, DistributedSampler
 
 from ..accelerate import accelerate
 from ..checkpoints.io import (
+    SavedModel,
     atomic_write_text,
     check_state_dict,
     load_checkpoint,
@@ -239,10 +240,13 @@ class _Run:
         # The same initial weights on every rank (DDP also broadcasts rank 0's).
         _seed_all(config.seed, -1, 0)
         model = build_model(config.model, self.model_kwargs)
-        # What the dense weights kept in their SCHEME form (a compress run), for the report.
+        # The dense weights a new compress run starts from (read once: often its teacher too),
+        # and what they kept in their SCHEME form, for the report.
+        dense = (read_model(config.init_from, config.model)
+                 if config.init_from is not None and not resuming else None)
         self.compression: dict | None = None
         if config.schemify is not None:
-            self.compression = scheme_form(model, config, self.data.classes, resuming)
+            self.compression = scheme_form(model, config, self.data.classes, dense)
         self.params = count_params(model)
         self.macs = count_macs(model, config.img_size, config.in_chans)
         if config.sync_bn and ctx.enabled:
@@ -307,7 +311,8 @@ class _Run:
         self.distillation = None
         if config.teacher is not None:
             teacher = load_teacher(config.teacher, self.data.classes, self.device,
-                                   config.channels_last)
+                                   config.channels_last,
+                                   dense if config.teacher == config.init_from else None)
             self.distillation = Distillation(teacher, config.distill_weight,
                                              config.distill_temperature)
         self.metrics = MetricsLog(run_dir / "metrics.csv")  # the rows of this run only
@@ -973,16 +978,15 @@ class _Run:
 
 
 def scheme_form(model: nn.Module, config: TrainConfig, classes: list[str],
-                resuming: bool) -> dict | None:
+                saved: SavedModel | None) -> dict | None:
     """Put config.schemify's SCHEME form into ``model``, in place. A new run with init_from
-    starts from that dense checkpoint's weights, copied through the grouping (vitmix.compress);
-    returns what they kept, or None when nothing was copied (random SCHEME weights, or a resumed
-    run, whose checkpoint holds its weights)."""
+    starts from that dense checkpoint's weights (``saved``), copied through the grouping
+    (vitmix.compress); returns what they kept, or None when nothing was copied (``saved`` None:
+    random SCHEME weights, or a resumed run, whose checkpoint holds its weights)."""
     arguments = schemify_arguments(config.schemify)
-    if config.init_from is None or resuming:
+    if saved is None:
         schemify(model, **arguments, measure_macs=False)
         return None
-    saved = read_model(config.init_from, config.model)
     if saved.schemify is not None:
         raise ValueError(f"init_from {config.init_from} holds a SCHEME form already "
                          f"({saved.schemify}); compress starts from a dense model's weights")
